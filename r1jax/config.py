@@ -122,8 +122,8 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
             return value
         raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(repr, args))}")
     if _is_config(tp):
-        if isinstance(value, tp):
-            return value
+        if isinstance(value, tp):  # re-validated: a default instance may hold plain dicts
+            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(tp) if f.init}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
         return _build(tp, value, key)
@@ -224,7 +224,7 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
         elif f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = f.default_factory()  # type: ignore[misc]
+            value = _coerce(f.default_factory(), hints[name], key)  # type: ignore[misc]
         else:
             raise ConfigError(f"missing required key '{key}' ({_type_name(hints[name])})")
         meta = f.metadata.get(_META)
