@@ -1,0 +1,100 @@
+"""The `r1jax` command.
+
+    r1jax train CONFIG [key=value ...]   run an RL / SFT experiment from a YAML config
+    r1jax eval  CONFIG [key=value ...]   pass@k and majority voting on a held-out set
+    r1jax serve --engine jax --model DIR  start a rollout server
+    r1jax demo                            the tiny R1-Zero run of the README
+    r1jax config CONFIG [key=value ...]  print the fully resolved config (and check it)
+
+Subcommands import their modules lazily, so `r1jax --help` is instant and a missing optional
+part only fails the subcommand that needs it.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from typing import Sequence
+
+from r1jax.config import ConfigError
+
+
+def _add_config_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML experiment config (see configs/)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. algo.kl_coef=0.001")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    from r1jax.train.loop import run_from_cli
+
+    return run_from_cli(args.config, args.overrides)
+
+
+def _cmd_eval(args: argparse.Namespace) -> int:
+    from r1jax.train.loop import eval_from_cli
+
+    return eval_from_cli(args.config, args.overrides)
+
+
+def _cmd_config(args: argparse.Namespace) -> int:
+    import yaml
+
+    from r1jax.config import load_config, to_dict
+    from r1jax.train.config import ExperimentConfig
+
+    cfg = load_config(ExperimentConfig, args.config, args.overrides)
+    print(yaml.safe_dump(to_dict(cfg), sort_keys=False), end="")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from r1jax.train.demo import main as demo_main
+
+    return demo_main(args.overrides)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="r1jax",
+        description="DeepSeek-R1's reinforcement-learning recipe (GRPO, PPO/GAE and follow-ups) in JAX.",
+    )
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    p = sub.add_parser("train", help="run an experiment: r1jax train CONFIG [key=value ...]")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("eval", help="pass@k / cons@k of a policy: r1jax eval CONFIG [key=value ...]")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_eval)
+
+    p = sub.add_parser("config", help="check a config and print it fully resolved")
+    _add_config_args(p)
+    p.set_defaults(func=_cmd_config)
+
+    p = sub.add_parser("demo", help="the tiny R1-Zero run on CPU (what `make demo` runs)")
+    p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of configs/r1_zero_tiny.yaml")
+    p.set_defaults(func=_cmd_demo)
+
+    try:
+        from r1jax.rollout.cli import add_serve_parser, run_serve
+    except ImportError:  # the rollout service is optional at import time (grpcio)
+        pass
+    else:
+        p = add_serve_parser(sub)
+        p.set_defaults(func=run_serve)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return int(args.func(args) or 0)
+    except ConfigError as e:
+        print(f"r1jax: config error: {e}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
