@@ -1,0 +1,568 @@
+"""Decoder-only transformer (Llama / Qwen2 / Qwen3) as pure functions on a nested-dict pytree.
+
+Parameters are a plain nested dict of arrays; the ``L`` decoder layers are stacked on a leading
+axis and run with ``jax.lax.scan`` (one layer is traced and compiled once, whatever ``L``).
+
+Layout (``D`` width, ``H`` query heads, ``K`` kv heads, ``Dh`` head width, ``F`` MLP width)::
+
+    embed        [V, D]                 final_norm [D]             lm_head [D, V] (untied only)
+    layers/attn_norm [L, D]             layers/mlp_norm [L, D]
+    layers/q_proj [L, D, H, Dh]         layers/k_proj, v_proj [L, D, K, Dh]
+    layers/o_proj [L, H, Dh, D]
+    layers/q_bias [L, H, Dh]            layers/k_bias, v_bias [L, K, Dh]   (attention biases)
+    layers/o_bias [L, D]                                                   (Llama/Qwen3 biases)
+    layers/q_norm, k_norm [L, Dh]                                          (Qwen3)
+    layers/gate_proj, up_proj [L, D, F] layers/down_proj [L, F, D]
+    value_head/kernel [D], value_head/bias []                              (critic only)
+
+:data:`PARAM_AXES` gives the logical axis names of every leaf; ``r1jax.models.sharding`` maps
+them onto a device mesh.
+
+Numerics: matmuls run in the parameter dtype; RMSNorm statistics, RoPE angles and the attention
+softmax are computed in float32 (as Hugging Face does); :func:`logits` and :func:`value` return
+float32.
+
+References:
+  Touvron et al., "LLaMA", arXiv 2302.13971 (pre-norm RMSNorm, SwiGLU, RoPE);
+  Su et al., "RoFormer", arXiv 2104.09864, eq. 34 (rotary embeddings);
+  Ainslie et al., "GQA", arXiv 2305.13245 (grouped-query attention);
+  Shazeer, "GLU variants improve transformer", arXiv 2002.05202, eq. 6 (SwiGLU);
+  Zhang & Sennrich, "Root mean square layer normalization", arXiv 1910.07467, eq. 4;
+  Qwen2 technical report, arXiv 2407.10671 (q/k/v bias); Qwen3 technical report, arXiv 2505.09388 (q/k norm).
+"""
+
+from __future__ import annotations
+
+import math
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models.config import ModelConfig
+from r1jax.models.sharding import constrain
+
+__all__ = [
+    "KVCache",
+    "PARAM_AXES",
+    "param_specs",
+    "init_params",
+    "forward",
+    "forward_with_cache",
+    "init_cache",
+    "lm_head_weight",
+    "logits",
+    "init_value_head",
+    "value",
+    "rms_norm",
+    "rope_inv_freq",
+    "apply_rope",
+    "default_positions",
+]
+
+Params = dict[str, Any]
+
+# Logical axis names of every parameter, by "/"-joined path. One home: init_params, the HF name
+# table and the sharding rules all read this.
+PARAM_AXES: dict[str, tuple[str, ...]] = {
+    "embed": ("vocab", "embed"),
+    "final_norm": ("embed",),
+    "lm_head": ("embed", "vocab"),
+    "layers/attn_norm": ("layers", "embed"),
+    "layers/mlp_norm": ("layers", "embed"),
+    "layers/q_proj": ("layers", "embed", "heads", "head_dim"),
+    "layers/k_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "layers/v_proj": ("layers", "embed", "kv_heads", "head_dim"),
+    "layers/o_proj": ("layers", "heads", "head_dim", "embed"),
+    "layers/q_bias": ("layers", "heads", "head_dim"),
+    "layers/k_bias": ("layers", "kv_heads", "head_dim"),
+    "layers/v_bias": ("layers", "kv_heads", "head_dim"),
+    "layers/o_bias": ("layers", "embed"),
+    "layers/q_norm": ("layers", "head_dim"),
+    "layers/k_norm": ("layers", "head_dim"),
+    "layers/gate_proj": ("layers", "embed", "mlp"),
+    "layers/up_proj": ("layers", "embed", "mlp"),
+    "layers/down_proj": ("layers", "mlp", "embed"),
+    "value_head/kernel": ("embed",),
+    "value_head/bias": (),
+}
+
+# Logical axes of the activations that get a sharding constraint.
+ACT_BTD = ("batch", "seq", "embed")
+ACT_BTHD = ("batch", "seq", "heads", "head_dim")
+ACT_BTKD = ("batch", "seq", "kv_heads", "head_dim")
+ACT_BTF = ("batch", "seq", "mlp")
+CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+
+_F32 = jnp.float32
+# Finite "minus infinity" for masked attention scores: a row with no valid key (a padding query)
+# becomes a uniform average instead of NaN, so gradients stay finite.
+_MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
+
+
+class KVCache(NamedTuple):
+    """Key/value cache of all layers (a pytree).
+
+    Attributes:
+      k: [L, B, S, K, Dh] keys (RoPE already applied).
+      v: [L, B, S, K, Dh] values.
+      mask: [B, S] bool, True where a slot holds a real (non-padding) token.
+      index: [] int32, the next slot to write (the same for every row).
+    """
+
+    k: jax.Array
+    v: jax.Array
+    mask: jax.Array
+    index: jax.Array
+
+
+# ---------------------------------------------------------------------------------------------
+# Parameters
+
+
+def param_specs(config: ModelConfig) -> dict[str, tuple[tuple[int, ...], str]]:
+    """Shape and initialiser kind of every parameter of ``config``, by "/"-joined path.
+
+    Args:
+      config: the architecture.
+
+    Returns:
+      ``{path: (shape, kind)}`` with kind one of "normal", "ones", "zeros".
+    """
+    c = config
+    L, D, F, V = c.num_layers, c.hidden_size, c.intermediate_size, c.vocab_size
+    H, K, Dh = c.num_heads, c.num_kv_heads, c.resolved_head_dim
+    specs: dict[str, tuple[tuple[int, ...], str]] = {
+        "embed": ((V, D), "normal"),
+        "layers/attn_norm": ((L, D), "ones"),
+        "layers/q_proj": ((L, D, H, Dh), "normal"),
+        "layers/k_proj": ((L, D, K, Dh), "normal"),
+        "layers/v_proj": ((L, D, K, Dh), "normal"),
+        "layers/o_proj": ((L, H, Dh, D), "normal"),
+        "layers/mlp_norm": ((L, D), "ones"),
+        "layers/gate_proj": ((L, D, F), "normal"),
+        "layers/up_proj": ((L, D, F), "normal"),
+        "layers/down_proj": ((L, F, D), "normal"),
+        "final_norm": ((D,), "ones"),
+    }
+    if c.qkv_bias:
+        specs["layers/q_bias"] = ((L, H, Dh), "zeros")
+        specs["layers/k_bias"] = ((L, K, Dh), "zeros")
+        specs["layers/v_bias"] = ((L, K, Dh), "zeros")
+    if c.o_bias:
+        specs["layers/o_bias"] = ((L, D), "zeros")
+    if c.use_qk_norm:
+        specs["layers/q_norm"] = ((L, Dh), "ones")
+        specs["layers/k_norm"] = ((L, Dh), "ones")
+    if not c.tie_word_embeddings:
+        specs["lm_head"] = ((D, V), "normal")
+    return specs
+
+
+def _nest(flat: dict[str, Any]) -> Params:
+    out: Params = {}
+    for path, value in flat.items():
+        node = out
+        *parents, leaf = path.split("/")
+        for p in parents:
+            node = node.setdefault(p, {})
+        node[leaf] = value
+    return out
+
+
+def init_params(config: ModelConfig, key: jax.Array) -> Params:
+    """Random parameters: weight matrices ~ N(0, initializer_range²), norms 1, biases 0.
+
+    Args:
+      config: the architecture.
+      key: a PRNG key.
+
+    Returns:
+      The nested-dict parameter pytree (layout in the module docstring), in ``config.param_dtype``.
+    """
+    specs = param_specs(config)
+    keys = jax.random.split(key, len(specs))
+    flat = {}
+    for k, (path, (shape, kind)) in zip(keys, sorted(specs.items())):
+        if kind == "normal":
+            x = config.initializer_range * jax.random.normal(k, shape, _F32)
+        elif kind == "ones":
+            x = jnp.ones(shape, _F32)
+        else:
+            x = jnp.zeros(shape, _F32)
+        flat[path] = x.astype(config.dtype)
+    return _nest(flat)
+
+
+def init_value_head(config: ModelConfig, key: jax.Array) -> Params:
+    """A scalar value head for a critic, to merge into the parameters: ``{**params, **head}``.
+
+    Args:
+      config: the architecture (its width D and dtype).
+      key: a PRNG key.
+
+    Returns:
+      ``{"value_head": {"kernel": [D], "bias": []}}``, kernel ~ N(0, 1/D), bias 0, float32.
+    """
+    d = config.hidden_size
+    kernel = jax.random.normal(key, (d,), _F32) / math.sqrt(d)
+    return {"value_head": {"kernel": kernel, "bias": jnp.zeros((), _F32)}}
+
+
+def value(params: Params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
+    """Per-token state values V(s_t) of a critic from the final hidden states.
+
+    Args:
+      params: parameters holding ``value_head`` (see :func:`init_value_head`).
+      config: the architecture.
+      hidden: [B, T, D] output of :func:`forward`.
+
+    Returns:
+      [B, T] float32 values.
+
+    References:
+      Schulman et al., "Proximal policy optimization algorithms", arXiv 1707.06347 (the critic of eq. 9).
+    """
+    del config
+    if "value_head" not in params:
+        raise KeyError("params has no 'value_head': merge in init_value_head(config, key) first")
+    head = params["value_head"]
+    return jnp.einsum("...d,d->...", hidden.astype(_F32), head["kernel"].astype(_F32)) + head["bias"].astype(_F32)
+
+
+def lm_head_weight(params: Params, config: ModelConfig) -> jax.Array:
+    """The output projection [D, V] (the embedding transposed when embeddings are tied)."""
+    if config.tie_word_embeddings:
+        return params["embed"].T
+    return params["lm_head"]
+
+
+# ---------------------------------------------------------------------------------------------
+# Building blocks
+
+
+def rms_norm(x: jax.Array, weight: jax.Array, eps: float) -> jax.Array:
+    """RMSNorm with float32 statistics: ``weight * x / sqrt(mean(x²) + eps)``.
+
+    Args:
+      x: [..., N] activations.
+      weight: [N] scale.
+      eps: epsilon inside the square root.
+
+    Returns:
+      Normalised ``x`` in the dtype of ``x`` (promoted with ``weight``).
+
+    References:
+      Zhang & Sennrich, arXiv 1910.07467, eq. 4.
+    """
+    x32 = x.astype(_F32)
+    x32 = x32 * jax.lax.rsqrt(jnp.mean(x32 * x32, axis=-1, keepdims=True) + eps)
+    return weight * x32.astype(x.dtype)
+
+
+def rope_inv_freq(config: ModelConfig) -> np.ndarray:
+    """RoPE inverse frequencies θ^(-2i/Dh), i < Dh/2, with the configured scaling (float32 numpy).
+
+    References:
+      Su et al., arXiv 2104.09864, eq. 15; Llama 3, arXiv 2407.21783, section 3.3 (llama3 scaling).
+    """
+    dim = config.resolved_head_dim
+    inv = 1.0 / (config.rope_theta ** (np.arange(0, dim, 2, dtype=np.float64) / dim))
+    inv = inv.astype(np.float32).astype(np.float64)
+    s = config.rope_scaling
+    if s is not None:
+        if s.rope_type == "linear":
+            inv = inv / s.factor
+        else:  # llama3
+            low_wavelen = s.original_max_position_embeddings / s.low_freq_factor
+            high_wavelen = s.original_max_position_embeddings / s.high_freq_factor
+            wavelen = 2 * math.pi / inv
+            scaled = np.where(wavelen > low_wavelen, inv / s.factor, inv)
+            smooth = (s.original_max_position_embeddings / wavelen - s.low_freq_factor) / (
+                s.high_freq_factor - s.low_freq_factor
+            )
+            smoothed = (1 - smooth) * scaled / s.factor + smooth * scaled
+            medium = (wavelen >= high_wavelen) & (wavelen <= low_wavelen)
+            inv = np.where(medium, smoothed, scaled)
+    return inv.astype(np.float32)
+
+
+def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
+    """Rotates ``x`` [B, T, N, Dh] by angle ``position * inv_freq`` (half-split layout, as HF).
+
+    Angles, cos and sin are computed in float32; the result has the dtype of ``x``.
+    """
+    angles = positions.astype(_F32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    cos = jnp.cos(angles)[:, :, None, :]
+    sin = jnp.sin(angles)[:, :, None, :]
+    x32 = x.astype(_F32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
+    return out.astype(x.dtype)
+
+
+def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], mask [B,T,S] bool -> [B,T,H,Dh]."""
+    B, T, H, Dh = q.shape
+    K = k.shape[2]
+    qg = q.reshape(B, T, K, H // K, Dh)  # query head h uses kv head h // (H/K)
+    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype), preferred_element_type=_F32)
+    scores = scores * (1.0 / math.sqrt(config.resolved_head_dim))
+    scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
+    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
+    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
+    return out.reshape(B, T, H, Dh)
+
+
+def _qkv(layer: Params, h: jax.Array, positions: jax.Array, config: ModelConfig, inv_freq: np.ndarray):
+    q = jnp.einsum("btd,dhk->bthk", h, layer["q_proj"])
+    k = jnp.einsum("btd,dhk->bthk", h, layer["k_proj"])
+    v = jnp.einsum("btd,dhk->bthk", h, layer["v_proj"])
+    if config.qkv_bias:
+        q = q + layer["q_bias"]
+        k = k + layer["k_bias"]
+        v = v + layer["v_bias"]
+    if config.use_qk_norm:
+        q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
+        k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
+    q = constrain(apply_rope(q, positions, inv_freq), ACT_BTHD)
+    k = constrain(apply_rope(k, positions, inv_freq), ACT_BTKD)
+    v = constrain(v, ACT_BTKD)
+    return q, k, v
+
+
+def _attn_out(layer: Params, attn: jax.Array, config: ModelConfig) -> jax.Array:
+    out = jnp.einsum("bthk,hkd->btd", attn, layer["o_proj"])
+    if config.o_bias:
+        out = out + layer["o_bias"]
+    return out
+
+
+def _mlp(layer: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
+    h = rms_norm(x, layer["mlp_norm"], config.rms_norm_eps)
+    gate = jnp.einsum("btd,df->btf", h, layer["gate_proj"])
+    up = jnp.einsum("btd,df->btf", h, layer["up_proj"])
+    act = constrain(jax.nn.silu(gate) * up, ACT_BTF)
+    return jnp.einsum("btf,fd->btd", act, layer["down_proj"])
+
+
+def _remat(fn, config: ModelConfig):
+    if config.remat == "full":
+        return jax.checkpoint(fn)
+    if config.remat == "dots":
+        return jax.checkpoint(fn, policy=jax.checkpoint_policies.dots_with_no_batch_dims_saveable)
+    return fn
+
+
+def _embed(params: Params, tokens: jax.Array) -> jax.Array:
+    return constrain(jnp.take(params["embed"], tokens, axis=0), ACT_BTD)
+
+
+def _check_tokens(tokens: jax.Array, name: str = "tokens") -> None:
+    if tokens.ndim != 2:
+        raise ValueError(f"{name}: expected shape [B, T], got {tokens.shape}")
+    if not jnp.issubdtype(tokens.dtype, jnp.integer):
+        raise TypeError(f"{name}: expected integer token ids, got dtype {tokens.dtype}")
+
+
+def _check_shape(x: jax.Array | None, shape: tuple[int, ...], name: str) -> None:
+    if x is not None and tuple(x.shape) != tuple(shape):
+        raise ValueError(f"{name}: expected shape {tuple(shape)} (that of tokens), got {tuple(x.shape)}")
+
+
+# ---------------------------------------------------------------------------------------------
+# Full-sequence forward
+
+
+def default_positions(
+    shape: tuple[int, int], *, segment_ids: jax.Array | None = None, attention_mask: jax.Array | None = None
+) -> jax.Array:
+    """Positions when none are given: count of valid tokens before this one within its segment.
+
+    With neither mask nor segments this is ``arange(T)`` per row. With a (left- or right-)padding
+    mask it is ``cumsum(mask) - 1`` clipped at 0, the convention of the sampler's prefill, so the
+    trainer and the sampler see the same positions. With segment ids (packed sequences) it
+    restarts at 0 at each segment start.
+
+    Args:
+      shape: (B, T).
+      segment_ids: optional [B, T] int segment ids (contiguous runs).
+      attention_mask: optional [B, T] bool, True for real tokens.
+
+    Returns:
+      [B, T] int32 positions.
+    """
+    B, T = shape
+    valid = jnp.ones((B, T), jnp.int32) if attention_mask is None else attention_mask.astype(jnp.int32)
+    count = jnp.cumsum(valid, axis=1)  # valid tokens up to and including t
+    if segment_ids is not None:
+        start = jnp.concatenate(
+            [jnp.ones((B, 1), bool), segment_ids[:, 1:] != segment_ids[:, :-1]], axis=1
+        )
+        before = jnp.where(start, count - valid, 0)  # valid tokens before the segment start
+        count = count - jax.lax.cummax(before, axis=1)
+    return jnp.maximum(count - 1, 0).astype(jnp.int32)
+
+
+def forward(
+    params: Params,
+    config: ModelConfig,
+    tokens: jax.Array,
+    *,
+    positions: jax.Array | None = None,
+    segment_ids: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+) -> jax.Array:
+    """Final hidden states of a batch of (possibly padded or packed) sequences.
+
+    Token t attends to token s iff s <= t, token s is valid (``attention_mask``) and both lie in
+    the same segment (``segment_ids``). Padding queries produce finite garbage that callers mask.
+
+    Args:
+      params: parameter pytree.
+      config: the architecture (static).
+      tokens: [B, T] int token ids.
+      positions: [B, T] int RoPE positions; default :func:`default_positions` (restarting per
+        segment, counting only valid tokens).
+      segment_ids: [B, T] int ids of packed sequences; None = one sequence per row.
+      attention_mask: [B, T] bool, True for real tokens; None = all real.
+
+    Returns:
+      [B, T, D] hidden states after the final RMSNorm (not projected to the vocabulary), in the
+      parameter dtype.
+    """
+    _check_tokens(tokens)
+    B, T = tokens.shape
+    _check_shape(positions, (B, T), "positions")
+    _check_shape(segment_ids, (B, T), "segment_ids")
+    _check_shape(attention_mask, (B, T), "attention_mask")
+    if positions is None:
+        positions = default_positions((B, T), segment_ids=segment_ids, attention_mask=attention_mask)
+    idx = jnp.arange(T)
+    mask = jnp.broadcast_to(idx[None, :, None] >= idx[None, None, :], (B, T, T))
+    if attention_mask is not None:
+        mask = mask & attention_mask.astype(bool)[:, None, :]
+    if segment_ids is not None:
+        mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
+    inv_freq = rope_inv_freq(config)
+    eps = config.rms_norm_eps
+
+    def layer_fn(x, layer):
+        h = rms_norm(x, layer["attn_norm"], eps)
+        q, k, v = _qkv(layer, h, positions, config, inv_freq)
+        x = x + _attn_out(layer, _attend(q, k, v, mask, config), config)
+        x = constrain(x + _mlp(layer, x, config), ACT_BTD)
+        return x, None
+
+    x = _embed(params, tokens)
+    x, _ = jax.lax.scan(_remat(layer_fn, config), x, params["layers"])
+    return rms_norm(x, params["final_norm"], eps)
+
+
+def logits(params: Params, config: ModelConfig, tokens: jax.Array, **kwargs) -> jax.Array:
+    """Next-token logits [B, T, V] in float32 (``forward`` then the output projection).
+
+    Convenience for tests and parity checks; training computes log-probs from ``forward``'s
+    hidden states with ``r1jax_kernels.token_logprobs`` without materialising these logits.
+    """
+    hidden = forward(params, config, tokens, **kwargs)
+    return jnp.einsum("btd,dv->btv", hidden, lm_head_weight(params, config), preferred_element_type=_F32)
+
+
+# ---------------------------------------------------------------------------------------------
+# KV cache
+
+
+def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVCache:
+    """An empty KV cache of ``max_len`` slots per row.
+
+    Args:
+      config: the architecture.
+      batch: rows B.
+      max_len: slots S (prompt + generated tokens must fit).
+      dtype: key/value dtype; default the parameter dtype.
+
+    Returns:
+      A :class:`KVCache` with zero keys/values, an all-False slot mask and index 0.
+    """
+    if batch <= 0 or max_len <= 0:
+        raise ValueError(f"init_cache: batch and max_len must be positive, got batch={batch}, max_len={max_len}")
+    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+    dtype = config.dtype if dtype is None else jnp.dtype(dtype)
+    return KVCache(
+        k=jnp.zeros(shape, dtype),
+        v=jnp.zeros(shape, dtype),
+        mask=jnp.zeros((batch, max_len), bool),
+        index=jnp.zeros((), jnp.int32),
+    )
+
+
+def forward_with_cache(
+    params: Params,
+    config: ModelConfig,
+    tokens: jax.Array,
+    positions: jax.Array,
+    token_mask: jax.Array,
+    cache: KVCache,
+) -> tuple[jax.Array, KVCache]:
+    """Runs T new tokens per row against the cache (prefill when T > 1, decode when T = 1).
+
+    The new keys/values go to slots ``[index, index + T)`` of every row; those slots are marked
+    valid where ``token_mask``. Each new token attends to valid slots at or before its own. For a
+    prefill, prompts are LEFT-padded and ``positions = max(cumsum(mask) - 1, 0)``; for decode,
+    ``positions`` is each row's next position.
+
+    If ``index + T`` exceeds the cache length the hidden states are NaN (a loud failure, since the
+    write would otherwise be silently clamped).
+
+    Args:
+      params: parameter pytree.
+      config: the architecture (static).
+      tokens: [B, T] int token ids.
+      positions: [B, T] int RoPE positions.
+      token_mask: [B, T] bool, True for real tokens.
+      cache: the :class:`KVCache` (from :func:`init_cache` or a previous call).
+
+    Returns:
+      (hidden [B, T, D] after the final RMSNorm, the updated cache with index + T).
+    """
+    _check_tokens(tokens)
+    B, T = tokens.shape
+    _check_shape(positions, (B, T), "positions")
+    _check_shape(token_mask, (B, T), "token_mask")
+    L, Bc, S = cache.k.shape[:3]
+    if Bc != B:
+        raise ValueError(f"cache: holds {Bc} rows but tokens has {B}")
+    if L != config.num_layers:
+        raise ValueError(f"cache: holds {L} layers but config.num_layers={config.num_layers}")
+    if T > S:
+        raise ValueError(f"tokens: {T} new tokens do not fit a cache of {S} slots")
+    index = cache.index.astype(jnp.int32)
+    new_mask = jax.lax.dynamic_update_slice(cache.mask, token_mask.astype(bool), (0, index))
+    slots = jnp.arange(S)
+    q_slots = index + jnp.arange(T)
+    mask = new_mask[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])  # [B, T, S]
+    inv_freq = rope_inv_freq(config)
+    eps = config.rms_norm_eps
+    zero = jnp.zeros((), jnp.int32)
+
+    def layer_fn(carry, xs):
+        x, ck, cv = carry
+        layer, i = xs
+        h = rms_norm(x, layer["attn_norm"], eps)
+        q, k, v = _qkv(layer, h, positions, config, inv_freq)
+        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, zero, index, zero, zero))
+        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, zero, index, zero, zero))
+        k_all = jax.lax.dynamic_index_in_dim(ck, i, axis=0, keepdims=False)
+        v_all = jax.lax.dynamic_index_in_dim(cv, i, axis=0, keepdims=False)
+        x = x + _attn_out(layer, _attend(q, k_all, v_all, mask, config), config)
+        x = constrain(x + _mlp(layer, x, config), ACT_BTD)
+        return (x, ck, cv), None
+
+    x = _embed(params, tokens)
+    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
+    (x, ck, cv), _ = jax.lax.scan(layer_fn, (x, cache.k, cache.v), (params["layers"], layer_ids))
+    hidden = rms_norm(x, params["final_norm"], eps)
+    hidden = jnp.where(index + T <= S, hidden, jnp.nan)
+    return hidden, KVCache(k=ck, v=cv, mask=new_mask, index=index + T)
