@@ -19,7 +19,7 @@ from r1jax.data.batching import (
     pad_sequences,
 )
 from r1jax.data.factory import TASKS, DataConfig, make_dataset, register_task
-from r1jax.data.files import FieldMap, FileDataset, extract_boxed, load_jsonl, load_parquet, split_gsm8k_answer
+from r1jax.data.files import FieldMap, FileDataset, load_jsonl, load_parquet, split_gsm8k_answer
 from r1jax.data.iterator import PromptIterator
 from r1jax.data.synthetic import ArithmeticTask, CountdownTask, SyntheticDataset, is_heldout
 from r1jax.data.templates import (
@@ -54,7 +54,6 @@ __all__ = [
     "encode_prompts",
     "encode_sft",
     "expand_groups",
-    "extract_boxed",
     "format_cold_start",
     "format_r1_zero",
     "is_heldout",

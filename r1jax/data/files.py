@@ -5,7 +5,8 @@ answer is read from it:
 
 - ``"gsm8k"``: the text after the last ``####`` (``"... #### 1,234"`` gives ``"1234"``); the text
   before it, without the ``<<48/2=24>>`` calculator notes, is the ``solution``.
-- ``"boxed"``: the content of the last ``\\boxed{...}`` (MATH); the whole field is the ``solution``.
+- ``"boxed"``: the content of the last ``\\boxed{...}`` (MATH; :func:`r1jax.rewards.parsing.extract_boxed`,
+  the same extraction the math reward applies to completions); the whole field is the ``solution``.
 - ``"raw"``: the field itself, stripped.
 
 Every row is checked when the file is loaded, before any training starts: a malformed JSONL line
@@ -28,8 +29,9 @@ import re
 from typing import Any, Iterator, Sequence
 
 from r1jax.config import ConfigError, field
+from r1jax.rewards.parsing import extract_boxed  # the one home of \boxed{} extraction
 
-__all__ = ["FieldMap", "FileDataset", "load_jsonl", "load_parquet", "extract_boxed", "split_gsm8k_answer"]
+__all__ = ["FieldMap", "FileDataset", "load_jsonl", "load_parquet", "split_gsm8k_answer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,34 +64,6 @@ def _datasets():
 
 
 # -------------------------------------------------------------------------------------------- answers
-
-
-def extract_boxed(text: str) -> str | None:
-    """Content of the last ``\\boxed{...}`` (or ``\\fbox{...}``, or ``\\boxed 5``) in ``text``; None if none.
-
-    Braces are matched, so ``\\boxed{\\frac{1}{2}}`` gives ``\\frac{1}{2}``.
-    """
-    starts = [m for m in re.finditer(r"\\(?:boxed|fbox)", text)]
-    for m in reversed(starts):
-        i = m.end()
-        while i < len(text) and text[i] == " ":
-            i += 1
-        if i < len(text) and text[i] == "{":
-            depth, j = 0, i
-            while j < len(text):
-                if text[j] == "{":
-                    depth += 1
-                elif text[j] == "}":
-                    depth -= 1
-                    if depth == 0:
-                        return text[i + 1 : j].strip()
-                j += 1
-            continue  # unbalanced: try an earlier one
-        if i > m.end():  # "\boxed 5": up to the next whitespace or "$"
-            tail = re.match(r"[^\s$]+", text[i:])
-            if tail:
-                return tail.group(0)
-    return None
 
 
 def split_gsm8k_answer(text: str) -> tuple[str, str] | None:
@@ -240,8 +214,9 @@ class FileDataset:
         A seed-free partition by question text, so train and eval never share a question.
         """
         keep = []
+        prompts = self.table.data.column("prompt").to_pylist()
         for i in self._indices:
-            prompt = self.table[i]["prompt"]
+            prompt = prompts[i]
             h = int.from_bytes(hashlib.blake2b(prompt.encode(), digest_size=8).digest(), "big") / 2.0**64
             if (h < fraction) == heldout:
                 keep.append(i)

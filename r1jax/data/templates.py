@@ -133,9 +133,7 @@ def encode_prompt(
     text = render_prompt(question, template, tokenizer=tokenizer, system_prompt=system_prompt)
     ids = tokenizer.encode(text, add_special_tokens=template != "chat")
     if max_length is not None and len(ids) > max_length:
-        name = question.get("id", "") if isinstance(question, Mapping) else ""
-        label = f"example {name!r}" if name else f"prompt {_question(question)[:40]!r}"
-        raise ValueError(f"{label} is {len(ids)} tokens with template {template!r}; max_length is {max_length}")
+        _too_long(question, len(ids), template, max_length)
     return ids
 
 
@@ -147,10 +145,20 @@ def encode_prompts(
     system_prompt: str | None = None,
     max_length: int | None = None,
 ) -> list[list[int]]:
-    """:func:`encode_prompt` over a batch of examples."""
-    return [
-        encode_prompt(e, tokenizer, template, system_prompt=system_prompt, max_length=max_length) for e in examples
-    ]
+    """:func:`encode_prompt` over a batch of examples (one batched call to the tokenizer)."""
+    texts = [render_prompt(e, template, tokenizer=tokenizer, system_prompt=system_prompt) for e in examples]
+    ids = tokenizer.encode_batch(texts, add_special_tokens=template != "chat") if texts else []
+    if max_length is not None:
+        for e, row in zip(examples, ids):
+            if len(row) > max_length:
+                _too_long(e, len(row), template, max_length)
+    return ids
+
+
+def _too_long(question: Mapping[str, Any] | str, n: int, template: str, max_length: int):
+    name = question.get("id", "") if isinstance(question, Mapping) else ""
+    label = f"example {name!r}" if name else f"prompt {_question(question)[:40]!r}"
+    raise ValueError(f"{label} is {n} tokens with template {template!r}; max_length is {max_length}")
 
 
 def format_r1_zero(reasoning: str, answer: str) -> str:

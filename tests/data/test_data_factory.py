@@ -84,3 +84,11 @@ def test_register_task():
             register_task("tiny_test_task", lambda c, s: Tiny())
     finally:
         TASKS.pop("tiny_test_task")
+
+
+def test_config_round_trip():
+    from r1jax.config import to_dict
+
+    cfg = from_dict(DataConfig, {"task": "countdown", "difficulty": 3, "operations": ["+", "-"], "fields": {"prompt": "q"}})
+    assert from_dict(DataConfig, to_dict(cfg)) == cfg
+    assert from_dict(DataConfig, {}) == DataConfig()

@@ -5,7 +5,7 @@ import re
 
 import pytest
 
-from r1jax.data.files import FieldMap, extract_boxed, load_jsonl, load_parquet, split_gsm8k_answer
+from r1jax.data.files import FieldMap, load_jsonl, load_parquet, split_gsm8k_answer
 
 pytest.importorskip("datasets", reason="the `datasets` extra is not installed")
 
@@ -135,14 +135,6 @@ def test_parquet_missing_column_and_null_row(tmp_path):
 
 
 # ---------------------------------------------------------------------------------------- answer helpers
-
-
-def test_extract_boxed():
-    assert extract_boxed(r"so \boxed{x^{2}+1} and") == "x^{2}+1"
-    assert extract_boxed(r"\boxed{1} then \fbox{2}") == "2"
-    assert extract_boxed(r"$\boxed 7$") == "7"
-    assert extract_boxed(r"\boxed{5} then \boxed{unclosed") == "5"
-    assert extract_boxed("no box") is None
 
 
 def test_split_gsm8k_answer():

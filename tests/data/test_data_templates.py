@@ -83,3 +83,12 @@ def test_encode_sft_ends_with_eos():
     assert completions[0][-1] == tok.eos_id
     assert tok.decode(completions[0]) == "<think> 2+2=4 </think> <answer> 4 </answer>"
     assert completions[0][0] == tok.token_to_id("<think>")
+
+
+def test_encode_prompts_batch_equals_single():
+    tok = build_char_tokenizer()
+    exs = [{"id": f"e{i}", "prompt": "9" * i + "+1"} for i in range(1, 5)]
+    for template in ("plain", "r1_zero", "chat"):
+        assert encode_prompts(exs, tok, template) == [encode_prompt(e, tok, template) for e in exs]
+    with pytest.raises(ValueError, match="example 'e4' is 7 tokens with template 'plain'; max_length is 6"):
+        encode_prompts(exs, tok, "plain", max_length=6)
