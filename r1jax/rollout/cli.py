@@ -1,0 +1,97 @@
+"""``r1jax serve``: start a rollout server (wired into ``r1jax/cli.py`` by the lead).
+
+No JAX at import: ``--engine vllm`` runs in vLLM's own environment.
+
+Examples::
+
+    r1jax serve --engine jax --model runs/tiny/hf --port 50051                 # loopback only
+    R1JAX_ROLLOUT_TOKEN=s3cret r1jax serve --engine jax --model DIR --host 0.0.0.0 --allow-remote
+    r1jax serve --engine vllm --model Qwen/Qwen2.5-1.5B --host 0.0.0.0 --allow-remote --token s3cret \
+        --tensor-parallel-size 1 --weight-transfer nccl                         # on a GPU node
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import signal
+import sys
+import threading
+
+__all__ = ["add_serve_parser", "run_serve"]
+
+
+def add_serve_parser(subparsers) -> argparse.ArgumentParser:
+    """Adds the ``serve`` sub-command to an argparse ``subparsers`` object; returns its parser."""
+    from r1jax.rollout.server import TOKEN_ENV
+
+    p = subparsers.add_parser("serve", help="start a rollout server: r1jax serve --engine jax --model DIR",
+                              description="Serve a policy over gRPC (rollout.proto) for the trainer.")
+    p.add_argument("--engine", choices=("jax", "vllm"), default="jax", help="generation engine (default jax)")
+    p.add_argument("--model", required=True, help="Hugging Face model directory (or hub id for vllm)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback)")
+    p.add_argument("--port", type=int, default=50051, help="port to bind; 0 picks a free one (default 50051)")
+    p.add_argument("--allow-remote", action="store_true",
+                   help="allow binding a non-loopback address (requires --token)")
+    p.add_argument("--token", default=None, help=f"shared secret clients must send (default ${TOKEN_ENV})")
+    p.add_argument("--port-file", default=None, help="write the bound port to this file once serving")
+    p.add_argument("--max-workers", type=int, default=32, help="concurrent gRPC calls")
+    p.add_argument("--weight-version", type=int, default=0, help="version of the initial weights")
+    p.add_argument("--max-length", type=int, default=None, help="longest prompt + generation (default: model's)")
+    g = p.add_argument_group("jax engine")
+    g.add_argument("--max-batch-rows", type=int, default=64, help="rows (prompts x n) per batch")
+    g.add_argument("--decode-chunk", type=int, default=32, help="decode steps between streaming checks")
+    g = p.add_argument_group("vllm engine")
+    g.add_argument("--tensor-parallel-size", type=int, default=1)
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
+    g.add_argument("--dtype", default="auto")
+    g.add_argument("--weight-transfer", choices=("nccl", "none"), default="nccl",
+                   help="vLLM weight-transfer backend for the NCCL transport")
+    return p
+
+
+def _engine_kwargs(args) -> dict:
+    if args.engine == "jax":
+        kw = {"max_batch_rows": args.max_batch_rows, "decode_chunk": args.decode_chunk,
+              "weight_version": args.weight_version}
+    else:
+        kw = {"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
+              "gpu_memory_utilization": args.gpu_memory_utilization,
+              "weight_transfer": None if args.weight_transfer == "none" else args.weight_transfer,
+              "weight_version": args.weight_version}
+    if args.max_length is not None:
+        kw["max_length"] = args.max_length
+    return kw
+
+
+def run_serve(args) -> int:
+    """Starts the server described by ``args`` and blocks until SIGINT / SIGTERM."""
+    from r1jax.rollout.engine import make_engine
+    from r1jax.rollout.server import TOKEN_ENV, is_loopback, make_server
+
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
+    token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
+    # Refuse a bad bind before loading any model.
+    if not is_loopback(args.host) and not (args.allow_remote and token):
+        print(f"r1jax serve: binding {args.host!r} is not loopback: it needs --allow-remote and a token "
+              f"(--token or ${TOKEN_ENV})", file=sys.stderr)
+        return 2
+    engine = make_engine(args.engine, args.model, **_engine_kwargs(args))
+    server, port = make_server(engine, args.host, args.port, token=token, allow_remote=args.allow_remote,
+                               max_workers=args.max_workers)
+    info = engine.info()
+    print(f"r1jax serve: {info.engine} engine, model {info.model_name!r} (vocab {info.vocab_size}, max length "
+          f"{info.max_length}) on {args.host}:{port}{' with token' if token else ''}", flush=True)
+    if args.port_file:
+        tmp = f"{args.port_file}.tmp"
+        with open(tmp, "w") as f:
+            f.write(str(port))
+        os.replace(tmp, args.port_file)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: stop.set())
+    stop.wait()
+    server.stop(grace=5).wait()
+    engine.close()
+    return 0

@@ -1,0 +1,245 @@
+"""The gRPC rollout server: a thin translation layer from ``rollout.proto`` to an :class:`Engine`.
+
+No JAX here (the vLLM engine's process imports this module). Errors map to status codes:
+:class:`~r1jax.rollout.types.InvalidRequestError` -> ``INVALID_ARGUMENT``,
+:class:`~r1jax.rollout.types.PreconditionError` -> ``FAILED_PRECONDITION``, anything else ->
+``INTERNAL``; the message names the field / prompt / tensor at fault and the server keeps serving.
+
+Security: the server binds loopback by default. Binding any other address requires
+``allow_remote=True`` AND a shared token, which an interceptor checks on every call (metadata
+``authorization: Bearer <token>``).
+"""
+
+from __future__ import annotations
+
+import hmac
+import ipaddress
+import logging
+import threading
+from concurrent import futures
+from typing import Iterator
+
+import grpc
+
+from r1jax.rollout import convert
+from r1jax.rollout import rollout_pb2 as pb
+from r1jax.rollout import rollout_pb2_grpc as pb_grpc
+from r1jax.rollout.engine import Engine
+from r1jax.rollout.types import RolloutError
+
+__all__ = ["RolloutServicer", "TokenInterceptor", "make_server", "is_loopback", "TOKEN_ENV",
+           "MAX_MESSAGE_BYTES"]
+
+log = logging.getLogger(__name__)
+
+TOKEN_ENV = "R1JAX_ROLLOUT_TOKEN"
+MAX_MESSAGE_BYTES = 256 << 20
+_CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
+          "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+          "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
+
+
+def _abort(context, exc: BaseException):
+    if isinstance(exc, RolloutError):
+        context.abort(_CODES.get(exc.code, grpc.StatusCode.INTERNAL), str(exc))
+    log.exception("rollout server: internal error")
+    context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
+
+
+class RolloutServicer(pb_grpc.RolloutServicer):
+    """Implements the ``Rollout`` service of ``rollout.proto`` over an :class:`Engine`."""
+
+    def __init__(self, engine: Engine):
+        self.engine = engine
+        self._active = 0
+        self._lock = threading.Lock()
+
+    def _enter(self):
+        with self._lock:
+            self._active += 1
+
+    def _exit(self):
+        with self._lock:
+            self._active -= 1
+
+    def Generate(self, request, context):
+        self._enter()
+        try:
+            req = convert.request_from_pb(request)
+            results = self.engine.generate(req)
+            return pb.GenerateResponse(results=[convert.result_to_pb(r) for r in results])
+        except Exception as e:  # noqa: BLE001 - every error becomes a status code
+            _abort(context, e)
+        finally:
+            self._exit()
+
+    def GenerateStream(self, request, context) -> Iterator[pb.PromptResult]:
+        self._enter()
+        stream = None
+        try:
+            try:
+                stream = self.engine.generate_stream(convert.request_from_pb(request))  # validates
+            except Exception as e:  # noqa: BLE001
+                _abort(context, e)
+            # A vanished client cancels the RPC: closing the engine's stream unblocks this
+            # thread at once and drops the groups that have not started.
+            context.add_callback(stream.close)
+            while True:
+                try:
+                    item = next(stream)
+                except StopIteration:
+                    return
+                except Exception as e:  # noqa: BLE001
+                    _abort(context, e)
+                if not context.is_active():
+                    return
+                yield convert.result_to_pb(item)
+        finally:
+            if stream is not None:
+                stream.close()
+            self._exit()
+
+    def BeginWeightUpdate(self, request, context):
+        try:
+            transport = convert.TRANSPORT_FROM_PB.get(request.transport)
+            if transport is None:
+                from r1jax.rollout.types import InvalidRequestError
+
+                raise InvalidRequestError("transport: unspecified; choose GRPC_CHUNKS, SAFETENSORS_DIR or NCCL")
+            nccl = convert.nccl_from_pb(request.nccl) if request.HasField("nccl") else None
+            expected = self.engine.begin_weight_update(
+                int(request.version), transport, nccl=nccl,
+                tensors=tuple(convert.spec_from_pb(s) for s in request.tensors))
+            return pb.BeginWeightUpdateResponse(live_version=self.engine.info().weight_version,
+                                                expected=[convert.spec_to_pb(s) for s in expected])
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+    def PushWeights(self, request_iterator, context):
+        try:
+            chunks = nbytes = 0
+            complete: list[str] = []
+            for msg in request_iterator:
+                complete += self.engine.stage_weights(convert.chunk_from_pb(msg))
+                chunks += 1
+                nbytes += len(msg.data)
+            return pb.PushWeightsResponse(chunks=chunks, bytes=nbytes, complete=complete)
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+    def CommitWeightUpdate(self, request, context):
+        try:
+            v = self.engine.commit_weight_update(int(request.version), path=request.path or None)
+            return pb.CommitWeightUpdateResponse(weight_version=v)
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+    def AbortWeightUpdate(self, request, context):
+        try:
+            self.engine.abort_weight_update(int(request.version) or None)
+            return pb.AbortWeightUpdateResponse(live_version=self.engine.info().weight_version)
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+    def Health(self, request, context):
+        try:
+            h = self.engine.health()
+            return pb.HealthResponse(serving=bool(h["serving"]), weight_version=int(h["weight_version"]),
+                                     active_requests=max(self._active, int(h.get("active_requests", 0))),
+                                     queued_rows=int(h.get("queued_rows", 0)))
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+    def Info(self, request, context):
+        try:
+            return convert.info_to_pb(self.engine.info())
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+
+
+class TokenInterceptor(grpc.ServerInterceptor):
+    """Rejects (``UNAUTHENTICATED``) every call without metadata ``authorization: Bearer <token>``."""
+
+    def __init__(self, token: str):
+        if not token:
+            raise ValueError("TokenInterceptor: empty token")
+        self._expected = f"Bearer {token}".encode()
+
+    def intercept_service(self, continuation, handler_call_details):
+        md = dict(handler_call_details.invocation_metadata or ())
+        got = md.get("authorization", "")
+        got = got.encode() if isinstance(got, str) else bytes(got)
+        if hmac.compare_digest(got, self._expected):
+            return continuation(handler_call_details)
+        handler = continuation(handler_call_details)
+        if handler is None:
+            return None
+
+        def deny(request, context):
+            context.abort(grpc.StatusCode.UNAUTHENTICATED,
+                          "missing or wrong rollout token (metadata 'authorization: Bearer <token>')")
+
+        def deny_stream(request, context):
+            deny(request, context)
+            yield  # pragma: no cover - abort raises
+
+        kw = dict(request_deserializer=handler.request_deserializer,
+                  response_serializer=handler.response_serializer)
+        if handler.request_streaming and handler.response_streaming:
+            return grpc.stream_stream_rpc_method_handler(deny_stream, **kw)
+        if handler.request_streaming:
+            return grpc.stream_unary_rpc_method_handler(deny, **kw)
+        if handler.response_streaming:
+            return grpc.unary_stream_rpc_method_handler(deny_stream, **kw)
+        return grpc.unary_unary_rpc_method_handler(deny, **kw)
+
+
+def is_loopback(host: str) -> bool:
+    """Whether ``host`` (name or IP, brackets allowed) is a loopback address."""
+    h = host.strip("[]")
+    if h == "localhost":
+        return True
+    try:
+        return ipaddress.ip_address(h).is_loopback
+    except ValueError:
+        return False
+
+
+def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
+                allow_remote: bool = False, max_workers: int = 32) -> tuple[grpc.Server, int]:
+    """Builds and starts a rollout server.
+
+    Args:
+        engine: the engine to serve.
+        host: address to bind; loopback unless ``allow_remote`` and ``token`` are given.
+        port: port to bind; ``0`` picks a free ephemeral port.
+        token: shared secret required in every call's metadata (``authorization: Bearer <token>``).
+        allow_remote: must be True to bind a non-loopback address.
+        max_workers: gRPC handler threads (concurrent calls).
+
+    Returns:
+        ``(server, bound_port)``; stop it with ``server.stop(grace)``.
+
+    Raises:
+        ValueError: a non-loopback ``host`` without ``allow_remote`` and a token.
+    """
+    if not is_loopback(host):
+        if not allow_remote:
+            raise ValueError(f"serve: refusing to bind non-loopback address {host!r} without --allow-remote")
+        if not token:
+            raise ValueError(f"serve: binding non-loopback address {host!r} needs a shared token "
+                             f"(--token or ${TOKEN_ENV})")
+    interceptors = (TokenInterceptor(token),) if token else ()
+    server = grpc.server(
+        futures.ThreadPoolExecutor(max_workers=max_workers, thread_name_prefix="rollout-grpc"),
+        interceptors=interceptors,
+        options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
+                 ("grpc.so_reuseport", 0)])
+    pb_grpc.add_RolloutServicer_to_server(RolloutServicer(engine), server)
+    bind = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
+    bound = server.add_insecure_port(f"{bind}:{port}")
+    if bound == 0:
+        raise OSError(f"serve: could not bind {bind}:{port}")
+    server.start()
+    return server, bound

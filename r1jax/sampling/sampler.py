@@ -1,0 +1,477 @@
+"""The embedded JAX sampler: batched generation with a KV cache, top-p / top-k, per-token log-probs.
+
+Two jitted pure functions do the work:
+
+* :func:`prefill` runs the LEFT-padded prompts through :func:`r1jax.models.forward_with_cache`
+  once and returns a :class:`DecodeState` holding the cache and the next-token logits;
+* :func:`decode` runs up to ``num_steps`` decode steps in a ``lax.while_loop`` that stops early
+  once every row has finished: sample a token per row, record its processed log-prob, feed it
+  back through the cache. The state is donated, so the cache and output buffers are updated in
+  place.
+
+Shapes are static and bucketed (batch, prompt length and the generation budget rounded up to a
+power of two or a multiple of a bucket size; stop ids padded), so a new batch rarely compiles.
+Everything that does not change shapes is traced and per row: temperature, top-p, top-k, the
+stop ids, the per-row budget and the random stream. Rows of different requests can therefore
+share a batch, and sweeping a sampling parameter never recompiles.
+
+Log-probs are the trainer's: :func:`r1jax_kernels.logprobs_from_logits` of the float32 logits
+``hidden @ lm_head`` at the row's temperature, BEFORE top-p / top-k truncation (the "processed"
+log-probs; DESIGN.md "The sampler and the trainer compute the same log-probs").
+
+Randomness: row ``(prompt i, sample j)`` of a request with seed ``s`` draws step ``t`` from
+``fold_in(fold_in(fold_in(PRNGKey(s), i), j), t)``, independent of batch composition and padding.
+
+The :class:`Sampler` class is the host-side driver: it buckets, pads, batches whole prompt groups,
+calls the two functions and turns rows back into :class:`~r1jax.sampling.params.Sample` objects.
+
+References:
+  Holtzman et al., "The curious case of neural text degeneration", ICLR 2020, arXiv 1904.09751,
+  section 3.1 (nucleus / top-p sampling); Fan et al., "Hierarchical neural story generation",
+  arXiv 1805.04833 (top-k sampling); Pope et al., "Efficiently scaling transformer inference",
+  arXiv 2211.05102 (KV-cache prefill / decode).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import secrets
+import threading
+from typing import Any, Iterator, NamedTuple, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax.models import KVCache, ModelConfig, forward_with_cache, init_cache, lm_head_weight
+from r1jax.sampling.params import Sample, SamplingParams
+from r1jax_kernels import logprobs_from_logits
+
+__all__ = [
+    "BatchShape", "RowParams", "DecodeState", "Row", "Sampler",
+    "filter_logits", "sample_tokens", "prefill", "decode", "bucket",
+]
+
+_F32 = jnp.float32
+
+
+# ------------------------------------------------------------------------------------------------
+# Pure, jit-able pieces
+
+
+@dataclasses.dataclass(frozen=True)
+class BatchShape:
+    """Static shape of one compiled batch (hashable: a static jit argument).
+
+    Attributes:
+        batch: rows B (padded).
+        prompt_len: padded prompt length P (prompts are LEFT-padded to it).
+        max_new_tokens: generation buffer N (each row stops at its own traced budget <= N).
+        num_stop: stop-id slots per row (padded with -1).
+        truncate: whether the top-p / top-k filter is compiled in (False: plain sampling, no sort).
+        cache_dtype: KV-cache dtype name, or None for the parameter dtype.
+        pad_id: token written after a row has finished.
+    """
+
+    batch: int
+    prompt_len: int
+    max_new_tokens: int
+    num_stop: int = 1
+    truncate: bool = False
+    cache_dtype: str | None = None
+    pad_id: int = 0
+
+
+class RowParams(NamedTuple):
+    """Per-row sampling parameters, all traced.
+
+    Attributes:
+        temperature: [B] float32; 0 = greedy.
+        top_p: [B] float32 in (0, 1]; 1 = off.
+        top_k: [B] int32; 0 = off.
+        max_new: [B] int32 per-row generation budget (<= N).
+        stop_ids: [B, S] int32 stop token ids, -1 = empty slot.
+        keys: [B, 2] uint32 per-row PRNG keys.
+    """
+
+    temperature: jax.Array
+    top_p: jax.Array
+    top_k: jax.Array
+    max_new: jax.Array
+    stop_ids: jax.Array
+    keys: jax.Array
+
+
+class DecodeState(NamedTuple):
+    """Everything the decode loop carries (a pytree; donated between calls).
+
+    Attributes:
+        cache: the KV cache (``P + N`` slots).
+        logits: [B, V] float32 logits for each row's next token.
+        positions: [B] int32 RoPE position of each row's next token.
+        step: [] int32 tokens generated so far (the next output column).
+        tokens: [B, N] int32 generated tokens (``pad_id`` after a row finished).
+        logprobs: [B, N] float32 processed log-probs of ``tokens`` (0 after a row finished).
+        lengths: [B] int32 tokens generated per row.
+        done: [B] bool, the row has finished (or is batch padding).
+        stopped: [B] bool, the row finished on a stop token.
+        row: the :class:`RowParams`.
+    """
+
+    cache: KVCache
+    logits: jax.Array
+    positions: jax.Array
+    step: jax.Array
+    tokens: jax.Array
+    logprobs: jax.Array
+    lengths: jax.Array
+    done: jax.Array
+    stopped: jax.Array
+    row: RowParams
+
+
+def filter_logits(scaled: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
+    """Top-k then top-p (nucleus) truncation of temperature-scaled logits; dropped tokens get -inf.
+
+    Args:
+        scaled: [B, V] float32 logits already divided by the temperature.
+        top_p: [B] nucleus mass in (0, 1]; 1 keeps everything top-k kept.
+        top_k: [B] int; 0 (or >= V) keeps every token.
+
+    Returns:
+        [B, V] with every token outside the kept set at ``-inf``. The kept set is the ``top_k``
+        largest logits, then the smallest prefix of them (by decreasing probability) whose mass
+        reaches ``top_p``; at least one token is always kept. Ties with the last kept logit are
+        kept too.
+
+    References:
+        Holtzman et al., arXiv 1904.09751, eq. 2 (the top-p vocabulary); Fan et al.,
+        arXiv 1805.04833, section 5.4 (top-k).
+    """
+    V = scaled.shape[-1]
+    sorted_desc = -jnp.sort(-scaled, axis=-1)
+    rank = jnp.arange(V)[None, :]
+    k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V).astype(jnp.int32)
+    in_k = rank < k[:, None]
+    probs = jax.nn.softmax(jnp.where(in_k, sorted_desc, -jnp.inf), axis=-1)
+    mass_before = jnp.cumsum(probs, axis=-1) - probs
+    keep = in_k & (mass_before < top_p[:, None])
+    m = jnp.maximum(jnp.sum(keep, axis=-1), 1)
+    threshold = jnp.take_along_axis(sorted_desc, (m - 1)[:, None], axis=-1)
+    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+
+
+def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncate: bool
+                  ) -> tuple[jax.Array, jax.Array]:
+    """Samples one token per row and returns its processed log-prob.
+
+    Args:
+        logits: [B, V] float32 next-token logits.
+        row: per-row parameters (temperature 0 = greedy argmax).
+        step: [] int32 decode step (folded into each row's key).
+        truncate: static; apply :func:`filter_logits` (top-p / top-k).
+
+    Returns:
+        ``(tokens [B] int32, logp [B] float32)`` where ``logp`` is
+        ``logprobs_from_logits(logits, tokens, temperature)``: after temperature, before
+        truncation. Greedy rows report the temperature-1 log-prob.
+    """
+    greedy = row.temperature <= 0.0
+    tau = jnp.where(greedy, 1.0, row.temperature).astype(_F32)
+    scaled = logits.astype(_F32) / tau[:, None]
+    if truncate:
+        scaled = filter_logits(scaled, row.top_p, row.top_k)
+    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row.keys, step)
+    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
+    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    logp = logprobs_from_logits(logits, tokens, tau)
+    return tokens, logp
+
+
+def _project(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
+    # The same matmul as r1jax_kernels' reference: float32 accumulation.
+    return jnp.einsum("bd,dv->bv", hidden, lm_head_weight(params, config), preferred_element_type=_F32)
+
+
+def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: jax.Array,
+            active: jax.Array, row: RowParams, *, shape: BatchShape) -> DecodeState:
+    """Runs the LEFT-padded prompts through the model and returns the initial decode state.
+
+    Args:
+        params: model parameters.
+        config: the architecture (static).
+        tokens: [B, P] int32 LEFT-padded prompts.
+        prompt_mask: [B, P] bool, True on real prompt tokens (a suffix of each row).
+        active: [B] bool, False for batch-padding rows (they start finished).
+        row: per-row sampling parameters.
+        shape: the static :class:`BatchShape`.
+
+    Returns:
+        A :class:`DecodeState` at step 0.
+    """
+    B, P = tokens.shape
+    N = shape.max_new_tokens
+    positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
+    cache = init_cache(config, B, P + N, dtype=shape.cache_dtype)
+    hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache)
+    return DecodeState(
+        cache=cache,
+        logits=_project(params, config, hidden[:, -1]),
+        positions=jnp.sum(prompt_mask, axis=1).astype(jnp.int32),
+        step=jnp.zeros((), jnp.int32),
+        tokens=jnp.full((B, N), shape.pad_id, jnp.int32),
+        logprobs=jnp.zeros((B, N), _F32),
+        lengths=jnp.zeros((B,), jnp.int32),
+        done=~active,
+        stopped=jnp.zeros((B,), bool),
+        row=row,
+    )
+
+
+def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.Array, *,
+           shape: BatchShape) -> DecodeState:
+    """Runs up to ``num_steps`` decode steps, stopping early once every row is done.
+
+    Args:
+        params: model parameters.
+        config: the architecture (static).
+        state: the current :class:`DecodeState` (donate it under jit).
+        num_steps: [] int32 traced step budget of this call (never beyond the buffer N).
+        shape: the static :class:`BatchShape`.
+
+    Returns:
+        The advanced state.
+    """
+    limit = jnp.minimum(state.step + num_steps, shape.max_new_tokens)
+
+    def cond(st: DecodeState):
+        return (st.step < limit) & ~jnp.all(st.done)
+
+    def body(st: DecodeState) -> DecodeState:
+        tok, logp = sample_tokens(st.logits, st.row, st.step, truncate=shape.truncate)
+        live = ~st.done
+        tok = jnp.where(live, tok, shape.pad_id)
+        logp = jnp.where(live, logp, 0.0)
+        tokens = jax.lax.dynamic_update_slice(st.tokens, tok[:, None], (0, st.step))
+        logprobs = jax.lax.dynamic_update_slice(st.logprobs, logp[:, None], (0, st.step))
+        lengths = st.lengths + live.astype(jnp.int32)
+        hit_stop = live & jnp.any(tok[:, None] == st.row.stop_ids, axis=-1)
+        done = st.done | hit_stop | (lengths >= st.row.max_new)
+        hidden, cache = forward_with_cache(params, config, tok[:, None], st.positions[:, None],
+                                           live[:, None], st.cache)
+        return DecodeState(cache=cache, logits=_project(params, config, hidden[:, 0]),
+                           positions=st.positions + 1, step=st.step + 1, tokens=tokens,
+                           logprobs=logprobs, lengths=lengths, done=done,
+                           stopped=st.stopped | hit_stop, row=st.row)
+
+    return jax.lax.while_loop(cond, body, state)
+
+
+_prefill_jit = jax.jit(prefill, static_argnames=("config", "shape"))
+_decode_jit = jax.jit(decode, static_argnames=("config", "shape"), donate_argnames=("state",))
+
+
+def row_keys(seeds: np.ndarray, prompt_index: np.ndarray, sample_index: np.ndarray) -> jax.Array:
+    """[B, 2] uint32 keys ``fold_in(fold_in(PRNGKey(seed), prompt_index), sample_index)``."""
+    def one(s, p, j):
+        return jax.random.fold_in(jax.random.fold_in(jax.random.PRNGKey(s), p), j)
+
+    return jax.vmap(one)(jnp.asarray(seeds, jnp.uint32), jnp.asarray(prompt_index, jnp.uint32),
+                         jnp.asarray(sample_index, jnp.uint32))
+
+
+_row_keys_jit = jax.jit(row_keys)
+
+
+# ------------------------------------------------------------------------------------------------
+# Host-side driver
+
+
+def bucket(n: int, multiple: int | None = None, minimum: int = 1) -> int:
+    """Rounds ``n`` up to a multiple of ``multiple`` (or, when None, to a power of two), >= minimum."""
+    n = max(int(n), int(minimum), 1)
+    if multiple:
+        return int(math.ceil(n / multiple) * multiple)
+    return 1 << (n - 1).bit_length()
+
+
+@dataclasses.dataclass(frozen=True, eq=False)
+class Row:
+    """One sample to generate: a prompt, its parameters and its place in the random streams."""
+
+    prompt: np.ndarray
+    sampling: SamplingParams
+    seed: int
+    prompt_index: int
+    sample_index: int
+
+
+class Sampler:
+    """Host driver of :func:`prefill` / :func:`decode` for one model architecture.
+
+    Args:
+        config: the architecture.
+        max_batch_rows: rows per batch (prompt groups are never split; a group larger than this
+            runs alone).
+        prompt_bucket: pad prompt lengths to multiples of this; None = powers of two.
+        min_prompt_bucket: smallest padded prompt length.
+        new_tokens_bucket: round the generation buffer up to multiples of this; None = powers of two.
+        min_new_tokens_bucket: smallest generation buffer.
+        decode_chunk: decode steps per device call when streaming (finished rows are reported
+            between calls); None = run each batch to completion in one call.
+        cache_dtype: KV-cache dtype (default: the parameter dtype).
+        pad_id: filler token after a row finished (never returned).
+    """
+
+    def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, prompt_bucket: int | None = None,
+                 min_prompt_bucket: int = 8, new_tokens_bucket: int | None = None,
+                 min_new_tokens_bucket: int = 8, decode_chunk: int | None = None,
+                 cache_dtype: str | None = None, pad_id: int = 0):
+        if max_batch_rows < 1:
+            raise ValueError(f"max_batch_rows: must be >= 1, got {max_batch_rows}")
+        if decode_chunk is not None and decode_chunk < 1:
+            raise ValueError(f"decode_chunk: must be >= 1 or None, got {decode_chunk}")
+        if not 0 <= pad_id < config.vocab_size:
+            raise ValueError(f"pad_id: {pad_id} outside the vocabulary [0, {config.vocab_size})")
+        self.config = config
+        self.max_batch_rows = max_batch_rows
+        self.prompt_bucket = prompt_bucket
+        self.min_prompt_bucket = min_prompt_bucket
+        self.new_tokens_bucket = new_tokens_bucket
+        self.min_new_tokens_bucket = min_new_tokens_bucket
+        self.decode_chunk = decode_chunk
+        self.cache_dtype = cache_dtype
+        self.pad_id = pad_id
+        self._shapes: set[BatchShape] = set()
+        self._lock = threading.Lock()
+
+    @property
+    def compiled_shapes(self) -> frozenset[BatchShape]:
+        """The distinct static batch shapes run so far (each compiled once)."""
+        with self._lock:
+            return frozenset(self._shapes)
+
+    # -- public API --------------------------------------------------------------------------------
+
+    def generate(self, params: Any, prompts: Sequence[Sequence[int]], sampling: SamplingParams, *,
+                 first_prompt_index: int = 0) -> list[list[Sample]]:
+        """Samples ``sampling.n`` completions for every prompt.
+
+        Args:
+            params: model parameters (any weights of ``config``'s architecture).
+            prompts: unpadded token-id sequences.
+            sampling: the sampling parameters; ``seed=None`` draws a fresh seed.
+            first_prompt_index: global index of ``prompts[0]`` (selects the random streams).
+
+        Returns:
+            ``result[i][j]`` = sample ``j`` of prompt ``i``.
+        """
+        rows = self.make_rows(prompts, sampling, first_prompt_index=first_prompt_index)
+        out: list[list[Sample | None]] = [[None] * sampling.n for _ in prompts]
+        for batch in self.group_batches(rows, sampling.n):
+            for r, sample in self.run_rows(params, [rows[i] for i in batch]):
+                row = rows[batch[r]]
+                out[row.prompt_index - first_prompt_index][row.sample_index] = sample
+        return out  # type: ignore[return-value]
+
+    def make_rows(self, prompts: Sequence[Sequence[int]], sampling: SamplingParams, *,
+                  first_prompt_index: int = 0) -> list[Row]:
+        """One :class:`Row` per (prompt, sample), prompt-major; draws the seed when None."""
+        seed = sampling.seed if sampling.seed is not None else secrets.randbits(32)
+        return [Row(np.asarray(p, np.int32), sampling, seed, first_prompt_index + i, j)
+                for i, p in enumerate(prompts) for j in range(sampling.n)]
+
+    def group_batches(self, rows: Sequence[Row], n: int) -> list[list[int]]:
+        """Row indices split into batches of whole groups of ``n`` (at most max_batch_rows rows)."""
+        groups = [list(range(i, min(i + n, len(rows)))) for i in range(0, len(rows), n)]
+        batches: list[list[int]] = []
+        for g in groups:
+            if batches and len(batches[-1]) + len(g) <= self.max_batch_rows:
+                batches[-1].extend(g)
+            else:
+                batches.append(list(g))
+        return batches
+
+    def batch_shape(self, rows: Sequence[Row]) -> BatchShape:
+        """The bucketed static shape for a batch of rows."""
+        return BatchShape(
+            batch=bucket(len(rows)),
+            prompt_len=bucket(max(len(r.prompt) for r in rows), self.prompt_bucket, self.min_prompt_bucket),
+            max_new_tokens=bucket(max(r.sampling.max_new_tokens for r in rows), self.new_tokens_bucket,
+                                  self.min_new_tokens_bucket),
+            num_stop=bucket(max(1, max(len(r.sampling.stop_token_ids) for r in rows))),
+            truncate=any(r.sampling.truncates for r in rows),
+            cache_dtype=self.cache_dtype,
+            pad_id=self.pad_id,
+        )
+
+    def run_rows(self, params: Any, rows: Sequence[Row], *, decode_chunk: int | None = None,
+                 cancelled: Any = None) -> Iterator[tuple[int, Sample]]:
+        """Generates one batch; yields ``(row position, Sample)`` as rows finish.
+
+        Rows are reported between device calls of ``decode_chunk`` steps (default: the
+        sampler's; None = all at the end).
+
+        Args:
+            params: model parameters.
+            rows: at most a few hundred rows (the batch is padded to a power of two).
+            decode_chunk: decode steps per device call.
+            cancelled: optional callable; when it returns True between chunks, stop early.
+        """
+        if not rows:
+            return
+        shape = self.batch_shape(rows)
+        with self._lock:
+            self._shapes.add(shape)
+        tokens, mask, active, row = self._pack(rows, shape)
+        state = _prefill_jit(params, self.config, tokens, mask, active, row, shape=shape)
+        chunk = decode_chunk if decode_chunk is not None else self.decode_chunk
+        chunk = shape.max_new_tokens if chunk is None else chunk
+        reported = np.zeros(len(rows), bool)
+        while True:
+            state = _decode_jit(params, self.config, state, jnp.int32(chunk), shape=shape)
+            done, step = jax.device_get((state.done, state.step))
+            done = np.asarray(done[:len(rows)])
+            finished_all = bool(done.all()) or int(step) >= shape.max_new_tokens
+            new = np.flatnonzero(done & ~reported) if not finished_all else np.flatnonzero(~reported)
+            if new.size:
+                toks, lps, lens, stopped = jax.device_get(
+                    (state.tokens, state.logprobs, state.lengths, state.stopped))
+                for r in new:
+                    n = int(lens[r])
+                    yield int(r), Sample(toks[r, :n].copy(), lps[r, :n].copy(),
+                                         "stop" if stopped[r] else "length")
+                reported[new] = True
+            if finished_all or (cancelled is not None and cancelled()):
+                return
+
+    # -- packing -----------------------------------------------------------------------------------
+
+    def _pack(self, rows: Sequence[Row], shape: BatchShape):
+        B, P, S = shape.batch, shape.prompt_len, shape.num_stop
+        tokens = np.full((B, P), self.pad_id, np.int32)
+        mask = np.zeros((B, P), bool)
+        active = np.zeros((B,), bool)
+        temperature = np.zeros((B,), np.float32)
+        top_p = np.ones((B,), np.float32)
+        top_k = np.zeros((B,), np.int32)
+        max_new = np.ones((B,), np.int32)
+        stop_ids = np.full((B, S), -1, np.int32)
+        seeds = np.zeros((B,), np.uint32)
+        pidx = np.zeros((B,), np.uint32)
+        sidx = np.zeros((B,), np.uint32)
+        for b, r in enumerate(rows):
+            n = len(r.prompt)
+            tokens[b, P - n:] = r.prompt
+            mask[b, P - n:] = True
+            active[b] = True
+            s = r.sampling
+            temperature[b], top_p[b], top_k[b], max_new[b] = s.temperature, s.top_p, s.top_k, s.max_new_tokens
+            stop_ids[b, :len(s.stop_token_ids)] = s.stop_token_ids
+            seeds[b], pidx[b], sidx[b] = r.seed, r.prompt_index % (1 << 32), r.sample_index
+        # Batch-padding rows get one real token so no attention row is empty.
+        mask[len(rows):, -1] = True
+        row = RowParams(jnp.asarray(temperature), jnp.asarray(top_p), jnp.asarray(top_k),
+                        jnp.asarray(max_new), jnp.asarray(stop_ids), _row_keys_jit(seeds, pidx, sidx))
+        return jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(active), row
