@@ -323,9 +323,15 @@ def load_tokenizer(path: str | pathlib.Path) -> Tokenizer:
         elif eos is not None:
             raise ValueError(f"{gen_file}: 'eos_token_id' must be an int or a list of ints, got {eos!r}")
     try:
-        return Tokenizer(backend, **special, chat_template=chat_template, extra_eos_ids=extra_eos, source=str(directory))
+        tok = Tokenizer(backend, **special, chat_template=chat_template, source=str(directory))
     except ValueError as e:
         raise ValueError(f"{cfg_file}: {e}") from None
+    if extra_eos:
+        try:
+            tok = Tokenizer(backend, **special, chat_template=chat_template, extra_eos_ids=extra_eos, source=str(directory))
+        except ValueError as e:
+            raise ValueError(f"{gen_file}: {e}") from None
+    return tok
 
 
 # -------------------------------------------------------------------------------------------- chat templates

@@ -204,3 +204,13 @@ def test_chat_template_errors():
         render_chat_template("{% for m in messages %}", [{"role": "user", "content": "x"}])
     with pytest.raises(ValueError, match=r"messages\[0\] must be a mapping with a 'role'"):
         render_chat_template("x", [{"content": "x"}])
+
+
+def test_bad_generation_config_named(tmp_path, saved):
+    (tmp_path / "tokenizer.json").write_text((saved / "tokenizer.json").read_text())
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": [2, 999]}))
+    with pytest.raises(ValueError, match=r"generation_config\.json: eos id 999 is outside the vocabulary of size 104"):
+        load_tokenizer(tmp_path)
+    (tmp_path / "generation_config.json").write_text(json.dumps({"eos_token_id": "x"}))
+    with pytest.raises(ValueError, match=r"generation_config\.json: 'eos_token_id' must be an int or a list"):
+        load_tokenizer(tmp_path)
