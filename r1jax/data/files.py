@@ -29,7 +29,6 @@ import re
 from typing import Any, Iterator, Sequence
 
 from r1jax.config import ConfigError, field
-from r1jax.rewards.parsing import extract_boxed  # the one home of \boxed{} extraction
 
 __all__ = ["FieldMap", "FileDataset", "load_jsonl", "load_parquet", "split_gsm8k_answer"]
 
@@ -122,6 +121,9 @@ def _example(row: Any, fields: FieldMap) -> tuple[str, str, str | None]:
             raise _RowError(f"field {fields.answer!r} has no '#### <answer>' marker (answer_format 'gsm8k')")
         solution, reference = parts
     elif fields.answer_format == "boxed":
+        # The one home of \boxed{} extraction (imported here: data must not import rewards at import time).
+        from r1jax.rewards.parsing import extract_boxed
+
         reference = extract_boxed(answer)
         if reference is None:
             raise _RowError(f"field {fields.answer!r} has no \\boxed{{...}} answer (answer_format 'boxed')")
