@@ -103,8 +103,8 @@ def _ks(ks: int | Iterable[int], name: str) -> list[int]:
     return [int(k) for k in out]
 
 
-def _flatten_per_sample(values: Sequence[Sequence[Any]], samples_by_problem: Sequence[Sequence[str]],
-                        name: str) -> np.ndarray:
+def _flatten_per_sample(values: Sequence[Sequence[Any]],
+                        samples_by_problem: Sequence[Sequence[str]], name: str) -> np.ndarray:
     if len(values) != len(samples_by_problem):
         raise ValueError(f"{name}: got {len(values)} problems, expected "
                          f"{len(samples_by_problem)} (one entry per problem)")

@@ -135,7 +135,7 @@ def mean_pass_at_k(correct: Any, ks: int | Iterable[int]) -> dict[int, float]:
             raise TypeError(f"correct: expected bools or 0/1 numbers, got dtype {arr.dtype}")
         if not np.all((arr == 0) | (arr == 1)):
             bad = _first_bad(~((arr == 0) | (arr == 1)))
-            raise ValueError(f"correct: entries must be 0/1, got {arr[bad]!r} at index {bad}")
+            raise ValueError(f"correct: entries must be 0/1, got {arr[bad]} at index {bad}")
     arr = arr.astype(bool)
     ks_list = [ks] if isinstance(ks, (int, np.integer)) else list(ks)
     if not ks_list:

@@ -112,7 +112,8 @@ def majority_correct(answers_by_problem: Sequence[Sequence[str | None]],
       TypeError: a non-integer ``k`` or an answer that is neither a string nor ``None``.
 
     References:
-      DeepSeek-AI, arXiv 2501.12948 (2025), evaluation set-up (cons@64); Wang et al., arXiv 2203.11171.
+      DeepSeek-AI, arXiv 2501.12948 (2025), evaluation set-up (cons@64); Wang et al.,
+      arXiv 2203.11171.
     """
     if isinstance(k, bool) or not isinstance(k, (int, np.integer)):
         raise TypeError(f"k: expected an integer, got {type(k).__name__} {k!r}")
