@@ -8,7 +8,9 @@ same format, so the demo and a real checkpoint go through the same code.
 
 Chat templates are rendered with ``jinja2`` in a sandbox configured as ``transformers`` configures
 its own (``trim_blocks``, ``lstrip_blocks``, ``loopcontrols``, ``raise_exception``, ``strftime_now``,
-a ``tojson`` that does not HTML-escape); the tests check the two render identically.
+a ``tojson`` that does not HTML-escape, the ``{% generation %}`` block tag); the tests check the two
+render identically. It is always jinja2 (never a ``transformers`` import), so the core needs only
+``tokenizers`` and ``jinja2``.
 """
 
 from __future__ import annotations
@@ -355,8 +357,21 @@ def _compile_template(template: str):
     def strftime_now(fmt):
         return datetime.datetime.now().strftime(fmt)
 
+    class GenerationTag(jinja2.ext.Extension):
+        """``{% generation %}...{% endgeneration %}`` (assistant-mask markers of some templates): renders its body."""
+
+        tags = {"generation"}
+
+        def parse(self, parser):
+            lineno = next(parser.stream).lineno
+            body = parser.parse_statements(("name:endgeneration",), drop_needle=True)
+            return jinja2.nodes.CallBlock(self.call_method("_render"), [], [], body).set_lineno(lineno)
+
+        def _render(self, caller):
+            return caller()
+
     env = jinja2.sandbox.ImmutableSandboxedEnvironment(
-        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols]
+        trim_blocks=True, lstrip_blocks=True, extensions=[jinja2.ext.loopcontrols, GenerationTag]
     )
     env.filters["tojson"] = tojson
     env.globals["raise_exception"] = raise_exception

@@ -168,7 +168,8 @@ FANCY = """{{ bos_token }}
     {% set ns.n = ns.n + 1 %}
     [{{ ns.n }}] {{ m['role'] }}: {{ m['content'] }} {{ m | tojson }}
 {% endfor %}
-{% if add_generation_prompt %}assistant:{% endif %}"""
+{% if add_generation_prompt %}assistant:{% endif %}
+{% generation %}gen {{ messages | length }}{% endgeneration %}"""
 
 
 @pytest.mark.parametrize("template", [CHATML, FANCY], ids=["chatml", "fancy"])
