@@ -13,7 +13,7 @@
 
 from r1jax.eval.completions import (REFLECTION_WORDS, length_stats, reflection_counts,
                                     reflection_stats)
-from r1jax.eval.evaluate import evaluate, grade_samples
+from r1jax.eval.evaluation import evaluate, grade_samples
 from r1jax.eval.passk import mean_pass_at_k, pass_at_k
 from r1jax.eval.stats import (Interval, normal_quantile, t_cdf, t_interval, t_quantile,
                               welch_interval, wilson_interval)

@@ -162,6 +162,17 @@ def evaluate(samples_by_problem: Sequence[Sequence[str]], references: Sequence[A
       ValueError / TypeError: as :func:`grade_samples`, a ``k`` larger than a problem's number of
         samples (named by problem index), lengths or truncation flags of the wrong shape.
 
+    Example (math answers graded by ``r1jax.rewards``; note its argument order)::
+
+        from r1jax.rewards.parsing import extract_final_answer
+        from r1jax.rewards.math_accuracy import math_answers_equal
+        metrics = evaluate(completions, answers,
+                           answer_fn=lambda c: extract_final_answer("", c),
+                           equiv_fn=lambda a, ref: math_answers_equal(ref, a), ks=(1, 8))
+
+    Votes group answers by string identity, so normalise answers in ``answer_fn`` when
+    different spellings ("0.5", "\\frac{1}{2}") should vote together.
+
     References:
       Chen et al., arXiv 2107.03374 (2021), eq. 1 (pass@k); DeepSeek-AI, arXiv 2501.12948
       (2025), evaluation set-up (pass@1 averaged over k samples, cons@64).
