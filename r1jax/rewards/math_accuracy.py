@@ -1,0 +1,133 @@
+r"""Accuracy reward for math: the final answer checked against the reference with math-verify.
+
+The final answer is the content of the last ``<answer>...</answer>`` block (its last ``\boxed{}``
+when it has one) or, without an answer block, the last ``\boxed{...}`` of the completion (nested
+braces handled). Both it and the reference are parsed by ``math_verify.parse`` and compared by
+``math_verify.verify`` (gold first), so equivalent forms count: ``1/2 = 0.5 = \frac{1}{2}``,
+``\dfrac12``, ``1,000 = 1000``, ``5\text{ cm} = 5``, ``x = 3`` against ``3``, sets in any order.
+
+Timeouts: math-verify bounds its own work with ``signal.alarm``, which only works in the main thread
+and is silently replaced by an exception elsewhere. This function therefore calls it with its
+timeouts *disabled* and relies on the caller: :class:`r1jax.rewards.RewardScorer` runs it in worker
+processes with a per-sample soft timeout (a timer signal in the worker's main thread) and a hard one
+(the worker is killed), and counts both. Called directly, it has no time limit.
+
+Reference: a string (``"\frac{1}{2}"``, ``"$0.5$"``, ``"42"``), a number, or a mapping with an
+``"answer"`` key holding one of those.
+
+References:
+  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, §2.2 (accuracy rewards: the final answer in a
+  specified format, e.g. within a box, checked by rules).
+"""
+
+from __future__ import annotations
+
+import fractions
+import functools
+import logging
+import numbers
+import re
+from typing import Any, Mapping
+
+from r1jax.rewards.parsing import extract_final_answer
+
+__all__ = ["math_accuracy", "math_answers_equal", "reference_answer"]
+
+
+class _DropDisabledTimeoutWarning(logging.Filter):
+    """math-verify warns once that its timeouts are off: here that is deliberate (see module doc)."""
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return not str(record.msg).startswith("Timeout is disabled")
+
+
+for _name in ("math_verify.parser", "math_verify.grader"):
+    logging.getLogger(_name).addFilter(_DropDisabledTimeoutWarning())
+
+
+def reference_answer(reference: Any) -> str:
+    """The reference answer as text; accepts a string, a number or a mapping with ``"answer"``."""
+    if isinstance(reference, Mapping):
+        if "answer" not in reference:
+            raise ValueError(f"math reference mapping has no 'answer' key: {reference!r}")
+        reference = reference["answer"]
+    if isinstance(reference, bool):
+        raise TypeError(f"math reference must be a string or a number, got {reference!r}")
+    if isinstance(reference, str):
+        if not reference.strip():
+            raise ValueError("math reference is an empty string")
+        return reference
+    if isinstance(reference, fractions.Fraction):
+        return f"{reference.numerator}/{reference.denominator}"
+    if isinstance(reference, numbers.Number):
+        return repr(reference) if isinstance(reference, float) else str(reference)
+    raise TypeError(f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}")
+
+
+_DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
+_PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
+
+
+def _parse(text: str) -> list:
+    """math-verify parse of an answer span, choosing how to present it.
+
+    An already delimited span (``$..$``, ``\\(..\\)``, ``\\boxed``) is parsed as is. A bare span is
+    parsed as LaTeX math (``$span$``, so ``2\\sqrt{2}`` and ``2^{10}`` stay whole) unless it reads
+    as prose (a word of 3+ letters outside LaTeX commands: "42 dollars", "the answer is 7"), which
+    math-verify's text extraction handles better; the other way is the fallback.
+    """
+    from math_verify import parse
+
+    text = text.strip()
+    if not text:
+        return []
+    if _DELIMITED.search(text):
+        return parse(text, parsing_timeout=None)
+    wrapped = f"${text}$"
+    prose = _PROSE_WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None
+    for candidate in ((text, wrapped) if prose else (wrapped, text)):
+        out = parse(candidate, parsing_timeout=None)
+        if out:
+            return out
+    return []
+
+
+@functools.lru_cache(maxsize=4096)
+def _parse_gold(text: str) -> tuple:
+    # A group of G completions shares one reference: parse it once.
+    return tuple(_parse(text))
+
+
+def math_answers_equal(reference: Any, answer: str) -> bool:
+    """Whether answer text ``answer`` is mathematically equal to ``reference`` (math-verify)."""
+    from math_verify import verify
+
+    gold = list(_parse_gold(reference_answer(reference)))
+    if not gold:
+        raise ValueError(f"math reference {reference!r} could not be parsed by math-verify")
+    pred = _parse(answer)
+    if not pred:
+        return False
+    return bool(verify(gold, pred, timeout_seconds=None))
+
+
+def math_accuracy(prompt: str, completion: str, reference: Any) -> float:
+    r"""1.0 if the completion's final answer equals the reference, else 0.0.
+
+    Args:
+      prompt: the prompt (used only to restore a ``<think>`` the prompt opened).
+      completion: the generated text.
+      reference: the gold answer (see the module docstring).
+
+    Returns:
+      1.0 or 0.0. No final answer scores 0.0.
+
+    Raises:
+      ValueError / TypeError: a malformed reference (a data bug, not a wrong answer).
+    """
+    answer = extract_final_answer(prompt, completion)
+    if answer is None:
+        reference_answer(reference)  # a bad reference is reported even when there is no answer
+        return 0.0
+    return 1.0 if math_answers_equal(reference, answer) else 0.0
