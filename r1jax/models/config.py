@@ -95,7 +95,13 @@ class ModelConfig:
 
     def __post_init__(self):
         if isinstance(self.rope_scaling, Mapping):  # accept a plain dict on direct construction
-            object.__setattr__(self, "rope_scaling", from_dict(RopeScaling, dict(self.rope_scaling)))
+            try:
+                scaling = from_dict(RopeScaling, dict(self.rope_scaling))
+            except ConfigError as e:
+                msg = str(e)
+                key = msg.split(":")[0]
+                raise ConfigError(f"rope_scaling.{msg}" if key.isidentifier() else f"rope_scaling: {msg}") from None
+            object.__setattr__(self, "rope_scaling", scaling)
         if isinstance(self.eos_token_ids, list):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
         _validate_fields(self, "")

@@ -1,0 +1,198 @@
+"""Forward modes: positions, KV-cache prefill/decode vs the full forward, packing, remat, dtypes."""
+
+import dataclasses
+import functools
+
+import chex
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax.models import (
+    default_positions,
+    forward,
+    forward_with_cache,
+    init_cache,
+    init_params,
+    init_value_head,
+    lm_head_weight,
+    logits,
+    value,
+)
+
+# Compiled once per (config, shapes); eager scans are slow to dispatch on CPU.
+jit_forward = jax.jit(forward, static_argnums=1)
+jit_logits = jax.jit(logits, static_argnums=1)
+
+
+def test_default_positions_hand_computed():
+    mask = jnp.array([[0, 0, 1, 1, 1], [1, 1, 1, 0, 0]], bool)
+    np.testing.assert_array_equal(
+        default_positions((2, 5), attention_mask=mask), [[0, 0, 0, 1, 2], [0, 1, 2, 2, 2]]
+    )
+    np.testing.assert_array_equal(default_positions((1, 4)), [[0, 1, 2, 3]])
+    seg = jnp.array([[1, 1, 2, 2, 2, 0], [3, 3, 3, 4, 5, 5]])
+    valid = jnp.array([[1, 1, 1, 1, 1, 0], [0, 1, 1, 1, 1, 1]], bool)
+    np.testing.assert_array_equal(default_positions((2, 6), segment_ids=seg), [[0, 1, 0, 1, 2, 0], [0, 1, 2, 0, 0, 1]])
+    np.testing.assert_array_equal(
+        default_positions((2, 6), segment_ids=seg, attention_mask=valid), [[0, 1, 0, 1, 2, 0], [0, 0, 1, 0, 0, 1]]
+    )
+
+
+def _left_pad(rows, width, pad=0):
+    tokens = np.full((len(rows), width), pad, np.int32)
+    mask = np.zeros((len(rows), width), bool)
+    for i, r in enumerate(rows):
+        tokens[i, width - len(r) :] = r
+        mask[i, width - len(r) :] = True
+    return jnp.asarray(tokens), jnp.asarray(mask)
+
+
+def test_kv_cache_prefill_and_decode_match_full_forward(qwen3_model):
+    config, params = qwen3_model
+    rng = np.random.RandomState(0)
+    prompt_lens, P, G = [3, 6, 1], 6, 4
+    prompts = [rng.randint(1, config.vocab_size, n) for n in prompt_lens]
+    ptoks, pmask = _left_pad(prompts, P)
+    gen = jnp.asarray(rng.randint(1, config.vocab_size, (3, G)), jnp.int32)
+    full_toks = jnp.concatenate([ptoks, gen], axis=1)
+    full_mask = jnp.concatenate([pmask, jnp.ones((3, G), bool)], axis=1)
+    full_pos = default_positions(full_toks.shape, attention_mask=full_mask)
+    full = jit_forward(params, config, full_toks, attention_mask=full_mask)
+
+    step = jax.jit(chex.assert_max_traces(forward_with_cache, n=2), static_argnums=1)  # prefill + decode shapes
+    cache = init_cache(config, batch=3, max_len=P + G + 3)
+    hidden, cache = step(params, config, ptoks, full_pos[:, :P], pmask, cache)
+    assert int(cache.index) == P
+    np.testing.assert_array_equal(cache.mask[:, :P], pmask)
+    m = np.asarray(pmask)
+    np.testing.assert_allclose(np.asarray(hidden)[m], np.asarray(full[:, :P])[m], atol=1e-5, rtol=0)
+    for t in range(G):
+        hidden, cache = step(params, config, gen[:, t : t + 1], full_pos[:, P + t : P + t + 1], jnp.ones((3, 1), bool), cache)
+        np.testing.assert_allclose(hidden[:, 0], full[:, P + t], atol=1e-5, rtol=0)
+    assert int(cache.index) == P + G
+    assert not bool(cache.mask[:, P + G :].any())
+
+
+def test_packed_segments_equal_separate_sequences(qwen3_model):
+    config, params = qwen3_model
+    rng = np.random.RandomState(1)
+    lens = [[4, 3, 5], [6, 6]]
+    T = 14
+    toks = np.zeros((2, T), np.int32)
+    seg = np.zeros((2, T), np.int32)
+    seqs = []
+    for r, row in enumerate(lens):
+        start = 0
+        for s, n in enumerate(row):
+            x = rng.randint(1, config.vocab_size, n)
+            toks[r, start : start + n] = x
+            seg[r, start : start + n] = s + 1
+            seqs.append((r, start, x))
+            start += n
+    valid = seg > 0
+    packed = jit_forward(params, config, jnp.asarray(toks), segment_ids=jnp.asarray(seg), attention_mask=jnp.asarray(valid))
+    # Reference: each sequence alone in its own row, right-padded (later pads cannot reach earlier
+    # tokens under the causal mask), positions 0..n-1.
+    alone = np.zeros((len(seqs), T), np.int32)
+    for i, (_, _, x) in enumerate(seqs):
+        alone[i, : len(x)] = x
+    ref = jit_forward(params, config, jnp.asarray(alone))
+    for i, (r, start, x) in enumerate(seqs):
+        np.testing.assert_allclose(packed[r, start : start + len(x)], ref[i, : len(x)], atol=1e-5, rtol=0)
+
+
+def test_padding_does_not_change_valid_tokens(make_config):
+    config = make_config(architecture="qwen2", tie_word_embeddings=True)
+    params = init_params(config, jax.random.key(2))
+    x = jnp.asarray(np.random.RandomState(2).randint(1, 96, (1, 5)), jnp.int32)
+    alone = jit_forward(params, config, x)
+    both = jnp.concatenate([jnp.pad(x, ((0, 0), (0, 3))), jnp.pad(x, ((0, 0), (3, 0)))])
+    mask = jnp.stack([jnp.arange(8) < 5, jnp.arange(8) >= 3])
+    out = jit_forward(params, config, both, attention_mask=mask)
+    right, left = out[:1], out[1:]
+    np.testing.assert_allclose(right[:, :5], alone, atol=1e-5, rtol=0)
+    np.testing.assert_allclose(left[:, 3:], alone, atol=1e-5, rtol=0)
+
+
+def test_cache_overflow_is_loud(make_config):
+    config = make_config()
+    params = init_params(config, jax.random.key(0))
+    cache = init_cache(config, batch=1, max_len=4)
+    toks = jnp.ones((1, 3), jnp.int32)
+    pos = jnp.arange(3)[None]
+    hidden, cache = forward_with_cache(params, config, toks, pos, jnp.ones((1, 3), bool), cache)
+    assert bool(jnp.isfinite(hidden).all())
+    hidden, _ = forward_with_cache(params, config, toks, pos + 3, jnp.ones((1, 3), bool), cache)
+    assert bool(jnp.isnan(hidden).all())
+    with pytest.raises(ValueError, match="do not fit a cache of 4 slots"):
+        forward_with_cache(params, config, jnp.ones((1, 5), jnp.int32), jnp.zeros((1, 5), jnp.int32), jnp.ones((1, 5), bool), init_cache(config, 1, 4))
+    with pytest.raises(ValueError, match="cache: holds 1 rows but tokens has 2"):
+        forward_with_cache(params, config, jnp.ones((2, 1), jnp.int32), jnp.zeros((2, 1), jnp.int32), jnp.ones((2, 1), bool), init_cache(config, 1, 4))
+
+
+def test_input_errors_name_the_argument(make_config):
+    config = make_config()
+    params = init_params(config, jax.random.key(0))
+    with pytest.raises(TypeError, match="tokens: expected integer"):
+        forward(params, config, jnp.ones((1, 3)))
+    with pytest.raises(ValueError, match="tokens: expected shape"):
+        forward(params, config, jnp.ones((3,), jnp.int32))
+    with pytest.raises(ValueError, match="attention_mask: expected shape \\(1, 3\\)"):
+        forward(params, config, jnp.ones((1, 3), jnp.int32), attention_mask=jnp.ones((1, 4), bool))
+
+
+def test_remat_gives_same_loss_and_gradient(make_config):
+    base = make_config()
+    params = init_params(base, jax.random.key(3))
+    toks = jnp.asarray(np.random.RandomState(3).randint(0, 96, (2, 6)), jnp.int32)
+
+    @functools.partial(jax.jit, static_argnums=1)
+    def grad(p, cfg):
+        return jax.value_and_grad(lambda q: jnp.mean(jax.nn.log_softmax(logits(q, cfg, toks))[..., 0]))(p)
+
+    ref_l, ref_g = grad(params, base)
+    for remat in ("full", "dots"):
+        l, g = grad(params, dataclasses.replace(base, remat=remat))
+        np.testing.assert_allclose(l, ref_l, rtol=1e-6)
+        chex.assert_trees_all_close(g, ref_g, atol=1e-6, rtol=1e-5)
+
+
+def test_value_head(make_config):
+    config = make_config()
+    params = {**init_params(config, jax.random.key(0)), **init_value_head(config, jax.random.key(1))}
+    params["value_head"]["bias"] = jnp.asarray(0.5)
+    hidden = jit_forward(params, config, jnp.ones((2, 3), jnp.int32))
+    v = value(params, config, hidden)
+    assert v.shape == (2, 3) and v.dtype == jnp.float32
+    expect = np.asarray(hidden, np.float64) @ np.asarray(params["value_head"]["kernel"], np.float64) + 0.5
+    np.testing.assert_allclose(v, expect, atol=1e-5)
+    with pytest.raises(KeyError, match="init_value_head"):
+        value(init_params(config, jax.random.key(0)), config, hidden)
+
+
+def test_bfloat16_parameters_compute_close_to_float32(make_config):
+    cfg32 = make_config(architecture="qwen3", initializer_range=0.05)
+    cfg16 = make_config(architecture="qwen3", initializer_range=0.05, param_dtype="bfloat16")
+    p16 = init_params(cfg16, jax.random.key(4))
+    assert all(x.dtype == jnp.bfloat16 for x in jax.tree.leaves(p16))
+    p32 = jax.tree.map(lambda x: x.astype(jnp.float32), p16)
+    toks = jnp.asarray(np.random.RandomState(4).randint(0, 96, (2, 7)), jnp.int32)
+    assert jax.eval_shape(functools.partial(forward, config=cfg16), p16, tokens=toks).dtype == jnp.bfloat16
+    l16 = jit_logits(p16, cfg16, toks)
+    assert l16.dtype == jnp.float32
+    l32 = jit_logits(p32, cfg32, toks)
+    np.testing.assert_allclose(l16, l32, atol=0.05 * float(jnp.abs(l32).max()))
+    cache = init_cache(cfg16, 2, 8)
+    assert cache.k.dtype == jnp.bfloat16
+    assert init_cache(cfg16, 2, 8, dtype=jnp.float32).k.dtype == jnp.float32
+
+
+def test_jit_and_eager_agree_and_tied_head(qwen3_model):
+    config, params = qwen3_model
+    toks = jnp.asarray(np.random.RandomState(5).randint(0, 96, (2, 5)), jnp.int32)
+    eager = logits(params, config, toks)
+    jitted = jit_logits(params, config, toks)
+    np.testing.assert_allclose(eager, jitted, atol=1e-5)
+    np.testing.assert_array_equal(lm_head_weight(params, config), params["embed"].T)
