@@ -1,0 +1,186 @@
+"""The experiment config: one frozen dataclass per section, loaded by ``r1jax train CONFIG``.
+
+Sections owned elsewhere are imported (``model`` → :mod:`r1jax.models`, ``data`` →
+:mod:`r1jax.data`, ``reward`` → :mod:`r1jax.rewards`, ``mesh`` → :mod:`r1jax.models.sharding`);
+the sections here describe the algorithm, the optimiser, the rollout, checkpoints and logging.
+Every value is checked when the config is loaded, before any work starts.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+from r1jax.config import ConfigError, field
+from r1jax.data import DataConfig
+from r1jax.models import ModelConfig
+from r1jax.models.sharding import MeshConfig
+from r1jax.rewards import RewardConfig
+
+__all__ = [
+    "AlgoConfig", "OptimConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
+    "ModelSection", "KernelConfig", "ExperimentConfig",
+]
+
+LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum")
+
+
+@dataclasses.dataclass(frozen=True)
+class AlgoConfig:
+    """The RL algorithm: GRPO (and its variants) or PPO with GAE.
+
+    Defaults are GRPO as in DeepSeekMath / DeepSeek-R1: group-normalised outcome advantages,
+    symmetric clip 0.2, KL to the reference in the loss with the k3 estimator, seq-mean-token-mean
+    aggregation. The variants are switches: Dr.GRPO = ``std_scaling: none`` +
+    ``loss_agg: seq_mean_token_sum_norm``; DAPO = ``clip_eps_high: 0.28`` + ``loss_agg: token_mean``
+    + ``dynamic_sampling: true`` + ``overlong_buffer > 0`` + ``kl_coef: 0``; GSPO = ``policy_loss: gspo``;
+    RLOO / REINFORCE++ = ``advantage: rloo | reinforce_pp``.
+    """
+
+    name: str = field("grpo", choices=("grpo", "ppo"), help="grpo: no critic; ppo: critic + GAE")
+    advantage: str = field(
+        "grpo", choices=("grpo", "rloo", "reinforce_pp", "gae"),
+        help="advantage estimator (ppo always uses gae)")
+    std_scaling: str = field(
+        "group", choices=("group", "batch", "none"),
+        help="GRPO: divide by the group std, the batch std, or not at all (Dr.GRPO)")
+    policy_loss: str = field("clip", choices=("clip", "gspo", "pg"), help="surrogate objective")
+    clip_eps_low: float = field(0.2, gt=0.0, lt=1.0, help="ε_low of the clipped ratio")
+    clip_eps_high: float = field(0.2, gt=0.0, help="ε_high (DAPO clip-higher: 0.28)")
+    dual_clip: float | None = field(None, gt=1.0, help="dual-clip constant c (Ye et al. 2020), None = off")
+    loss_agg: str = field("seq_mean_token_mean", choices=LOSS_AGGREGATIONS, help="loss aggregation")
+    kl_coef: float = field(0.001, ge=0.0, help="β: KL-to-reference weight (in the loss for GRPO, in the reward for PPO)")
+    kl_estimator: str = field("k3", choices=("k1", "k2", "k3"), help="KL estimator (Schulman 2020)")
+    kl_clamp: float | None = field(10.0, gt=0.0, help="clamp of the per-token KL estimate, None = off")
+    logratio_clamp: float = field(20.0, gt=0.0, help="clamp of log-ratios before exp")
+    ref_update_every: int = field(400, ge=0, help="reference ← policy every N steps (paper: 400); 0 = never")
+    entropy_coef: float = field(0.0, ge=0.0, help="entropy bonus weight")
+    num_epochs: int = field(1, ge=1, help="μ: optimisation passes over each rollout batch")
+    num_minibatches: int = field(1, ge=1, help="optimizer steps per pass (the batch is split)")
+    num_microbatches: int = field(1, ge=1, help="gradient-accumulation splits of each mini-batch (exact)")
+    # PPO
+    gamma: float = field(1.0, ge=0.0, le=1.0, help="PPO discount γ")
+    gae_lambda: float = field(0.95, ge=0.0, le=1.0, help="PPO GAE λ")
+    value_coef: float = field(0.5, ge=0.0, help="PPO value-loss weight")
+    value_clip: float | None = field(0.2, gt=0.0, help="PPO value clipping range, None = off")
+    critic_lr_scale: float = field(1.0, gt=0.0, help="critic learning rate = optim.lr × this")
+    # DAPO pieces
+    dynamic_sampling: bool = field(False, help="DAPO: drop groups whose rewards are all equal")
+    overlong_buffer: int = field(0, ge=0, help="DAPO soft overlong punishment buffer (tokens); 0 = off")
+    overlong_penalty: float = field(1.0, ge=0.0, help="DAPO overlong penalty at the hard limit")
+    # rollout / trainer mismatch
+    tis: str = field("off", choices=("off", "token", "sequence"), help="truncated importance sampling level")
+    tis_cap: float = field(2.0, gt=0.0, help="TIS cap C")
+    tis_mode: str = field("truncate", choices=("truncate", "mask"), help="clip weights at C, or mask tokens above C")
+
+    def check(self) -> None:
+        if self.name == "ppo" and self.advantage not in ("gae",):
+            raise ConfigError(f"algo.advantage: ppo uses 'gae', got {self.advantage!r}")
+        if self.name == "grpo" and self.advantage == "gae":
+            raise ConfigError("algo.advantage: 'gae' needs a critic; set algo.name: ppo")
+
+
+@dataclasses.dataclass(frozen=True)
+class OptimConfig:
+    """AdamW with linear warm-up and constant (or cosine) schedule, global-norm clipping."""
+
+    lr: float = field(1e-5, gt=0.0, help="peak learning rate")
+    schedule: str = field("constant", choices=("constant", "cosine"), help="after warm-up")
+    warmup_steps: int = field(0, ge=0, help="linear warm-up optimizer steps")
+    b1: float = field(0.9, ge=0.0, lt=1.0)
+    b2: float = field(0.95, ge=0.0, lt=1.0)
+    eps: float = field(1e-8, gt=0.0)
+    weight_decay: float = field(0.0, ge=0.0)
+    grad_clip: float | None = field(1.0, gt=0.0, help="global-norm clip, None = off")
+
+
+@dataclasses.dataclass(frozen=True)
+class RolloutConfig:
+    """How samples are produced: in-process JAX engine, or remote rollout servers over gRPC."""
+
+    mode: str = field("embedded", choices=("embedded", "remote"), help="embedded JAX engine or r1jax serve / vLLM")
+    servers: tuple[str, ...] = field((), help="host:port of rollout servers (remote mode)")
+    token: str | None = field(None, help="shared token for remote servers")
+    timeout_s: float = field(600.0, gt=0.0, help="per-request timeout (remote)")
+    weight_transport: str = field("grpc", choices=("grpc", "safetensors"), help="how weights reach remote servers")
+    prompts_per_step: int = field(8, ge=1, help="prompts per RL step")
+    group_size: int = field(8, ge=1, help="G: samples per prompt")
+    temperature: float = field(1.0, gt=0.0, help="sampling temperature (also used by the trainer's log-probs)")
+    top_p: float = field(1.0, gt=0.0, le=1.0)
+    top_k: int = field(0, ge=0)
+    max_new_tokens: int = field(64, ge=1)
+
+
+@dataclasses.dataclass(frozen=True)
+class KernelConfig:
+    """Which log-prob backend the trainer uses (see r1jax_kernels)."""
+
+    logprob_backend: str = field("auto", choices=("auto", "reference", "chunked", "pallas"))
+    chunk_size: int | None = field(None, gt=0, help="vocabulary chunk of the chunked backend")
+
+
+@dataclasses.dataclass(frozen=True)
+class CheckpointConfig:
+    every: int = field(0, ge=0, help="save every N steps (and at the end); 0 = only at the end")
+    keep: int = field(3, ge=1, help="keep the last k checkpoints")
+    resume: bool = field(True, help="resume from the latest checkpoint in the run directory")
+    export_hf: bool = field(False, help="also export the final policy as a Hugging Face directory")
+
+
+@dataclasses.dataclass(frozen=True)
+class EvalConfig:
+    every: int = field(0, ge=0, help="evaluate on held-out prompts every N steps (and before/after); 0 = before/after only")
+    num_prompts: int = field(64, ge=1, help="held-out prompts")
+    num_samples: int = field(1, ge=1, help="samples per prompt (pass@k / cons@k need k <= this)")
+    ks: tuple[int, ...] = field((1,), ge=1, help="k of pass@k and cons@k")
+    temperature: float = field(0.0, ge=0.0, help="0 = greedy")
+
+    def check(self) -> None:
+        if max(self.ks) > self.num_samples:
+            raise ConfigError(f"eval.ks: k={max(self.ks)} exceeds eval.num_samples={self.num_samples}")
+
+
+@dataclasses.dataclass(frozen=True)
+class RunConfig:
+    name: str = field("run", help="run name (a directory under out_dir)")
+    out_dir: str = field("runs", help="where runs are written")
+    seed: int = field(0, ge=0)
+    steps: int = field(100, ge=0, help="RL steps")
+    log_every: int = field(1, ge=1)
+    tensorboard: bool = field(True, help="write TensorBoard event files")
+    progress: bool = field(True, help="progress bar in the terminal")
+
+
+@dataclasses.dataclass(frozen=True)
+class ModelSection:
+    """The policy: a Hugging Face directory (``path``) or a fresh random model (``config``)."""
+
+    path: str | None = field(None, help="Hugging Face model directory (config.json + safetensors)")
+    tokenizer: str | None = field(None, help="tokenizer directory; None = the model directory")
+    config: ModelConfig = field(default_factory=ModelConfig)
+
+
+@dataclasses.dataclass(frozen=True)
+class ExperimentConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelSection = field(default_factory=ModelSection)
+    data: DataConfig = field(default_factory=DataConfig)
+    reward: RewardConfig = field(default_factory=RewardConfig)
+    algo: AlgoConfig = field(default_factory=AlgoConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    rollout: RolloutConfig = field(default_factory=RolloutConfig)
+    kernels: KernelConfig = field(default_factory=KernelConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    mesh: MeshConfig = field(default_factory=MeshConfig)
+
+    def check(self) -> None:
+        rows = self.rollout.prompts_per_step * self.rollout.group_size
+        splits = self.algo.num_minibatches * self.algo.num_microbatches
+        if rows % splits:
+            raise ConfigError(
+                f"algo.num_minibatches × algo.num_microbatches = {splits} must divide "
+                f"rollout.prompts_per_step × rollout.group_size = {rows}")
+        if self.rollout.mode == "remote" and not self.rollout.servers:
+            raise ConfigError("rollout.servers: remote mode needs at least one host:port")
+        if self.model.path is None and self.model.tokenizer is None:
+            raise ConfigError("model.tokenizer: a random model (model.path unset) needs a tokenizer directory")

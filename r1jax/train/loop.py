@@ -1,0 +1,401 @@
+"""The RL loop: prompts → rollout → rewards → advantages → μ passes of mini-batch updates →
+weight push → reference refresh → metrics → checkpoint.
+
+Orchestration only: the maths is in :mod:`r1jax.algos`, the pure steps in
+:mod:`r1jax.train.steps`. Every random choice derives from ``run.seed`` and the step number
+(sampling seeds) or from the PRNG key in the train state (mini-batch order), and the data
+iterator's position is checkpointed, so a run resumed from a checkpoint produces the same
+metrics, step for step, as an uninterrupted one.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import pathlib
+import time
+from typing import Any, Sequence
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from r1jax import algos
+from r1jax.config import ConfigError, load_config, save_config, to_dict
+from r1jax.data import PromptIterator, make_dataset
+from r1jax.data.batching import pad_sequences
+from r1jax.data.templates import encode_prompts
+from r1jax.data.tokenizer import load_tokenizer
+from r1jax.models import init_params, init_value_head, load_pretrained, save_pretrained
+from r1jax.rewards import RewardScorer
+from r1jax.rollout.types import GenerateRequest, SamplingParams
+from r1jax.train.checkpoint import Checkpointer
+from r1jax.train.config import ExperimentConfig
+from r1jax.train.metrics import MetricsWriter
+from r1jax.train.steps import (Hyper, RLBatch, TrainState, make_logprob_fn, make_optimizer,
+                               make_train_step, make_value_fn)
+
+__all__ = ["Trainer", "run_from_cli", "eval_from_cli"]
+
+log = logging.getLogger("r1jax.train")
+
+_LENGTH_MULTIPLE = 32  # rows are padded to a multiple of this, so shapes (and compiles) repeat
+
+
+def _round_up(n: int, m: int) -> int:
+    return -(-n // m) * m
+
+
+def _step_seed(run_seed: int, step: int, salt: int = 0) -> int:
+    """A sampling seed that depends only on (run seed, step): resumed runs sample the same."""
+    return int(np.random.SeedSequence([run_seed, step, salt]).generate_state(1)[0])
+
+
+class Trainer:
+    """Runs an :class:`ExperimentConfig`: GRPO (and variants) or PPO, from scratch or resumed.
+
+    Args:
+      config: the validated experiment config.
+      run_dir: where config, metrics, checkpoints and exports go (default ``out_dir/name``).
+    """
+
+    def __init__(self, config: ExperimentConfig, run_dir: str | pathlib.Path | None = None):
+        self.config = cfg = config
+        self.run_dir = pathlib.Path(run_dir or pathlib.Path(cfg.run.out_dir) / cfg.run.name)
+        self.run_dir.mkdir(parents=True, exist_ok=True)
+        save_config(cfg, self.run_dir / "config.yaml")
+
+        # Policy and tokenizer.
+        tok_dir = cfg.model.tokenizer or cfg.model.path
+        self.tokenizer = load_tokenizer(tok_dir)
+        key = jax.random.PRNGKey(cfg.run.seed)
+        key, init_key, critic_key = jax.random.split(key, 3)
+        if cfg.model.path is not None:
+            params, self.model_cfg = load_pretrained(cfg.model.path)
+        else:
+            self.model_cfg = cfg.model.config
+            params = init_params(self.model_cfg, init_key)
+        if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
+            raise ConfigError(f"model.tokenizer: {self.tokenizer.vocab_size} tokens do not fit the model's "
+                              f"vocab_size {self.model_cfg.vocab_size}")
+
+        # Data and rewards.
+        self.train_set = make_dataset(cfg.data, "train")
+        self.eval_set = make_dataset(cfg.data, "eval")
+        self.iterator = PromptIterator(self.train_set, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
+        self.scorer = RewardScorer(cfg.reward)
+
+        # Optimisers, state, pure steps.
+        algo = cfg.algo
+        self.tx = make_optimizer(cfg.optim)
+        self.critic_tx = make_optimizer(cfg.optim, algo.critic_lr_scale) if algo.name == "ppo" else None
+        critic_params: Any = {}
+        critic_opt: Any = {}
+        if algo.name == "ppo":
+            # A separate critic of the policy's architecture, initialised from the policy's trunk plus a
+            # fresh scalar head (as the paper's PPO baseline: a value model the size of the policy).
+            critic_params = {**jax.tree.map(jnp.copy, params), **init_value_head(self.model_cfg, critic_key)}
+            critic_opt = self.critic_tx.init(critic_params)
+        self.state = TrainState(
+            step=jnp.int32(0), params=params, opt_state=self.tx.init(params),
+            ref_params=jax.tree.map(jnp.copy, params), critic_params=critic_params,
+            critic_opt_state=critic_opt, key=key, skipped=jnp.int32(0))
+        self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
+        self.train_step = make_train_step(self.model_cfg, algo, cfg.kernels, self.tx, self.critic_tx)
+        self.logprob_fn = make_logprob_fn(self.model_cfg, cfg.kernels)
+        self.value_fn = make_value_fn(self.model_cfg) if algo.name == "ppo" else None
+
+        # Rollout engine, checkpoints, resume.
+        self.engine = self._make_engine(params)
+        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
+        self.start_step = 0
+        if cfg.checkpoint.resume and self.checkpointer.latest_step() is not None:
+            self._restore(self.checkpointer.latest_step())
+
+    # ------------------------------------------------------------------------------ set-up helpers
+
+    def _make_engine(self, params):
+        cfg = self.config
+        if cfg.rollout.mode == "embedded":
+            from r1jax.rollout.jax_engine import JaxEngine  # noqa: PLC0415
+
+            return JaxEngine(params, self.model_cfg, model_name=cfg.model.path or "random",
+                             max_batch_rows=max(64, cfg.rollout.prompts_per_step * cfg.rollout.group_size))
+        from r1jax.rollout.client import RolloutClient  # noqa: PLC0415
+
+        client = RolloutClient(list(cfg.rollout.servers), timeout=cfg.rollout.timeout_s, token=cfg.rollout.token)
+        self.engine = client
+        self.push_weights(params, 0)
+        return client
+
+    def push_weights(self, params, version: int) -> None:
+        """Makes ``params`` the engine's live weights as ``version`` (atomic on the engine's side)."""
+        transport = self.config.rollout.weight_transport
+        if self.config.rollout.mode == "remote" and transport == "safetensors":
+            directory = self.run_dir / "weights" / f"v{version}"
+            save_pretrained(jax.device_get(params), self.model_cfg, directory)
+            self.engine.update_weights_from_dir(str(directory), version)
+        else:
+            self.engine.update_weights(params, version=version)
+
+    def _meta(self) -> dict[str, Any]:
+        return {"iterator": self.iterator.state(), "weight_version": int(self.state.step),
+                "config": to_dict(self.config)}
+
+    def save(self) -> None:
+        self.checkpointer.save(int(self.state.step), self.state, self._meta())
+
+    def _restore(self, step: int) -> None:
+        self.state, meta = self.checkpointer.restore(step, self.state)
+        self.iterator.restore(meta["iterator"])
+        self.push_weights(self.state.params, int(meta["weight_version"]))
+        self.start_step = int(self.state.step)
+        log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
+
+    # ------------------------------------------------------------------------------ rollout + rewards
+
+    def generate(self, examples: Sequence[dict], *, n: int, temperature: float, seed: int, first_index: int):
+        """Samples ``n`` completions per example; returns (prompt ids, samples [P][n], weight versions)."""
+        cfg = self.config.rollout
+        prompts = encode_prompts(examples, self.tokenizer, self.config.data.template,
+                                 system_prompt=self.config.data.system_prompt)
+        sampling = SamplingParams(temperature=temperature, top_p=cfg.top_p, top_k=cfg.top_k,
+                                  max_new_tokens=cfg.max_new_tokens, stop_token_ids=self.tokenizer.eos_ids,
+                                  n=n, seed=seed)
+        results = self.engine.generate(GenerateRequest(prompts, sampling, first_prompt_index=first_index))
+        results = sorted(results, key=lambda r: r.prompt_index)
+        return prompts, [list(r.samples) for r in results], [r.weight_version for r in results]
+
+    def score(self, examples, samples, step: int):
+        """Rewards of every sample: (total [P, n], {component: [P, n]}, failures)."""
+        p, n = len(samples), len(samples[0])
+        texts = [self.tokenizer.decode(s.token_ids) for group in samples for s in group]
+        flat_examples = [e for e in examples for _ in range(n)]
+        result = self.scorer.score(
+            prompts=[e["prompt"] for e in flat_examples], completions=texts,
+            references=[e["reference"] for e in flat_examples], step=step, total_steps=self.config.run.steps)
+        total = np.asarray(result.total, np.float32).reshape(p, n)
+        comps = {k: np.asarray(v, np.float32).reshape(p, n) for k, v in result.components.items()}
+        return total, comps, result, texts
+
+    # ------------------------------------------------------------------------------ one RL step
+
+    def _assemble(self, prompts, samples, seq_adv, token_adv=None):
+        """Right-padded rows of prompt + completion with target-aligned arrays (numpy)."""
+        g = len(samples[0])
+        rows_p = [p for p in prompts for _ in range(g)]
+        rows_c = [s.token_ids for group in samples for s in group]
+        token_values = {"sampler_logp": [s.logprobs for group in samples for s in group]}
+        if token_adv is not None:
+            token_values["advantages"] = token_adv
+        longest = max(len(p) + len(c) for p, c in zip(rows_p, rows_c))
+        length = _round_up(max(longest, 2), _LENGTH_MULTIPLE)
+        tb = pad_sequences(rows_p, rows_c, self.tokenizer.pad_id, length=length,
+                           token_values=token_values,
+                           sequence_values=None if token_adv is not None else {"advantages": seq_adv.reshape(-1)})
+        return tb
+
+    def rl_step(self) -> dict[str, Any]:
+        """One RL step; returns its metrics (deterministic numbers) and timing."""
+        cfg, algo = self.config, self.config.algo
+        step = int(self.state.step)
+        p, g = cfg.rollout.prompts_per_step, cfg.rollout.group_size
+        timing: dict[str, float] = {}
+
+        t0 = time.perf_counter()
+        examples = next(self.iterator)
+        prompts, samples, versions = self.generate(
+            examples, n=g, temperature=cfg.rollout.temperature, seed=_step_seed(cfg.run.seed, step),
+            first_index=step * p)
+        timing["rollout"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        rewards, comps, reward_result, _ = self.score(examples, samples, step)
+        lengths = np.array([[len(s) for s in grp] for grp in samples], np.float32)
+        clipped = np.array([[s.finish_reason == "length" for s in grp] for grp in samples])
+        shaped = rewards
+        if algo.overlong_buffer:
+            shaped = np.asarray(algos.apply_overlong_penalty(
+                rewards, lengths, max_len=cfg.rollout.max_new_tokens, cache_len=algo.overlong_buffer,
+                penalty=algo.overlong_penalty))
+        keep = np.ones((p, g), bool)
+        if algo.dynamic_sampling:
+            keep = np.asarray(algos.dynamic_sampling_mask(shaped)).reshape(p, -1) * np.ones((p, g), bool)
+        timing["reward"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        seq_adv = token_adv = None
+        if algo.advantage == "grpo":
+            seq_adv = np.asarray(algos.grpo_advantages(shaped, keep, std_scaling=algo.std_scaling))
+        elif algo.advantage == "rloo":
+            seq_adv = np.asarray(algos.rloo_advantages(shaped, keep))
+        else:  # reinforce_pp / gae need token rewards: computed below once rows exist
+            seq_adv = np.zeros((p, g), np.float32)
+        tb = self._assemble(prompts, samples, seq_adv)
+        tokens = jnp.asarray(tb.tokens)
+        attn = jnp.asarray(tb.attention_mask)
+        loss_mask_np = tb.loss_mask[:, 1:] & keep.reshape(-1)[:, None]
+        loss_mask = jnp.asarray(loss_mask_np)
+        temp = self.hparams.temperature
+        old_logp = self.logprob_fn(self.state.params, tokens, attn, temp)
+        ref_logp = self.logprob_fn(self.state.ref_params, tokens, attn, temp)
+        sampler_logp = jnp.asarray(tb.values["sampler_logp"][:, 1:])
+        advantages = jnp.asarray(tb.values["advantages"][:, 1:])
+        old_values = returns = jnp.zeros_like(old_logp)
+        scores = jnp.asarray(shaped.reshape(-1))
+        if algo.advantage == "reinforce_pp":
+            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
+            token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
+            advantages = algos.reinforce_pp_advantages(token_rewards, loss_mask, gamma=algo.gamma)
+        elif algo.advantage == "gae":
+            old_values = self.value_fn(self.state.critic_params, tokens, attn)
+            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
+            token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
+            gae = algos.gae_advantages(token_rewards, old_values, loss_mask, gamma=algo.gamma, lam=algo.gae_lambda)
+            advantages, returns = gae.advantages, gae.returns
+        batch = RLBatch(tokens=tokens, attention_mask=attn, loss_mask=loss_mask, advantages=advantages,
+                        old_logp=old_logp, ref_logp=ref_logp, sampler_logp=sampler_logp,
+                        old_values=old_values, returns=returns, denominator=jnp.float32(0.0))
+        step_metrics = self._optimise(batch)
+        timing["train"] = time.perf_counter() - t0
+
+        t0 = time.perf_counter()
+        new_step = step + 1
+        self.state = self.state._replace(step=jnp.int32(new_step))
+        if algo.ref_update_every and new_step % algo.ref_update_every == 0:
+            self.state = self.state._replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
+        self.push_weights(self.state.params, new_step)
+        timing["weight_sync"] = time.perf_counter() - t0
+
+        completion_tokens = float(loss_mask_np.sum())
+        metrics: dict[str, Any] = {
+            "reward/total": float(rewards.mean()),
+            **{f"reward/{k}": float(v.mean()) for k, v in comps.items()},
+            "reward/failures": int(sum(reward_result.num_errors.values()) + sum(reward_result.num_timeouts.values())),
+            "accuracy": float(self._accuracy(comps).mean()),
+            "response_length/mean": float(lengths.mean()),
+            "response_length/max": float(lengths.max()),
+            "response_length/clipped_frac": float(clipped.mean()),
+            "groups_kept_frac": float(keep[:, 0].mean()),
+            "trainer_sampler_kl": float(algos.loss_numerator(
+                algos.kl_estimate(sampler_logp, old_logp, loss_mask, kind="k3"), loss_mask, "token_mean")
+                / max(completion_tokens, 1.0)),
+            "weight_version_min": int(min(versions)),
+            **step_metrics,
+        }
+        total_time = sum(timing.values())
+        timing["tokens_per_s"] = completion_tokens / max(total_time, 1e-9)
+        return {"metrics": metrics, "timing": timing}
+
+    def _accuracy(self, comps: dict[str, np.ndarray]) -> np.ndarray:
+        for name, v in comps.items():
+            if "accuracy" in name or name in ("countdown", "multiple_choice", "code"):
+                return v
+        return np.zeros(1)
+
+    def _optimise(self, batch: RLBatch) -> dict[str, float]:
+        """μ passes over the rollout batch, ``num_minibatches`` optimizer steps each."""
+        algo = self.config.algo
+        n = batch.tokens.shape[0]
+        mb = n // algo.num_minibatches
+        sums: dict[str, float] = {}
+        count = 0
+        for _ in range(algo.num_epochs):
+            key, perm_key = jax.random.split(self.state.key)
+            self.state = self.state._replace(key=key)
+            order = np.asarray(jax.random.permutation(perm_key, n)) if algo.num_minibatches > 1 else np.arange(n)
+            for i in range(algo.num_minibatches):
+                idx = order[i * mb:(i + 1) * mb]
+                minibatch = jax.tree.map(lambda x: x[idx] if x.ndim else x, batch)
+                den = algos.loss_denominator(minibatch.loss_mask, algo.loss_agg,
+                                             max_len=self.config.rollout.max_new_tokens)
+                minibatch = minibatch._replace(denominator=jnp.maximum(den, 1.0))
+                self.state, m = self.train_step(self.state, minibatch, self.hparams)
+                m = jax.device_get(m)
+                if m["skipped"]:
+                    log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped",
+                                int(self.state.step), m["loss"], m["grad_norm"])
+                for k, v in m.items():
+                    sums[k] = sums.get(k, 0.0) + float(v)
+                count += 1
+        out = {k: v / count for k, v in sums.items()}
+        out["skipped"] = sums.get("skipped", 0.0)
+        return out
+
+    # ------------------------------------------------------------------------------ evaluation
+
+    def evaluate(self, num_prompts: int | None = None) -> dict[str, float]:
+        """Accuracy, pass@k and cons@k on held-out prompts with the current policy."""
+        from r1jax.eval import mean_pass_at_k  # noqa: PLC0415
+
+        ecfg = self.config.eval
+        count = min(num_prompts or ecfg.num_prompts, len(self.eval_set))
+        examples = [self.eval_set[i] for i in range(count)]
+        _, samples, _ = self.generate(examples, n=ecfg.num_samples, temperature=ecfg.temperature,
+                                      seed=_step_seed(self.config.run.seed, 0, salt=1), first_index=0)
+        total, comps, _, _ = self.score(examples, samples, int(self.state.step))
+        acc = self._accuracy(comps)
+        lengths = np.array([[len(s) for s in grp] for grp in samples], np.float32)
+        out = {"eval/accuracy": float(acc.mean()), "eval/reward": float(total.mean()),
+               "eval/response_length": float(lengths.mean()),
+               **{f"eval/{name}": float(v.mean()) for name, v in comps.items()}}
+        if acc.ndim == 2:
+            for k, v in mean_pass_at_k(acc > 0.5, ecfg.ks).items():
+                out[f"eval/pass@{k}"] = float(v)
+        return out
+
+    # ------------------------------------------------------------------------------ the run
+
+    def run(self) -> list[dict[str, Any]]:
+        """Trains to ``run.steps``; returns the per-step records (also in metrics.jsonl)."""
+        cfg = self.config
+        writer = MetricsWriter(self.run_dir, total_steps=cfg.run.steps, tensorboard=cfg.run.tensorboard,
+                               progress=cfg.run.progress, start_step=self.start_step)
+        records = []
+        try:
+            for step in range(self.start_step, cfg.run.steps):
+                out = self.rl_step()
+                metrics = out["metrics"]
+                if cfg.eval.every and (step + 1) % cfg.eval.every == 0:
+                    metrics.update(self.evaluate())
+                writer.write(step, metrics, timing=out["timing"])
+                records.append({"step": step, **metrics})
+                done = step + 1
+                if (cfg.checkpoint.every and done % cfg.checkpoint.every == 0) or done == cfg.run.steps:
+                    self.save()
+        finally:
+            writer.close()
+        if cfg.checkpoint.export_hf:
+            self.export(self.run_dir / "hf")
+        return records
+
+    def export(self, directory: str | pathlib.Path) -> pathlib.Path:
+        """Writes the policy as a Hugging Face directory (weights, config, tokenizer)."""
+        directory = pathlib.Path(directory)
+        save_pretrained(jax.device_get(self.state.params), self.model_cfg, directory)
+        self.tokenizer.save(directory)
+        return directory
+
+
+def run_from_cli(config_path: str, overrides: Sequence[str]) -> int:
+    """``r1jax train CONFIG [key=value ...]``."""
+    cfg = load_config(ExperimentConfig, config_path, overrides)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    trainer = Trainer(cfg)
+    before = trainer.evaluate()
+    print("before:", before)
+    trainer.run()
+    after = trainer.evaluate()
+    print("after:", after)
+    return 0
+
+
+def eval_from_cli(config_path: str, overrides: Sequence[str]) -> int:
+    """``r1jax eval CONFIG [key=value ...]``: evaluates ``model.path`` (or the run's latest checkpoint)."""
+    import json  # noqa: PLC0415
+
+    cfg = load_config(ExperimentConfig, config_path, overrides)
+    trainer = Trainer(cfg)
+    print(json.dumps(trainer.evaluate(), indent=2))
+    return 0
