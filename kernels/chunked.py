@@ -18,9 +18,8 @@ kernel, is::
 
     d/dz_v = p_v * (g_lse + g_mu * (1 + z_v - mu)) + g_zt * [v == target]
 
-A ragged last chunk (``V % chunk != 0``) is read as the last ``chunk`` columns (the slice start
-is clamped to ``V - chunk``) with the columns already seen masked out, so ``lm_head`` is never
-padded or copied.
+A ragged vocabulary (``V % chunk != 0``) ends with one extra step over the ``V % chunk`` tail
+columns (a static shape), so ``lm_head`` is never padded or copied and no column is masked.
 
 References:
     Online softmax normaliser: Milakov & Gimelshein, "Online normalizer calculation for softmax"
@@ -66,51 +65,73 @@ def resolve_chunk_size(chunk_size: int | None, num_tokens: int, vocab_size: int)
     return int(min(chunk_size, vocab_size))
 
 
-def _chunk_logits(h: Array, w: Array, tau: Array, j: Array, chunk: int):
-    """Tempered logits of vocabulary chunk ``j`` and which of its columns are new."""
-    vocab = w.shape[1]
-    start = jnp.minimum(j * chunk, vocab - chunk)  # clamped: the ragged last chunk overlaps
-    w_chunk = lax.dynamic_slice_in_dim(w, start, chunk, axis=1)
+def _as_bits(x: Array) -> Array:
+    """16-bit floats as same-width unsigned ints (other dtypes unchanged).
+
+    Slicing / updating the ``[D, V]`` arrays through their bits keeps XLA's CPU backend, which
+    computes in float32 what it cannot do in bfloat16, from materialising a float32 copy of the
+    whole matrix around a dynamic slice. On GPU the bitcast is free."""
+    return lax.bitcast_convert_type(x, jnp.uint16) if x.dtype.itemsize == 2 else x
+
+
+def _from_bits(x: Array, dtype) -> Array:
+    return lax.bitcast_convert_type(x, dtype) if x.dtype != dtype else x
+
+
+def _chunk_logits(h: Array, w: Array, tau: Array, start, size: int):
+    """Tempered logits ``[N, size]`` of the vocabulary columns ``start:start+size``."""
+    w_chunk = _from_bits(lax.dynamic_slice_in_dim(_as_bits(w), start, size, axis=1), w.dtype)
     z = jnp.dot(h, w_chunk, preferred_element_type=jnp.float32) / tau[:, None]
-    cols = start + jnp.arange(chunk)
-    fresh = cols >= j * chunk  # columns not already covered by an earlier chunk
-    return z, w_chunk, cols, fresh, start
+    return z, w_chunk, start + jnp.arange(size)
+
+
+def _over_chunks(step, carry, vocab: int, chunk: int):
+    """``carry = step(carry, start, size)`` over the full chunks (a scan), then the ragged tail
+    (``vocab % chunk`` columns, static shape) if any."""
+    n_full, tail = divmod(vocab, chunk)
+    if n_full:
+        carry, _ = lax.scan(lambda c, j: (step(c, j * chunk, chunk), None), carry,
+                            jnp.arange(n_full))
+    if tail:
+        carry = step(carry, n_full * chunk, tail)
+    return carry
 
 
 def _forward_stats(h, w, targets, tau, chunk):
-    num_chunks = _common.cdiv(w.shape[1], chunk)
     n = h.shape[0]
 
-    def body(carry, j):
+    def step(carry, start, size):
         m, s, a, zt = carry
-        z, _, cols, fresh, _ = _chunk_logits(h, w, tau, j, chunk)
-        z_seen = jnp.where(fresh, z, -jnp.inf)
-        m_new = jnp.maximum(m, jnp.max(z_seen, axis=-1))
-        e = jnp.exp(z_seen - m_new[:, None])
+        z, _, cols = _chunk_logits(h, w, tau, start, size)
+        m_new = jnp.maximum(m, jnp.max(z, axis=-1))
+        e = jnp.exp(z - m_new[:, None])
         rescale = jnp.exp(m - m_new)
         s = s * rescale + jnp.sum(e, axis=-1)
-        a = a * rescale + jnp.sum(e * jnp.where(fresh, z, 0.0), axis=-1)
-        zt = zt + jnp.sum(jnp.where(fresh & (cols == targets[:, None]), z, 0.0), axis=-1)
-        return (m_new, s, a, zt), None
+        a = a * rescale + jnp.sum(e * z, axis=-1)
+        zt = zt + jnp.sum(jnp.where(cols == targets[:, None], z, 0.0), axis=-1)
+        return m_new, s, a, zt
 
     init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
-    (m, s, a, zt), _ = lax.scan(body, init, jnp.arange(num_chunks))
+    m, s, a, zt = _over_chunks(step, init, w.shape[1], chunk)
     lse = m + jnp.log(s)
     mu = a / s
     return lse, mu, zt
 
 
 def logit_grad(z: Array, lse: Array, mu: Array, g_lse: Array, g_mu: Array, g_zt: Array,
-               is_target: Array, valid: Array) -> Array:
+               is_target: Array, valid: Array | None = None) -> Array:
     """The gradient w.r.t. tempered logits ``z`` of ``(lse, mu, zt)`` with cotangents ``g_*``.
 
     ``z`` is ``[n, c]``; ``lse, mu, g_*`` are ``[n]``; ``is_target`` and ``valid`` are boolean
-    ``[n, c]`` (``valid`` false on columns that must not contribute).
+    ``[n, c]`` (``valid``, when given, is false on columns that must not contribute).
     """
-    p = jnp.where(valid, jnp.exp(z - lse[:, None]), 0.0)
+    p = jnp.exp(z - lse[:, None])
+    if valid is not None:
+        p = jnp.where(valid, p, 0.0)
+        is_target = is_target & valid
     gz = p * (g_lse[:, None] + g_mu[:, None] * (1.0 + z - mu[:, None]))
-    return gz + jnp.where(is_target & valid, g_zt[:, None], 0.0)
+    return gz + jnp.where(is_target, g_zt[:, None], 0.0)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
@@ -139,28 +160,24 @@ def _vocab_stats_fwd(h, w, targets, tau, chunk):
 def _vocab_stats_bwd(chunk, residuals, cotangents):
     h, w, targets, tau, lse, mu = residuals
     g_lse, g_mu, g_zt = cotangents
-    num_chunks = _common.cdiv(w.shape[1], chunk)
     mm_dtype = jnp.result_type(h.dtype, w.dtype)
 
-    def body(carry, j):
+    def step(carry, start, size):
         dh, dw, g_tau = carry
-        z, w_chunk, cols, fresh, start = _chunk_logits(h, w, tau, j, chunk)
-        gz = logit_grad(z, lse, mu, g_lse, g_mu, g_zt, cols == targets[:, None],
-                        jnp.broadcast_to(fresh, z.shape))
-        g_tau = g_tau + jnp.sum(gz * z, axis=-1)  # dz/dtau = -z / tau, applied after the scan
+        z, w_chunk, cols = _chunk_logits(h, w, tau, start, size)
+        gz = logit_grad(z, lse, mu, g_lse, g_mu, g_zt, cols == targets[:, None])
+        g_tau = g_tau + jnp.sum(gz * z, axis=-1)  # dz/dtau = -z / tau, applied at the end
         gu = (gz / tau[:, None]).astype(mm_dtype)  # gradient w.r.t. the raw logits h @ w
         dh = dh + jnp.dot(gu, w_chunk.T.astype(mm_dtype), preferred_element_type=jnp.float32)
         dw_chunk = jnp.einsum("nd,nc->dc", h.astype(mm_dtype), gu,
                               preferred_element_type=jnp.float32)
-        old = lax.dynamic_slice_in_dim(dw, start, chunk, axis=1)
-        new = jnp.where(fresh[None, :], dw_chunk.astype(dw.dtype), old)
-        dw = lax.dynamic_update_slice_in_dim(dw, new, start, axis=1)
-        return (dh, dw, g_tau), None
+        dw = lax.dynamic_update_slice_in_dim(dw, _as_bits(dw_chunk.astype(w.dtype)), start, axis=1)
+        return dh, dw, g_tau
 
-    init = (jnp.zeros(h.shape, jnp.float32), jnp.zeros_like(w),
+    init = (jnp.zeros(h.shape, jnp.float32), _as_bits(jnp.zeros_like(w)),
             jnp.zeros(tau.shape, jnp.float32))
-    (dh, dw, g_tau), _ = lax.scan(body, init, jnp.arange(num_chunks))
-    return dh.astype(h.dtype), dw, None, -g_tau / tau
+    dh, dw, g_tau = _over_chunks(step, init, w.shape[1], chunk)
+    return dh.astype(h.dtype), _from_bits(dw, w.dtype), None, -g_tau / tau
 
 
 vocab_stats.defvjp(_vocab_stats_fwd, _vocab_stats_bwd)
