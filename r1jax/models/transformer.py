@@ -33,6 +33,7 @@ References:
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any, NamedTuple
 
@@ -171,6 +172,7 @@ def _nest(flat: dict[str, Any]) -> Params:
     return out
 
 
+@functools.partial(jax.jit, static_argnums=0)
 def init_params(config: ModelConfig, key: jax.Array) -> Params:
     """Random parameters: weight matrices ~ N(0, initializer_range²), norms 1, biases 0.
 
@@ -180,6 +182,8 @@ def init_params(config: ModelConfig, key: jax.Array) -> Params:
 
     Returns:
       The nested-dict parameter pytree (layout in the module docstring), in ``config.param_dtype``.
+      Jitted: to create the parameters already sharded, wrap it again with
+      ``jax.jit(init_params, static_argnums=0, out_shardings=sharding.param_shardings(config, mesh))``.
     """
     specs = param_specs(config)
     keys = jax.random.split(key, len(specs))
@@ -356,7 +360,10 @@ def _remat(fn, config: ModelConfig):
 
 
 def _embed(params: Params, tokens: jax.Array) -> jax.Array:
-    return constrain(jnp.take(params["embed"], tokens, axis=0), ACT_BTD)
+    # Gather the table over fsdp (vocab stays split) before the lookup, as FSDP does for every
+    # weight; gathering straight from an fsdp-split table makes XLA replicate the result.
+    table = constrain(params["embed"], ("vocab", None))
+    return constrain(jnp.take(table, tokens, axis=0), ACT_BTD)
 
 
 def _check_tokens(tokens: jax.Array, name: str = "tokens") -> None:
