@@ -31,6 +31,7 @@ import math
 import multiprocessing
 import multiprocessing.connection
 import os
+import pickle
 import signal
 import subprocess
 import sys
@@ -159,8 +160,13 @@ def _worker_main(conn, memory_limit_mb: int | None, preload: tuple[str, ...]) ->
             return
         if msg is None:
             return
-        task_id, task = msg
-        res = call_with_timeout(task.fn, task.prompt, task.completion, task.reference, task.timeout_s)
+        task_id, payload = msg
+        try:
+            task = pickle.loads(payload)
+        except Exception as e:  # noqa: BLE001 - e.g. the reward's module is not importable here
+            res = TaskResult(0.0, "error", f"cannot load the task in the worker: {type(e).__name__}: {e}"[:500])
+        else:
+            res = call_with_timeout(task.fn, task.prompt, task.completion, task.reference, task.timeout_s)
         try:
             conn.send((task_id, res))
         except (BrokenPipeError, OSError):
@@ -173,11 +179,9 @@ _WORKER_CODE = "import r1jax.rewards.pool as p; p._worker_entry()"
 class _Worker:
     """One worker: a fresh interpreter (no fork of the caller, no re-import of its ``__main__``)."""
 
-    def __init__(self, memory_limit_mb, preload):
+    def __init__(self, memory_limit_mb, preload, env):
         parent, child = multiprocessing.Pipe(duplex=True)
         fd = child.fileno()
-        env = dict(os.environ)
-        env.setdefault("JAX_PLATFORMS", "cpu")  # a reward that imports JAX must not grab the GPU
         self.proc = subprocess.Popen(
             [sys.executable, "-c", _WORKER_CODE, str(fd), str(os.getpid()), str(memory_limit_mb or 0), *preload],
             pass_fds=(fd,), close_fds=True, env=env, stdin=subprocess.DEVNULL,
@@ -229,6 +233,9 @@ class RewardPool:
         if num_workers < 1:
             raise ValueError(f"num_workers must be >= 1, got {num_workers}")
         self._preload = tuple(preload)
+        # Replacement workers get the environment of the pool's creation, not of the moment.
+        self._env = dict(os.environ)
+        self._env.setdefault("JAX_PLATFORMS", "cpu")  # a reward that imports JAX must not grab the GPU
         self._memory_limit_mb = memory_limit_mb
         self._grace_s = grace_s
         self._startup_timeout_s = startup_timeout_s
@@ -242,7 +249,7 @@ class RewardPool:
         return len(self._workers)
 
     def _new_worker(self) -> _Worker:
-        return _Worker(self._memory_limit_mb, self._preload)
+        return _Worker(self._memory_limit_mb, self._preload, self._env)
 
     def _replace(self, i: int) -> None:
         self._workers[i].kill()
@@ -265,12 +272,14 @@ class RewardPool:
                     if w.ready and w.task is None and pending:
                         j = pending.popleft()
                         try:
-                            w.conn.send((j, tasks[j]))
+                            payload = pickle.dumps(tasks[j])
                         except Exception as e:  # noqa: BLE001 - e.g. an unpicklable reference
-                            if isinstance(e, (BrokenPipeError, OSError)) and not w.alive():
-                                pending.appendleft(j)
-                                continue
                             results[j] = TaskResult(0.0, "error", f"cannot send the task to a worker: {type(e).__name__}: {e}"[:500])
+                            continue
+                        try:
+                            w.conn.send((j, payload))
+                        except (BrokenPipeError, OSError):
+                            pending.appendleft(j)  # the worker is gone: the collector replaces it
                             continue
                         w.task = (j, time.monotonic() + tasks[j].timeout_s + self._grace_s)
                 self._wait_and_collect(tasks, results)

@@ -379,8 +379,9 @@ def _launch(
             proc, json.dumps(payload).encode(), limits.wall_time_s, limits.max_output_bytes
         )
     finally:
-        _kill(proc)
-        if uid is not None and mode != "namespaces":
+        killed = _kill(proc)
+        # "uid": descendants that left the session; "namespaces": wait out the pid namespace's teardown.
+        if uid is not None and (mode != "namespaces" or killed):
             _kill_uid(uid)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
@@ -447,8 +448,10 @@ def _communicate(proc: subprocess.Popen, payload: bytes, wall: float, cap: int) 
     return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, exceeded
 
 
-def _kill(proc: subprocess.Popen) -> None:
-    if proc.poll() is None:
+def _kill(proc: subprocess.Popen) -> bool:
+    """SIGKILLs the run's session if it is still there; returns whether it had to."""
+    killed = proc.poll() is None
+    if killed:
         try:
             os.killpg(proc.pid, signal.SIGKILL)
         except ProcessLookupError:
@@ -460,6 +463,7 @@ def _kill(proc: subprocess.Popen) -> None:
     for f in (proc.stdin, proc.stdout, proc.stderr):
         if f is not None and not f.closed:
             f.close()
+    return killed
 
 
 def _uids_of(pid_dir: str) -> int | None:
@@ -479,11 +483,12 @@ def _count_processes(uid: int) -> int:
     return sum(1 for d in os.listdir("/proc") if d.isdigit() and _uids_of(d) == uid)
 
 
-def _kill_uid(uid: int) -> None:
-    """Kills every process left running as the run's throw-away uid (escaped the session)."""
+def _kill_uid(uid: int, wait_s: float = 5.0) -> None:
+    """Kills every process left as the run's throw-away uid and waits (bounded) until they are gone."""
     if not os.path.isdir("/proc"):
         return
-    for _ in range(3):
+    deadline = time.monotonic() + wait_s
+    while True:
         found = False
         for d in os.listdir("/proc"):
             if d.isdigit() and _uids_of(d) == uid:
@@ -493,6 +498,9 @@ def _kill_uid(uid: int) -> None:
                 except ProcessLookupError:
                     pass
         if not found:
+            return
+        if time.monotonic() > deadline:
+            logger.error("sandbox processes of uid %d still present %g s after SIGKILL", uid, wait_s)
             return
         time.sleep(0.01)
 
