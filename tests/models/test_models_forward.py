@@ -8,6 +8,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r1jax.models import (
     default_positions,
@@ -38,6 +40,30 @@ def test_default_positions_hand_computed():
     np.testing.assert_array_equal(
         default_positions((2, 6), segment_ids=seg, attention_mask=valid), [[0, 1, 0, 1, 2, 0], [0, 0, 1, 0, 0, 1]]
     )
+
+
+@settings(max_examples=20, deadline=None)
+@given(
+    lengths=st.lists(st.integers(1, 4), min_size=1, max_size=4),
+    valid=st.lists(st.booleans(), min_size=10, max_size=10),
+)
+def test_default_positions_match_a_loop(lengths, valid):
+    T = 10
+    seg = np.zeros(T, np.int32)
+    t = 0
+    for s, n in enumerate(lengths):
+        seg[t : t + n] = s + 1
+        t += n
+    seg[t:] = 0  # trailing padding segment
+    out = np.asarray(
+        default_positions((1, T), segment_ids=jnp.asarray(seg)[None], attention_mask=jnp.asarray(valid)[None])
+    )[0]
+    count = 0
+    for i in range(T):
+        if i == 0 or seg[i] != seg[i - 1]:
+            count = 0
+        count += valid[i]
+        assert out[i] == max(count - 1, 0), (i, seg, valid, out)
 
 
 def _left_pad(rows, width, pad=0):

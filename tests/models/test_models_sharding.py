@@ -84,20 +84,21 @@ def test_forward_and_gradient_on_mesh_equal_single_device(mesh, make_config):
         lp = jax.nn.log_softmax(hidden @ lm_head_weight(p, config))
         logp = jnp.take_along_axis(lp[:, :-1], tokens[:, 1:, None], axis=-1)[..., 0]
         v = value(p, config, hidden)
-        return jnp.sum(jnp.where(mask[:, 1:], logp, 0.0)) / 20.0 + jnp.mean(v**2)
+        return jnp.sum(jnp.where(mask[:, 1:], logp, 0.0)) / 20.0 + jnp.mean(v**2), hidden
 
-    ref_loss, ref_grad = jax.jit(jax.value_and_grad(loss))(params, tokens, mask)
+    (ref_loss, ref_hidden), ref_grad = jax.jit(jax.value_and_grad(loss, has_aux=True))(params, tokens, mask)
 
     shardings = param_shardings(params, mesh)
     batch = NamedSharding(mesh, P(("data", "fsdp")))
     with jax.set_mesh(mesh):
         step = jax.jit(
-            jax.value_and_grad(loss),
+            jax.value_and_grad(loss, has_aux=True),
             in_shardings=(shardings, batch, batch),
-            out_shardings=(NamedSharding(mesh, P()), shardings),
+            out_shardings=((NamedSharding(mesh, P()), NamedSharding(mesh, P(("data", "fsdp")))), shardings),
         )
-        mesh_loss, mesh_grad = step(shard_params(params, mesh), jax.device_put(tokens, batch), jax.device_put(mask, batch))
+        (mesh_loss, mesh_hidden), mesh_grad = step(shard_params(params, mesh), jax.device_put(tokens, batch), jax.device_put(mask, batch))
     np.testing.assert_allclose(mesh_loss, ref_loss, atol=1e-5, rtol=1e-6)
+    np.testing.assert_allclose(mesh_hidden, ref_hidden, atol=1e-5, rtol=0)
     for (path, g), r in zip(jax.tree_util.tree_leaves_with_path(mesh_grad), jax.tree.leaves(ref_grad)):
         np.testing.assert_allclose(g, r, atol=1e-5, rtol=1e-5, err_msg=jax.tree_util.keystr(path))
     # gradients come back laid out like the parameters (ZeRO-style)
