@@ -16,6 +16,7 @@ chunks, custom_vjp), "pallas" (fused GPU kernel; ``interpret=True`` on CPU), "au
 """
 
 from r1jax_kernels.chunked import vocab_stats
+from r1jax_kernels.group_advantages import segment_group_advantages
 from r1jax_kernels.grpo_terms import TokenTerms, grpo_terms_from_logprobs
 from r1jax_kernels.logprobs import (BACKENDS, grpo_token_terms, pallas_available,
                                     resolve_backend, token_logprobs)
@@ -29,6 +30,7 @@ __all__ = [
     "logprobs_from_logits",
     "pallas_available",
     "resolve_backend",
+    "segment_group_advantages",
     "token_logprobs",
     "vocab_stats",
 ]
