@@ -84,14 +84,20 @@ __all__ = [
     "pairwise_accuracy",
 ]
 
-_BUILTINS = (
-    ("math_accuracy", math_accuracy, "1 if the final answer (<answer> or last \\boxed{}) equals the reference (math-verify), else 0", None),
-    ("format_strict", format_strict, "1 if the response is exactly <think> .. </think> <answer> .. </answer>, else 0", None),
-    ("format_lenient", format_lenient, "1 if a <think> block is followed by a non-blank <answer> block, else 0", None),
-    ("language_consistency", language_consistency, "share in [0, 1] of CoT words in the target language (reference or prompt), eq. 7", None),
+_BUILTINS = (  # (name, function, description, default per-sample timeout or None)
+    ("math_accuracy", math_accuracy,
+     "1 if the final answer (<answer> or last \\boxed{}) equals the reference (math-verify), else 0", None),
+    ("format_strict", format_strict,
+     "1 if the response is exactly <think> .. </think> <answer> .. </answer>, else 0", None),
+    ("format_lenient", format_lenient,
+     "1 if a <think> block is followed by a non-blank <answer> block, else 0", None),
+    ("language_consistency", language_consistency,
+     "share in [0, 1] of CoT words in the target language (reference or prompt), eq. 7", None),
     ("language_consistency_en", language_consistency_en, "share in [0, 1] of CoT words in English", None),
-    ("language_consistency_zh", language_consistency_zh, "share in [0, 1] of CoT words in Chinese (one per ideograph)", None),
-    ("countdown", countdown, "1 if the answer expression reaches the target using each number exactly once, else 0", None),
+    ("language_consistency_zh", language_consistency_zh,
+     "share in [0, 1] of CoT words in Chinese (one per ideograph)", None),
+    ("countdown", countdown,
+     "1 if the answer expression reaches the target using each number exactly once, else 0", None),
     ("multiple_choice", multiple_choice, "1 if the chosen option letter equals the reference letter, else 0", None),
     ("code_tests", code_tests, "share in [0, 1] of test cases the program passes in the sandbox", 120.0),
 )

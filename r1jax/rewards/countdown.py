@@ -52,7 +52,7 @@ def _check_reference(reference: Any) -> tuple[fractions.Fraction, list[int]]:
     target, nums = reference["target"], reference["numbers"]
     if isinstance(target, bool) or not isinstance(target, (int, fractions.Fraction)):
         raise TypeError(f"countdown reference 'target' must be an integer, got {target!r}")
-    if isinstance(nums, (str, bytes)) or not all(isinstance(n, int) and not isinstance(n, bool) and n >= 0 for n in nums):
+    if not isinstance(nums, (list, tuple)) or not all(type(n) is int and n >= 0 for n in nums):
         raise TypeError(f"countdown reference 'numbers' must be a list of non-negative integers, got {nums!r}")
     return fractions.Fraction(target), list(nums)
 

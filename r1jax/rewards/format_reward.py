@@ -11,8 +11,8 @@ A prompt ending with an opened ``<think>`` (templates that prefill it) counts as
 response (see :func:`r1jax.rewards.parsing.full_response`).
 
 References:
-  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, Table 1 (template) and §2.2 (format rewards:
-  the thinking process between ``<think>`` and ``</think>`` tags).
+  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, Table 1 (template) and the rule-based rewards
+  (format rewards: the thinking process between ``<think>`` and ``</think>`` tags).
 """
 
 from __future__ import annotations

@@ -26,7 +26,7 @@ A response with no ``<think>`` block scores 0.0; a chain of thought without a si
 (pure arithmetic) scores 1.0 (nothing is mixed).
 
 References:
-  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, §2.3.2 and eq. 7 (language consistency reward).
+  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, eq. 7 (language consistency reward of the reasoning-oriented RL stage).
 """
 
 from __future__ import annotations

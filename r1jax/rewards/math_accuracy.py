@@ -16,8 +16,8 @@ Reference: a string (``"\frac{1}{2}"``, ``"$0.5$"``, ``"42"``), a number, or a m
 ``"answer"`` key holding one of those.
 
 References:
-  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, §2.2 (accuracy rewards: the final answer in a
-  specified format, e.g. within a box, checked by rules).
+  DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948, rule-based rewards (accuracy rewards: the final
+  answer in a specified format, e.g. within a box, checked by rules).
 """
 
 from __future__ import annotations

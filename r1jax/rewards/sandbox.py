@@ -1,53 +1,60 @@
 """Runs untrusted Python (a policy's generated code) in a contained child process.
 
-A sandboxed run is: the host starts ``[unshare ...] python -I -S -c <runner>`` in a new session and
-pipes it a JSON payload; the *runner* (trusted code in the child) sets up isolation, writes the
-program's files into a fresh working directory, applies the resource limits and ``exec``s
-``python -I -B <program>``. The host enforces the wall-clock limit and the output cap and kills
-everything on overrun.
+A run: the host starts ``setpriv --pdeathsig KILL [unshare ...] python -I -S -c <runner>`` in a new
+session and pipes it a JSON payload. The *runner* (trusted code, still privileged) sets up the
+isolation, writes the program's files into a fresh work directory, then forks the program, which
+drops to a throw-away uid, applies the resource limits and ``exec``s ``python -I -B <program>``.
+The runner waits (as pid 1 of the sandbox when namespaces are on) and reports the program's exit
+status on a private pipe. The host enforces the wall clock and the output cap and kills everything
+on overrun.
 
-Which protection rests on which mechanism (``isolation`` of :func:`available_isolation` /
-:class:`SandboxResult`):
+Isolation levels (``SandboxLimits.isolation``; :func:`available_isolation` probes what works here):
 
-============================  ===========================================  ==========================
-threat                        ``"namespaces"`` (root + working ``unshare``)  fallbacks
-============================  ===========================================  ==========================
-network access                network namespace (only a downed loopback)   ``"uid"``/``"rlimits"``:
-                                                                           NONE (say so in reports)
-reading the host's files      mount namespace + ``chroot`` into a fresh    ``"uid"``: file permissions
-(the project, /root, /tmp)    tmpfs root holding read-only binds of only   of a throw-away uid only
-                              /usr /bin /sbin /lib* /etc and the Python    (world-readable files are
-                              prefix; the project, /home, /root, /tmp, ...  readable); ``"rlimits"``: none
-                              are simply absent
-writing outside the work dir  same: every bind is read-only, and the       ``"uid"``: permissions of a
-                              program runs as a throw-away uid (no caps,   throw-away uid; ``"rlimits"``:
-                              ``no_new_privs``)                            permissions of the host user
-fork bomb                     RLIMIT_NPROC counted for a throw-away uid    ``"uid"``: same;
-                              (root is exempt from RLIMIT_NPROC, which is  ``"rlimits"``: RLIMIT_NPROC of
-                              why the uid is dropped) + pid namespace      the host user (count of the
-                              (all of it dies with its init)               user's processes + limit)
-memory bomb                   RLIMIT_AS per process (x max_processes)      same
-infinite loop / sleep         RLIMIT_CPU (SIGXCPU, then SIGKILL) + host    same; stray grandchildren
-                              wall clock (SIGKILL to the session; the pid  of a ``"uid"`` run are killed
-                              namespace takes every descendant with it)    by uid after the run
-disk filling                  size-limited tmpfs (``disk_mb``) +           RLIMIT_FSIZE per file only
-                              RLIMIT_FSIZE
-huge output                   host reads at most ``max_output_bytes``,     same
-                              then kills the run
-environment / fds leakage     minimal environment, ``python -I`` (no       same
-                              PYTHON* variables, no user site), only
-                              fds 0-2 (+ a private pipe) inherited
-============================  ===========================================  ==========================
+- ``"namespaces"``: a root host with a working ``unshare`` binary (CAP_SYS_ADMIN for the mount,
+  pid and network namespaces; CAP_SETUID for the uid drop). The default where available.
+- ``"uid"``: a root host without namespaces (e.g. a container without CAP_SYS_ADMIN). Needs an
+  interpreter that other users may execute (a Python under ``/root`` is not).
+- ``"rlimits"``: anything else (a non-root user). Resource limits, a new session and a temporary
+  directory only: a guard against accidents, NOT a boundary against a hostile program. Refused on a
+  root host, where RLIMIT_NPROC would not apply.
 
-``"namespaces"`` needs a root host (CAP_SYS_ADMIN for the mount namespace and CAP_SETUID for the uid
-drop) and a working ``unshare`` binary. ``"uid"`` is a root host without namespaces (e.g. a container
-without CAP_SYS_ADMIN). ``"rlimits"`` is anything else (a non-root user): resource limits, a new
-session and a temporary directory only: NOT a security boundary against a hostile program, only
-against an accidental one. :func:`available_isolation` probes what works here (cached).
+Which protection rests on which mechanism:
 
-What is NOT contained in any mode: CPU time consumed before the limits trip (bounded by
-``cpu_time_s`` x ``max_processes``), and a program that introspects the test harness's own frames to
-forge the "all tests ran" token of the assert harness (see :mod:`r1jax.rewards.code_exec`).
+- **Network access** - ``namespaces``: a new network namespace holding only a downed loopback
+  (no route anywhere, not even to the host's 127.0.0.1). ``uid`` / ``rlimits``: NONE.
+- **Reading the host's files (the project, /root, /home, /tmp, ...)** - ``namespaces``: a private
+  mount namespace and ``chroot`` into a fresh tmpfs root holding only read-only binds of ``/usr``,
+  ``/bin``, ``/sbin``, ``/lib*``, ``/etc`` and the base interpreter's prefix, a minimal ``/dev``
+  (null, zero, random, urandom) and the namespace's own ``/proc``; everything else is absent.
+  ``uid``: file permissions of a throw-away uid (world-readable files stay readable). ``rlimits``:
+  nothing.
+- **Writing outside the work directory** - ``namespaces``: every bind is read-only, the root is
+  read-only, and the program runs as a throw-away uid with no capabilities and ``no_new_privs``
+  (setuid binaries do nothing). Only the work dir and ``/tmp`` (two size-limited tmpfs, discarded
+  after the run) are writable. ``uid``: permissions of the throw-away uid. ``rlimits``: the host
+  user's permissions.
+- **Fork bomb** - RLIMIT_NPROC, counted per uid: the program runs as a fresh random uid, so the
+  count is the run's own processes (as root, RLIMIT_NPROC would not apply at all). ``namespaces``
+  adds a pid namespace: every descendant dies with its init. After a killed run the host also
+  kills whatever still runs as that uid and waits until it is gone. ``rlimits``: RLIMIT_NPROC of
+  the host user (its current process count plus ``max_processes``).
+- **Memory bomb** - RLIMIT_AS per process (so at most ``memory_mb x max_processes`` in total).
+- **Infinite loop** - RLIMIT_CPU (SIGXCPU, then SIGKILL a second later).
+- **Sleeping / blocked program** - the host's wall clock: SIGKILL to the whole session (and with
+  it the pid namespace).
+- **Orphaned runs** - the sandbox has a parent-death signal: if the thread that started it dies (a
+  reward worker killed on a hard timeout), the sandbox is killed too.
+- **Filling the disk** - ``namespaces``: tmpfs size limit (``disk_mb``); RLIMIT_FSIZE per file
+  in every mode.
+- **Huge output** - the host keeps at most ``max_output_bytes`` of stdout and of stderr, then
+  kills the run.
+- **Leaking the environment / file descriptors** - a minimal environment, ``python -I`` (no
+  ``PYTHON*`` variables, no user site-packages), only fds 0-2 (plus, on request, a private pipe at
+  fd 3) inherited.
+
+Not contained in any mode: CPU time spent before the limits trip (at most ``cpu_time_s x
+max_processes``); world-readable files under ``/etc`` (``namespaces``); a program that introspects
+the test harness's frames to forge the "all tests ran" token (see :mod:`r1jax.rewards.code_exec`).
 """
 
 from __future__ import annotations

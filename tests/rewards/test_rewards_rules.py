@@ -3,6 +3,8 @@
 import fractions
 
 import pytest
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 from r1jax.rewards import (
     countdown,
@@ -331,3 +333,49 @@ def test_register_rejects_unpicklable_and_duplicates():
         register_reward("lambda_reward", lambda p, c, r: 1.0, description="x")
     with pytest.raises(ValueError, match="already registered"):
         register_reward("math_accuracy", math_accuracy, description="again")
+
+
+# ------------------------------------------------------------------------------------ properties
+
+@st.composite
+def _expression(draw):
+    """A random fully parenthesised expression over 2-5 numbers, with its value computed on the tree."""
+    numbers = draw(st.lists(st.integers(0, 30), min_size=2, max_size=5))
+    nodes = [(str(n), fractions.Fraction(n)) for n in numbers]
+    while len(nodes) > 1:
+        i = draw(st.integers(0, len(nodes) - 2))
+        (ls, lv), (rs, rv) = nodes[i], nodes[i + 1]
+        op = draw(st.sampled_from("+-*/"))
+        if op == "/" and rv == 0:
+            value = None
+        elif lv is None or rv is None:
+            value = None
+        else:
+            value = {"+": lv + rv, "-": lv - rv, "*": lv * rv, "/": lv / rv if rv else None}[op]
+        nodes[i : i + 2] = [(f"({ls} {op} {rs})", value)]
+    return nodes[0][0], nodes[0][1], numbers
+
+
+@settings(max_examples=25, deadline=None)
+@given(_expression())
+def test_countdown_property_exact_value_of_any_legal_expression(case):
+    expr, value, numbers = case
+    if value is None:  # a division by zero somewhere in the tree
+        assert countdown("", f"<answer>{expr}</answer>", {"target": 0, "numbers": numbers}) == 0.0
+        return
+    assert countdown("", f"<answer>{expr}</answer>", {"target": value, "numbers": numbers}) == 1.0
+    assert countdown("", f"<answer>{expr}</answer>", {"target": value + 1, "numbers": numbers}) == 0.0
+    assert countdown("", f"<answer>{expr}</answer>", {"target": value, "numbers": numbers + [1]}) == 0.0
+
+
+_TEXT = st.text(st.characters(blacklist_characters="<>", blacklist_categories=("Cs",)), min_size=1, max_size=20)
+
+
+@settings(max_examples=25, deadline=None)
+@given(_TEXT.filter(str.strip), _TEXT.filter(str.strip), st.sampled_from(["", " ", "\n", "\n\n"]),
+       st.sampled_from(["<think>", "</think>", "<answer>", "</answer>"]), st.integers(0, 3))
+def test_format_property(reasoning, answer, sep, extra_tag, where):
+    good = f"<think>{reasoning}</think>{sep}<answer>{answer}</answer>"
+    assert format_strict("", good) == 1.0 and format_lenient("", good) == 1.0
+    cut = [0, len("<think>"), len(good) - len("</answer>"), len(good)][where]
+    assert format_strict("", good[:cut] + extra_tag + good[cut:]) == 0.0  # one tag too many, anywhere
