@@ -19,11 +19,13 @@ ArrayLike = Any  # jax.typing.ArrayLike plus Python scalars; kept loose for read
 
 def f32(x: ArrayLike, name: str) -> Array:
     """Returns ``x`` as a float32 array; raises TypeError naming ``name`` for non-numeric input."""
-    x = jnp.asarray(x)
-    if not (jnp.issubdtype(x.dtype, jnp.floating) or jnp.issubdtype(x.dtype, jnp.integer)
-            or x.dtype == jnp.bool_):
-        raise TypeError(f"{name}: expected a numeric array, got dtype {x.dtype}")
-    return x.astype(jnp.float32)
+    dtype = getattr(x, "dtype", None)
+    if dtype is None:
+        dtype = np.asarray(x).dtype
+    if not (jnp.issubdtype(dtype, jnp.floating) or jnp.issubdtype(dtype, jnp.integer)
+            or dtype == jnp.bool_):
+        raise TypeError(f"{name}: expected a numeric array, got dtype {dtype}")
+    return jnp.asarray(x).astype(jnp.float32)
 
 
 def mask_or_ones(mask: ArrayLike | None, shape: Sequence[int], name: str = "mask") -> Array:

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Literal
 
+import jax
 import jax.numpy as jnp
 
 from r1jax.algos import gae as _gae
@@ -26,11 +27,26 @@ StdScaling = Literal["group", "batch", "none"]
 STD_SCALINGS: tuple[str, ...] = ("group", "batch", "none")
 
 
+def _shifted(x: Array, valid: Array, axes: tuple[int, ...]) -> Array:
+    """``x`` minus the smallest valid entry over ``axes`` (a constant: the statistics below do not
+    depend on it). Equal rewards then become exact zeros, so a group of equal, non-representable
+    rewards (0.1, 0.1, ...) gets advantage exactly 0 instead of rounding noise divided by eps."""
+    low = jnp.min(jnp.where(valid, x, jnp.inf), axis=axes, keepdims=True)
+    low = jax.lax.stop_gradient(jnp.where(jnp.isfinite(low), low, 0.0))
+    return x - low
+
+
+def _masked_mean(x: Array, valid: Array, axes: tuple[int, ...]) -> Array:
+    n = jnp.sum(valid, axis=axes, keepdims=True).astype(jnp.float32)
+    return safe_div(jnp.sum(masked_where(valid, x), axis=axes, keepdims=True), n)
+
+
 def _masked_std(x: Array, valid: Array, axes: tuple[int, ...], ddof: int) -> Array:
     """Standard deviation of the valid entries of ``x`` over ``axes`` (kept dims); 0 when too few."""
+    x = _shifted(x, valid, axes)
     n = jnp.sum(valid, axis=axes, keepdims=True).astype(jnp.float32)
-    mean = safe_div(jnp.sum(masked_where(valid, x), axis=axes, keepdims=True), n)
-    sq = jnp.sum(masked_where(valid, jnp.square(x - mean)), axis=axes, keepdims=True)
+    sq = jnp.sum(masked_where(valid, jnp.square(x - _masked_mean(x, valid, axes))), axis=axes,
+                 keepdims=True)
     var = safe_div(sq, n - ddof)
     positive = var > 0
     return jnp.where(positive, jnp.sqrt(jnp.where(positive, var, 1.0)), 0.0)
@@ -41,19 +57,19 @@ def _group_normalise(x: Array, valid: Array, std_scaling: str, eps: ArrayLike, d
 
     The group of ``x[i]`` is every valid entry of ``x[i, ...]``. ``std_scaling`` picks the std:
     of the same group ("group"), of every valid entry of the batch ("batch"), or none ("none").
+    A zero std with ``eps = 0`` (all rewards equal) gives 0, not NaN.
     """
     check_choice("std_scaling", std_scaling, STD_SCALINGS)
     check_range("eps", eps, ge=0.0)
     if ddof not in (0, 1):
         raise ValueError(f"ddof: expected 0 (population std) or 1 (unbiased std), got {ddof!r}")
     group_axes = tuple(range(1, x.ndim))
-    n = jnp.sum(valid, axis=group_axes, keepdims=True).astype(jnp.float32)
-    mean = safe_div(jnp.sum(masked_where(valid, x), axis=group_axes, keepdims=True), n)
-    centred = x - mean
+    shifted = _shifted(x, valid, group_axes)
+    centred = shifted - _masked_mean(shifted, valid, group_axes)
     if std_scaling == "group":
-        centred = centred / (_masked_std(x, valid, group_axes, ddof) + eps)
+        centred = safe_div(centred, _masked_std(x, valid, group_axes, ddof) + eps)
     elif std_scaling == "batch":
-        centred = centred / (_masked_std(x, valid, tuple(range(x.ndim)), ddof) + eps)
+        centred = safe_div(centred, _masked_std(x, valid, tuple(range(x.ndim)), ddof) + eps)
     return masked_where(valid, centred)
 
 
@@ -128,6 +144,7 @@ def rloo_advantages(rewards: ArrayLike, mask: ArrayLike | None = None) -> Array:
     rewards = f32(rewards, "rewards")
     check_rank(rewards, 2, "rewards", "[num_groups, G]")
     valid = mask_or_ones(mask, rewards.shape)
+    rewards = _shifted(rewards, valid, (1,))  # equal rewards -> advantages exactly 0
     n = jnp.sum(valid, axis=-1, keepdims=True).astype(jnp.float32)
     total = jnp.sum(masked_where(valid, rewards), axis=-1, keepdims=True)
     baseline = safe_div(total - rewards, n - 1.0)
@@ -202,10 +219,10 @@ def reinforce_pp_advantages(token_rewards: ArrayLike, mask: ArrayLike | None = N
     check_range("eps", eps, ge=0.0)
     valid = mask_or_ones(mask, token_rewards.shape)
     returns = _gae.discounted_returns(token_rewards, valid, gamma=gamma, segment_ids=segment_ids)
-    n = jnp.sum(valid).astype(jnp.float32)
-    mean = safe_div(jnp.sum(masked_where(valid, returns)), n)
-    std = _masked_std(returns[None], valid[None], (0, 1, 2), ddof=0)[0]
-    return masked_where(valid, (returns - mean) / (std + eps))
+    all_axes = (0, 1)
+    shifted = _shifted(returns, valid, all_axes)
+    centred = shifted - _masked_mean(shifted, valid, all_axes)
+    return masked_where(valid, safe_div(centred, _masked_std(returns, valid, all_axes, 0) + eps))
 
 
 def last_token_values(values: ArrayLike, mask: ArrayLike) -> Array:

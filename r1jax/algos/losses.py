@@ -262,7 +262,11 @@ def clipped_value_loss(values: ArrayLike, old_values: ArrayLike, returns: ArrayL
         return ValueLossOutput(loss=masked_where(mask, 0.5 * err),
                                clipped=jnp.zeros(values.shape, jnp.float32))
     check_range("clip", clip, ge=0.0)
-    clipped_values = old_values + jnp.clip(values - old_values, -clip, clip)
+    # Written as a select so that inside the clip range V_clip is V bit for bit (no rounding of
+    # old + (V - old)), and the tie "clipped term == unclipped term" really is a tie.
+    delta = values - old_values
+    clipped_values = jnp.where(delta > clip, old_values + clip,
+                               jnp.where(delta < -clip, old_values - clip, values))
     err_clipped = jnp.square(clipped_values - returns)
     is_clipped = (err_clipped > err) & mask
     loss = 0.5 * jnp.where(is_clipped, err_clipped, err)
@@ -288,6 +292,11 @@ def entropy_from_logits(logits: ArrayLike, temperature: ArrayLike = 1.0) -> Arra
     """
     check_range("temperature", temperature, gt=0.0)
     z = f32(logits, "logits") / temperature
+    # Shift by the (constant) row max: logsumexp(z) - E_p[z] is shift-invariant, and the two
+    # terms no longer cancel catastrophically when the logits are large.
+    z_max = jax.lax.stop_gradient(jnp.max(jnp.where(jnp.isfinite(z), z, -jnp.inf), axis=-1,
+                                          keepdims=True))
+    z = z - jnp.where(jnp.isfinite(z_max), z_max, 0.0)
     log_z = jax.nn.logsumexp(z, axis=-1)
     p = jax.nn.softmax(z, axis=-1)
     finite_z = jnp.where(jnp.isfinite(z), z, 0.0)
