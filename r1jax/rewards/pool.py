@@ -58,7 +58,7 @@ class RewardTask:
     prompt: str
     completion: str
     reference: Any
-    timeout_s: float
+    timeout_s: float | None  # soft limit; None: no time limit at all
 
 
 @dataclasses.dataclass(frozen=True)
@@ -281,7 +281,8 @@ class RewardPool:
                         except (BrokenPipeError, OSError):
                             pending.appendleft(j)  # the worker is gone: the collector replaces it
                             continue
-                        w.task = (j, time.monotonic() + tasks[j].timeout_s + self._grace_s)
+                        limit = tasks[j].timeout_s
+                        w.task = (j, math.inf if limit is None else time.monotonic() + limit + self._grace_s)
                 self._wait_and_collect(tasks, results)
             return [r if r is not None else TaskResult(0.0, "error", "lost") for r in results]
 
@@ -290,7 +291,7 @@ class RewardPool:
         deadlines = [w.task[1] for w in self._workers if w.task is not None]
         if any(not w.ready for w in self._workers):
             deadlines.append(now + 0.5)
-        timeout = max(0.0, min(deadlines) - now) if deadlines else 0.5
+        timeout = min(1.0, max(0.0, min(deadlines) - now)) if deadlines else 0.5
         conns = {w.conn: i for i, w in enumerate(self._workers)}
         dead = set()
         for obj in multiprocessing.connection.wait(list(conns), timeout=timeout):

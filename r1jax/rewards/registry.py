@@ -13,12 +13,15 @@ name it and be validated.
 from __future__ import annotations
 
 import dataclasses
+import logging
 import pickle
 from typing import Any, Callable, Literal
 
 __all__ = ["RewardFn", "RewardSpec", "register_reward", "register_external_reward", "get_reward", "list_rewards"]
 
 RewardFn = Callable[[str, str, Any], float]
+
+logger = logging.getLogger("r1jax.rewards")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -80,6 +83,11 @@ def register_reward(
             f"reward {name!r}: the function must be picklable to run in worker processes "
             f"(a module-level function or functools.partial of one): {e}"
         ) from None
+    if getattr(fn, "__module__", None) == "__main__":
+        logger.warning(
+            "reward %r is defined in __main__: reward workers are fresh interpreters and cannot import "
+            "it (it will score 0 with an error); move it to an importable module, or use num_workers=0", name,
+        )
     _add(RewardSpec(name, fn, description, "rule", default_timeout_s), overwrite)
     return fn
 

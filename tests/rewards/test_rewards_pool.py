@@ -4,11 +4,11 @@ import concurrent.futures
 import logging
 import os
 import pathlib
+import sys
 
 import numpy as np
 import pytest
 
-import rewards_test_helpers as H
 from r1jax.config import ConfigError, from_dict
 from r1jax.rewards import (
     RewardComponent,
@@ -21,6 +21,9 @@ from r1jax.rewards import (
 )
 
 HERE = pathlib.Path(__file__).resolve().parent
+sys.path.insert(0, str(HERE))  # also under --import-mode=importlib
+import rewards_test_helpers as H  # noqa: E402
+
 GRACE_S = 1.0
 
 # (completion, reference, expected) — expected values worked out by hand.
