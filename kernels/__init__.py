@@ -21,6 +21,7 @@ from r1jax_kernels.grpo_terms import TokenTerms, grpo_terms_from_logprobs
 from r1jax_kernels.logprobs import (BACKENDS, grpo_token_terms, pallas_available,
                                     resolve_backend, token_logprobs)
 from r1jax_kernels.reference import logprobs_from_logits
+from r1jax_kernels.sharded import sharded_token_logprobs
 
 __all__ = [
     "BACKENDS",
@@ -31,6 +32,7 @@ __all__ = [
     "pallas_available",
     "resolve_backend",
     "segment_group_advantages",
+    "sharded_token_logprobs",
     "token_logprobs",
     "vocab_stats",
 ]

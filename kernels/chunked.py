@@ -97,7 +97,16 @@ def _over_chunks(step, carry, vocab: int, chunk: int):
     return carry
 
 
-def _forward_stats(h, w, targets, tau, chunk):
+def _vary(tree, axes: tuple[str, ...]):
+    """Marks fresh constants (scan carries) as varying over the manual mesh ``axes`` when
+    called inside ``shard_map``, so that they type-check against the carries the loop body
+    produces from per-device data. A no-op for ``axes == ()``."""
+    if not axes:
+        return tree
+    return jax.tree.map(lambda x: lax.pcast(x, axes, to="varying"), tree)
+
+
+def _forward_stats(h, w, targets, tau, chunk, vary_axes=()):
     n = h.shape[0]
 
     def step(carry, start, size):
@@ -113,7 +122,7 @@ def _forward_stats(h, w, targets, tau, chunk):
 
     init = (jnp.full((n,), -jnp.inf, jnp.float32), jnp.zeros((n,), jnp.float32),
             jnp.zeros((n,), jnp.float32), jnp.zeros((n,), jnp.float32))
-    m, s, a, zt = _over_chunks(step, init, w.shape[1], chunk)
+    m, s, a, zt = _over_chunks(step, _vary(init, vary_axes), w.shape[1], chunk)
     lse = m + jnp.log(s)
     mu = a / s
     return lse, mu, zt
@@ -134,8 +143,9 @@ def logit_grad(z: Array, lse: Array, mu: Array, g_lse: Array, g_mu: Array, g_zt:
     return gz + jnp.where(is_target, g_zt[:, None], 0.0)
 
 
-@functools.partial(jax.custom_vjp, nondiff_argnums=(4,))
-def vocab_stats(h: Array, w: Array, targets: Array, tau: Array, chunk: int):
+@functools.partial(jax.custom_vjp, nondiff_argnums=(4, 5))
+def vocab_stats(h: Array, w: Array, targets: Array, tau: Array, chunk: int,
+                vary_axes: tuple[str, ...] = ()):
     """``(lse, mu, zt)`` per token of ``z = (h @ w) / tau``, chunked over the vocabulary.
 
     Args:
@@ -145,19 +155,21 @@ def vocab_stats(h: Array, w: Array, targets: Array, tau: Array, chunk: int):
             (e.g. a target owned by another vocabulary shard) contributes ``zt = 0``.
         tau: ``[N]`` float32 temperature per token.
         chunk: static number of vocabulary columns per step, ``1 <= chunk <= V``.
+        vary_axes: static; inside ``shard_map``, the manual mesh axes all inputs vary over
+            (see :mod:`r1jax_kernels.sharded`); ``()`` elsewhere.
 
     Returns:
         ``(lse, mu, zt)``, each float32 ``[N]`` (see the module docstring).
     """
-    return _forward_stats(h, w, targets, tau, chunk)
+    return _forward_stats(h, w, targets, tau, chunk, vary_axes)
 
 
-def _vocab_stats_fwd(h, w, targets, tau, chunk):
-    lse, mu, zt = _forward_stats(h, w, targets, tau, chunk)
+def _vocab_stats_fwd(h, w, targets, tau, chunk, vary_axes):
+    lse, mu, zt = _forward_stats(h, w, targets, tau, chunk, vary_axes)
     return (lse, mu, zt), (h, w, targets, tau, lse, mu)
 
 
-def _vocab_stats_bwd(chunk, residuals, cotangents):
+def _vocab_stats_bwd(chunk, vary_axes, residuals, cotangents):
     h, w, targets, tau, lse, mu = residuals
     g_lse, g_mu, g_zt = cotangents
     mm_dtype = jnp.result_type(h.dtype, w.dtype)
@@ -174,9 +186,9 @@ def _vocab_stats_bwd(chunk, residuals, cotangents):
         dw = lax.dynamic_update_slice_in_dim(dw, _as_bits(dw_chunk.astype(w.dtype)), start, axis=1)
         return dh, dw, g_tau
 
-    init = (jnp.zeros(h.shape, jnp.float32), _as_bits(jnp.zeros_like(w)),
+    init = (jnp.zeros(h.shape, jnp.float32), _as_bits(jnp.zeros(w.shape, w.dtype)),
             jnp.zeros(tau.shape, jnp.float32))
-    dh, dw, g_tau = _over_chunks(step, init, w.shape[1], chunk)
+    dh, dw, g_tau = _over_chunks(step, _vary(init, vary_axes), w.shape[1], chunk)
     return dh.astype(h.dtype), _from_bits(dw, w.dtype), None, -g_tau / tau
 
 
