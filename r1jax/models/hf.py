@@ -11,6 +11,7 @@ SiLU MLP without bias, RoPE default / llama3 / linear).
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 import os
@@ -422,6 +423,7 @@ def save_pretrained(
     directory: str | os.PathLike,
     *,
     max_shard_bytes: int | None = None,
+    dtype: str | None = None,
 ) -> None:
     """Writes ``config.json`` and ``model.safetensors`` that ``transformers`` loads.
 
@@ -435,6 +437,8 @@ def save_pretrained(
       directory: output directory (created).
       max_shard_bytes: if set, split the weights into ``model-0000k-of-0000n.safetensors`` shards
         of at most about this size plus ``model.safetensors.index.json``.
+      dtype: "float32" or "bfloat16" to write; default ``config.param_dtype`` (e.g. write
+        float32 training weights as bfloat16 for a rollout engine).
 
     Raises:
       ValueError: a parameter missing or of the wrong shape (named, expected vs found).
@@ -449,6 +453,10 @@ def save_pretrained(
     extra = sorted(set(flat) - set(specs))
     if extra:
         raise ValueError(f"params: {extra} are not parameters of this config")
+    if dtype is not None and dtype not in _NP_DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not supported; supported: {', '.join(_NP_DTYPES)}")
+    if dtype is not None and dtype != config.param_dtype:
+        config = dataclasses.replace(config, param_dtype=dtype)
     np_dtype = _NP_DTYPES[config.param_dtype]
     tensors: dict[str, np.ndarray] = {}
     for ours, name, layout in HF_NAME_TABLE:

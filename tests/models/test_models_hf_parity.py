@@ -1,5 +1,6 @@
 """Logit parity with Hugging Face `transformers` PyTorch models, and checkpoint round trips."""
 
+import dataclasses
 import json
 
 import jax
@@ -127,6 +128,13 @@ def test_sharded_checkpoint_and_bfloat16(tmp_path):
     params2, config2 = load_pretrained(tmp_path / "sharded")
     assert config2 == config
     jax.tree.map(np.testing.assert_array_equal, params2, params)
+
+    # float32 weights written as bfloat16 read back as the rounded values
+    params32 = jax.tree.map(lambda x: x.astype(jnp.float32), params)
+    save_pretrained(params32, dataclasses.replace(config, param_dtype="float32"), tmp_path / "cast", dtype="bfloat16")
+    params3, config3 = load_pretrained(tmp_path / "cast")
+    assert config3 == config
+    jax.tree.map(np.testing.assert_array_equal, params3, params)
 
     reloaded = transformers.AutoModelForCausalLM.from_pretrained(tmp_path / "sharded", attn_implementation="eager")
     assert reloaded.model.embed_tokens.weight.dtype == torch.bfloat16
