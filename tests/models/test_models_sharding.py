@@ -173,3 +173,15 @@ def test_shardings_of_optimizer_state(mesh, make_config):
     assert shardings[0].count.spec == P()
     with pytest.raises(ValueError, match="mystery: not a known parameter"):
         param_shardings({"mystery": jnp.ones((2, 2))}, mesh)
+
+
+def test_load_pretrained_places_parameters_on_the_mesh(mesh, make_config, tmp_path):
+    from r1jax.models import load_pretrained, save_pretrained
+
+    config = make_config(architecture="qwen2")
+    params = init_params(config, jax.random.key(0))
+    save_pretrained(params, config, tmp_path)
+    loaded, _ = load_pretrained(tmp_path, mesh=mesh)
+    expected = param_shardings(config, mesh)
+    assert jax.tree.map(lambda x: x.sharding.spec, loaded) == jax.tree.map(lambda s: s.spec, expected)
+    jax.tree.map(np.testing.assert_array_equal, loaded, params)
