@@ -109,6 +109,7 @@ class SandboxLimits:
     max_open_files: int = field(64, ge=16, help="RLIMIT_NOFILE")
     max_output_bytes: int = field(1 << 20, ge=1024, help="stdout and stderr are each cut here; the run is killed")
     isolation: str = field("auto", choices=("auto",) + ISOLATION_LEVELS, help="required isolation; auto = best available")
+    python: str | None = field(None, help="interpreter running the program (None: this process's base interpreter)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -299,7 +300,10 @@ def _python_executable() -> str:
 def _binds(python: str) -> list[str]:
     paths = ["/usr", "/bin", "/sbin", "/lib", "/lib32", "/lib64", "/libx32", "/etc"]
     # The base interpreter's prefix only: a virtualenv (sys.prefix) may live inside the project.
-    for prefix in sorted({os.path.realpath(sys.base_prefix), os.path.dirname(os.path.dirname(python))}):
+    prefixes = {os.path.dirname(os.path.dirname(python))}
+    if python == _python_executable():
+        prefixes.add(os.path.realpath(sys.base_prefix))
+    for prefix in sorted(prefixes):
         if not any(prefix == b or prefix.startswith(b + "/") for b in paths) and prefix != "/":
             paths.append(prefix)
     return paths
@@ -330,7 +334,7 @@ def _launch(
     source_files: Mapping[str, str], argv: list[str], stdin: str, limits: SandboxLimits, mode: str,
     secret: str | None = None,
 ) -> SandboxResult:
-    python = _python_executable()
+    python = os.path.realpath(limits.python) if limits.python else _python_executable()
     root = os.geteuid() == 0
     uid = _UID_BASE + secrets.randbelow(_UID_SPAN) if (root and mode != "rlimits") else None
     workdir = None
@@ -382,8 +386,8 @@ def _launch(
         raise SandboxError(f"cannot start the sandbox ({cmd[0]}): {e}") from e
     os.close(status_w)
     try:
-        out, err, timed_out, exceeded = _communicate(
-            proc, json.dumps(payload).encode(), limits.wall_time_s, limits.max_output_bytes
+        out, err, status, timed_out, exceeded = _communicate(
+            proc, json.dumps(payload).encode(), status_r, limits.wall_time_s, limits.max_output_bytes
         )
     finally:
         killed = _kill(proc)
@@ -392,32 +396,56 @@ def _launch(
             _kill_uid(uid)
         if workdir:
             shutil.rmtree(workdir, ignore_errors=True)
-        with os.fdopen(status_r, "rb") as f:
-            status = f.read().strip()
-    if proc.returncode == _SETUP_EXIT and _SETUP_TAG.encode() in err:
-        raise SandboxError(f"sandbox setup failed ({mode}): {err.decode(errors='replace').strip()}")
+        os.close(status_r)
     # The runner reports the program's status; no report means the runner itself was killed.
-    rc = int(status) if status else -signal.SIGKILL
+    rc = int(status) if status.strip() and not timed_out else -signal.SIGKILL
+    if _SETUP_EXIT in (proc.returncode, rc) and _SETUP_TAG.encode() in err:
+        raise SandboxError(f"sandbox setup failed ({mode}): {err.decode(errors='replace').strip()}")
     return SandboxResult(
         returncode=rc, stdout=out, stderr=err, timed_out=timed_out,
         output_exceeded=exceeded, isolation=mode, wall_s=time.monotonic() - start,
     )
 
 
-def _communicate(proc: subprocess.Popen, payload: bytes, wall: float, cap: int) -> tuple[bytes, bytes, bool, bool]:
-    """Feeds the payload, collects at most ``cap`` bytes of each stream, enforces the wall clock."""
+def _communicate(
+    proc: subprocess.Popen, payload: bytes, status_fd: int, wall: float, cap: int
+) -> tuple[bytes, bytes, bytes, bool, bool]:
+    """Feeds the payload, collects at most ``cap`` bytes of each stream, enforces the wall clock.
+
+    The run is over when the runner reports the program's status on ``status_fd`` (descendants
+    that kept stdout open are not waited for; they are killed afterwards).
+
+    Returns:
+      (stdout, stderr, status line, timed_out, output_exceeded).
+    """
     deadline = time.monotonic() + wall
     bufs = {proc.stdout: bytearray(), proc.stderr: bytearray()}
+    status = bytearray()
     sel = selectors.DefaultSelector()
     for f in (proc.stdin, proc.stdout, proc.stderr):
         os.set_blocking(f.fileno(), False)
+    os.set_blocking(status_fd, False)
     sel.register(proc.stdin, selectors.EVENT_WRITE)
     sel.register(proc.stdout, selectors.EVENT_READ)
     sel.register(proc.stderr, selectors.EVENT_READ)
+    sel.register(status_fd, selectors.EVENT_READ)
     view = memoryview(payload)
     timed_out = exceeded = False
+
+    def read_into(f) -> bool:
+        """Reads what is there; False at EOF (or nothing more now)."""
+        try:
+            chunk = os.read(f.fileno(), 65536)
+        except BlockingIOError:
+            return False
+        if not chunk:
+            return False
+        buf = bufs[f]
+        buf += chunk
+        return True
+
     try:
-        while sel.get_map():
+        while sel.get_map() and not status.endswith(b"\n"):
             left = deadline - time.monotonic()
             if left <= 0:
                 timed_out = True
@@ -433,26 +461,31 @@ def _communicate(proc: subprocess.Popen, payload: bytes, wall: float, cap: int) 
                     if not view:
                         sel.unregister(f)
                         f.close()
-                    continue
-                chunk = os.read(f.fileno(), 65536)
-                if not chunk:
+                elif f == status_fd:
+                    chunk = os.read(status_fd, 64)
+                    status += chunk
+                    if not chunk:
+                        sel.unregister(f)
+                elif not read_into(f):
                     sel.unregister(f)
-                    continue
-                buf = bufs[f]
-                buf += chunk
-                if len(buf) > cap:
-                    del buf[cap:]
-                    exceeded = True
-            if exceeded:
+            if any(len(b) > cap for b in bufs.values()):
+                exceeded = True
                 break
+        if status.endswith(b"\n") and not exceeded:  # the program's output is all in the pipes now
+            for f in (proc.stdout, proc.stderr):
+                while len(bufs[f]) <= cap and read_into(f):
+                    pass
+            exceeded = any(len(b) > cap for b in bufs.values())
     finally:
         sel.close()
+    for b in bufs.values():
+        del b[cap:]
     if not timed_out and not exceeded:
         try:
-            proc.wait(timeout=max(0.0, deadline - time.monotonic()) + 0.5)
+            proc.wait(timeout=2.0)
         except subprocess.TimeoutExpired:
-            timed_out = True
-    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), timed_out, exceeded
+            pass  # a lingering runner or unshare: killed with the session right after
+    return bytes(bufs[proc.stdout]), bytes(bufs[proc.stderr]), bytes(status), timed_out, exceeded
 
 
 def _kill(proc: subprocess.Popen) -> bool:
@@ -513,7 +546,7 @@ def _kill_uid(uid: int, wait_s: float = 5.0) -> None:
 
 
 @functools.lru_cache(maxsize=None)
-def _probe(mode: str) -> bool:
+def _probe(mode: str, python: str | None = None) -> bool:
     if mode == "namespaces" and (os.geteuid() != 0 or _unshare_cmd() is None):
         return False
     if mode == "uid" and os.geteuid() != 0:
@@ -521,21 +554,24 @@ def _probe(mode: str) -> bool:
     if mode == "rlimits" and os.geteuid() == 0:
         return False  # root is exempt from RLIMIT_NPROC: a fork bomb would not be bounded
     try:
-        res = _launch({"probe.py": "print(6 * 7)"}, ["probe.py"], "", SandboxLimits(wall_time_s=30.0), mode)
+        res = _launch({"probe.py": "print(6 * 7)"}, ["probe.py"], "", SandboxLimits(wall_time_s=30.0, python=python), mode)
     except SandboxError as e:
         logger.info("sandbox isolation %r unavailable: %s", mode, e)
         return False
     return res.ok and res.stdout.strip() == b"42"
 
 
-def available_isolation() -> str:
+def available_isolation(python: str | None = None) -> str:
     """The strongest isolation that works on this machine: "namespaces", "uid" or "rlimits".
 
-    Probed once per process by running a trivial program; see the module docstring for what
-    each level protects against.
+    Probed once per process (and interpreter) by running a trivial program; see the module
+    docstring for what each level protects against.
+
+    Args:
+      python: the interpreter that will run programs (None: this process's base interpreter).
     """
     for mode in ISOLATION_LEVELS:
-        if _probe(mode):
+        if _probe(mode, python):
             return mode
     raise SandboxError("not even an rlimits-only sandbox could run a trivial program here")
 
@@ -543,9 +579,9 @@ def available_isolation() -> str:
 _WARNED: set[str] = set()
 
 
-def _resolve_mode(requested: str) -> str:
+def _resolve_mode(requested: str, python: str | None) -> str:
     if requested == "auto":
-        mode = available_isolation()
+        mode = available_isolation(python)
         if mode != "namespaces" and mode not in _WARNED:
             _WARNED.add(mode)
             logger.warning(
@@ -553,7 +589,7 @@ def _resolve_mode(requested: str) -> str:
                 "for what it does not protect against)", mode,
             )
         return mode
-    if not _probe(requested):
+    if not _probe(requested, python):
         raise SandboxError(f"sandbox isolation {requested!r} is not available on this machine")
     return requested
 
@@ -591,5 +627,5 @@ def run_python(
     for name in files:
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"sandbox file name {name!r} must be a plain file name")
-    mode = _resolve_mode(limits.isolation)
+    mode = _resolve_mode(limits.isolation, limits.python)
     return _launch(files, [main], stdin, limits, mode, secret)

@@ -198,6 +198,8 @@ def test_bad_file_name_and_unavailable_isolation():
     if os.geteuid() == 0:
         with pytest.raises(SandboxError, match="rlimits"):
             run_python("print(1)", limits=SandboxLimits(isolation="rlimits"))
+    with pytest.raises(SandboxError):  # no interpreter there: an infrastructure error, not a wrong program
+        run_python("print(1)", limits=SandboxLimits(python="/nonexistent/python3"))
 
 
 # ------------------------------------------------------------------------------------ code reward
@@ -241,3 +243,44 @@ def test_code_reward_bad_reference():
         code_tests("", ADD, [{"stdin": "1"}])
     with pytest.raises(ValueError, match="'tests'"):
         code_tests("", ADD, {"cases": ["assert True"]})
+
+
+# ------------------------------------------------------------------------------------ "uid" fallback
+
+SYSTEM_PYTHON = "/usr/bin/python3"  # the uid fallback needs an interpreter other users may run
+needs_uid_fallback = pytest.mark.skipif(
+    os.geteuid() != 0 or not os.access(SYSTEM_PYTHON, os.X_OK),
+    reason="the 'uid' fallback needs a root host and a system-wide /usr/bin/python3",
+)
+UID_ONLY = SandboxLimits(cpu_time_s=1.0, wall_time_s=10.0, max_processes=8, isolation="uid", python=SYSTEM_PYTHON)
+
+
+@needs_uid_fallback
+def test_uid_fallback_limits_forks_and_kills_escaped_daemons():
+    r = run("""
+        import os, time
+        ok = 0
+        for _ in range(40):
+            try:
+                pid = os.fork()
+            except OSError:
+                break
+            if pid == 0:
+                os.setsid()  # leaves the run's session: only the kill-by-uid finds it
+                time.sleep(60)
+                os._exit(0)
+            ok += 1
+        print(os.getuid(), ok)
+    """, limits=UID_ONLY)
+    assert r.ok and r.isolation == "uid", r.stderr
+    uid, forked = map(int, r.stdout.split())
+    assert uid != 0 and forked == UID_ONLY.max_processes - 1
+    assert _sandbox_uid_processes() == []
+
+
+@needs_uid_fallback
+def test_uid_fallback_cannot_write_the_project():
+    target = REPO / "escaped_from_uid_sandbox.txt"
+    r = run(f"open({str(target)!r}, 'w').write('pwned')", limits=UID_ONLY)
+    assert not r.ok and b"PermissionError" in r.stderr
+    assert not target.exists()
