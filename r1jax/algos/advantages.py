@@ -234,6 +234,10 @@ def last_token_values(values: ArrayLike, mask: ArrayLike) -> Array:
 
     Returns:
       ``[B, T]`` float32; rows without a valid token are all 0.
+
+    References:
+      Ouyang et al. 2022 (InstructGPT), arXiv 2203.02155, eq. 2 (the reward model's score is
+      given at the end of the completion).
     """
     values = f32(values, "values")
     check_rank(values, 1, "values", "[B]")
@@ -256,6 +260,10 @@ def broadcast_to_tokens(sequence_advantages: ArrayLike, mask: ArrayLike) -> Arra
 
     Returns:
       ``[B, T]`` float32, 0 at masked tokens.
+
+    References:
+      Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, §4.1.2 (outcome supervision sets the
+      advantage of every token of o_i to the normalised reward r~_i).
     """
     adv = f32(sequence_advantages, "sequence_advantages").reshape(-1)
     mask = jnp.asarray(mask)

@@ -83,6 +83,9 @@ def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
     Returns:
       A float32 scalar: valid tokens, sequences with at least one valid token, or that times
       ``max_len``.
+
+    References:
+      See :func:`loss_numerator`.
     """
     check_choice("mode", mode, AGGREGATION_MODES)
     mask = jnp.asarray(mask)

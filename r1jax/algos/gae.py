@@ -110,7 +110,7 @@ def _gae_scan(rewards, values, mask, segment_ids, gamma, lam):
     return adv_t.T
 
 
-def gae_advantages(rewards: ArrayLike, values: ArrayLike, mask: ArrayLike | None = None, *,
+def gae_advantages(rewards: ArrayLike, values: ArrayLike | None, mask: ArrayLike | None = None, *,
                    gamma: ArrayLike = 1.0, lam: ArrayLike = 0.95,
                    segment_ids: ArrayLike | None = None,
                    method: GaeMethod = "associative_scan") -> GaeOutput:
@@ -123,7 +123,7 @@ def gae_advantages(rewards: ArrayLike, values: ArrayLike, mask: ArrayLike | None
 
     Args:
       rewards: ``[B, T]`` per-token rewards (e.g. from :func:`r1jax.algos.kl.kl_penalty_rewards`).
-      values: ``[B, T]`` critic values ``V(s_t)``.
+      values: ``[B, T]`` critic values ``V(s_t)`` (None: zeros).
       mask: optional bool ``[B, T]`` of valid tokens (see module docstring).
       gamma: discount, in [0, 1] (traceable: ``vmap`` over it freely).
       lam: GAE lambda, in [0, 1] (traceable).

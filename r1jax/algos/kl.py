@@ -26,20 +26,50 @@ DEFAULT_LOG_RATIO_CLAMP = 20.0
 
 
 def k1(log_ratio: Array) -> Array:
-    """``k1 = -log r`` for ``log r = ref_logp - logp`` (Schulman 2020)."""
+    """``k1 = -log r``: unbiased, high variance, can be negative.
+
+    Args:
+      log_ratio: ``log r = ref_logp - logp`` (any shape).
+
+    Returns:
+      The elementwise estimate, same shape.
+
+    References:
+      Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+    """
     return -log_ratio
 
 
 def k2(log_ratio: Array) -> Array:
-    """``k2 = (log r)^2 / 2`` for ``log r = ref_logp - logp`` (Schulman 2020)."""
+    """``k2 = (log r)^2 / 2``: biased, low variance, non-negative.
+
+    Args:
+      log_ratio: ``log r = ref_logp - logp`` (any shape).
+
+    Returns:
+      The elementwise estimate, same shape.
+
+    References:
+      Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+    """
     return 0.5 * jnp.square(log_ratio)
 
 
 def k3(log_ratio: Array) -> Array:
-    """``k3 = exp(log r) - log r - 1`` for ``log r = ref_logp - logp`` (Schulman 2020).
+    """``k3 = exp(log r) - log r - 1``: unbiased, low variance, non-negative (GRPO's estimator).
 
     ``expm1`` keeps it accurate near ``log r = 0`` (where ``exp(x) - 1`` would cancel), and
     ``expm1(x) >= x`` survives rounding, so the estimate stays >= 0 in floating point.
+
+    Args:
+      log_ratio: ``log r = ref_logp - logp`` (any shape).
+
+    Returns:
+      The elementwise estimate, same shape.
+
+    References:
+      Schulman 2020, "Approximating KL Divergence", http://joschu.net/blog/kl-approx.html.
+      Shao et al. 2024, "DeepSeekMath", arXiv 2402.03300, eq. 4.
     """
     return jnp.expm1(log_ratio) - log_ratio
 

@@ -82,3 +82,14 @@ def test_every_public_function_is_covered_and_exported():
     assert functions == set(CASES)
     for name in algos.__all__:
         assert hasattr(algos, name), name
+
+
+def test_every_public_function_documents_args_returns_references():
+    import inspect
+
+    for name in algos.__all__:
+        obj = getattr(algos, name)
+        if callable(obj) and not isinstance(obj, type):
+            doc = inspect.getdoc(obj) or ""
+            for section in ("Args:", "Returns:", "References:"):
+                assert section in doc, f"{name}: docstring lacks {section}"
