@@ -54,3 +54,29 @@ def test_chunk_size_sets_the_vocabulary_tile():
     assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
     with pytest.raises(ValueError, match="block_vocab"):
         token_logprobs(h, w, y, backend="pallas", interpret=True, chunk_size=24)
+
+
+@pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
+def test_kernels_lower_through_the_pallas_triton_backend_for_cuda(dtype, monkeypatch):
+    """Cross-platform lowering (no GPU needed): the forward and backward kernels, plain and
+    fused, pass Pallas's Triton lowering for CUDA at default (GPU) tile sizes. Compiling the
+    Triton IR to PTX and running it needs a GPU: ``benchmarks/kernels_gpu.py``."""
+    import jax
+    from r1jax_kernels import grpo_token_terms
+
+    s = jax.ShapeDtypeStruct
+    args = (s((100, 96), dtype), s((96, 300), dtype), s((100,), jnp.int32), s((100,), jnp.float32))
+
+    def loss(h, w, y, old):
+        logp, ent = token_logprobs(h, w, y, return_entropy=True, backend="pallas",
+                                   interpret=False)
+        t = grpo_token_terms(h, w, y, old, old, old, backend="pallas")
+        return jnp.sum(logp) + jnp.sum(ent) + jnp.sum(t.policy_loss) + jnp.sum(t.k3)
+
+    from r1jax_kernels import logprobs as dispatch
+    # Lower as if on a GPU: the dispatcher's availability check is about the running machine.
+    monkeypatch.setattr(dispatch, "pallas_available", lambda: (True, ""))
+    lowered = jax.jit(jax.grad(loss, argnums=(0, 1))).trace(*args).lower(
+        lowering_platforms=("cuda",))
+    text = lowered.as_text()
+    assert text.count("__gpu$xla.gpu.triton") == 4  # plain fwd + bwd, fused fwd + bwd
