@@ -6,6 +6,18 @@ Public API (the cross-module contract)::
     lm_head_weight, logits, init_value_head, value, load_pretrained, save_pretrained
 
 Sharding lives in :mod:`r1jax.models.sharding`.
+
+Example::
+
+    import jax
+    from r1jax.models import ModelConfig, init_params, forward, lm_head_weight, load_pretrained
+
+    params, config = load_pretrained("path/to/Qwen2.5-0.5B", param_dtype="float32")
+    hidden = jax.jit(forward, static_argnums=1)(params, config, tokens, attention_mask=mask)
+    logits = hidden @ lm_head_weight(params, config)          # or r1jax_kernels.token_logprobs
+
+Parameters are a nested dict with the L layers stacked on a leading axis (scanned); the KV cache
+stacks layers the same way: ``KVCache.k`` is [L, B, S, K, Dh].
 """
 
 from r1jax.models.config import ModelConfig, RopeScaling
