@@ -95,3 +95,18 @@ def run_serve(args) -> int:
     server.stop(grace=5).wait()
     engine.close()
     return 0
+
+
+def main(argv=None) -> int:
+    """``python -m r1jax.rollout.cli ...``: the serve command alone (no trainer imports; for vLLM's env)."""
+    parser = argparse.ArgumentParser(prog="r1jax-serve")
+    sub = parser.add_subparsers(dest="command", required=True)
+    add_serve_parser(sub)
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if not argv or argv[0] != "serve":
+        argv = ["serve", *argv]
+    return run_serve(parser.parse_args(argv))
+
+
+if __name__ == "__main__":
+    sys.exit(main())

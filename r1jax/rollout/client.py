@@ -288,18 +288,23 @@ class RolloutClient:
     def _on_all(self, fn) -> list[Any]:
         """Runs ``fn(server)`` on every server in parallel; raises naming every server that failed."""
         futs = {s.addr: self._pool.submit(fn, s) for s in self._servers}
-        out, errors = [], []
+        out, errors, kinds = [], [], set()
         for addr, f in futs.items():
             try:
                 out.append(f.result())
             except grpc.RpcError as e:
                 errors.append(f"{addr} ({e.code().name}: {e.details()})")
+                kinds.add(UnavailableError)
             except Exception as e:  # noqa: BLE001
-                errors.append(f"{addr} ({type(e).__name__}: {e})")
+                msg = str(e) if str(e).startswith(addr) else f"{addr}: {e}"
+                errors.append(f"{msg.replace(addr + ': ', addr + ' (', 1)} [{type(e).__name__}])")
+                kinds.add(type(e) if isinstance(e, RolloutError) else RolloutError)
         if errors:
             ok = [a for a in futs if not any(err.startswith(a + " ") for err in errors)]
-            raise RolloutError(f"weight update failed on {len(errors)} of {len(futs)} server(s): "
-                               + "; ".join(errors) + (f"; succeeded on {ok}" if ok else ""))
+            # The most specific error type that covers every failure (e.g. all stale versions).
+            kind = kinds.pop() if len(kinds) == 1 else RolloutError
+            raise kind(f"weight update failed on {len(errors)} of {len(futs)} server(s): "
+                       + "; ".join(errors) + (f"; succeeded on {ok}" if ok else ""))
         return out
 
     def update_weights(self, weights: Mapping[str, Any] | Any, version: int, *,

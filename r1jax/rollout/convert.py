@@ -27,7 +27,7 @@ def sampling_from_pb(msg: pb.SamplingParams) -> SamplingParams:
     """Raises InvalidRequestError naming the field for out-of-range values (e.g. ``n = 0``)."""
     try:
         return SamplingParams(
-            temperature=float(np.float32(msg.temperature)), top_p=float(np.float32(msg.top_p)),
+            temperature=float(msg.temperature), top_p=float(msg.top_p),
             top_k=int(msg.top_k), max_new_tokens=int(msg.max_new_tokens),
             stop_token_ids=tuple(int(t) for t in msg.stop_token_ids), n=int(msg.n),
             seed=int(msg.seed) if msg.HasField("seed") else None)

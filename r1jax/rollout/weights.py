@@ -137,11 +137,11 @@ class WeightStager:
         if off < 0 or off + n > nbytes or (n == 0 and nbytes != 0):
             raise InvalidRequestError(f"tensor {chunk.name!r}: chunk bytes [{off}, {off + n}) outside the "
                                       f"tensor's {nbytes} bytes")
+        was_complete = chunk.name in self._buffers and self._complete(chunk.name)
         if chunk.name not in self._buffers:
             self._specs[chunk.name] = spec
             self._buffers[chunk.name] = bytearray(nbytes)
             self._covered[chunk.name] = []
-        was_complete = self._complete(chunk.name)
         self._buffers[chunk.name][off:off + n] = chunk.data
         self._covered[chunk.name] = _merge(self._covered[chunk.name], (off, off + n))
         self.chunks += 1

@@ -156,7 +156,8 @@ def filter_logits(scaled: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.
     in_k = rank < k[:, None]
     probs = jax.nn.softmax(jnp.where(in_k, sorted_desc, -jnp.inf), axis=-1)
     mass_before = jnp.cumsum(probs, axis=-1) - probs
-    keep = in_k & (mass_before < top_p[:, None])
+    # top_p == 1 keeps all of top-k exactly (float32 cumsums can reach 1 before the last token).
+    keep = in_k & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
     m = jnp.maximum(jnp.sum(keep, axis=-1), 1)
     threshold = jnp.take_along_axis(sorted_desc, (m - 1)[:, None], axis=-1)
     return jnp.where(scaled >= threshold, scaled, -jnp.inf)
@@ -314,6 +315,7 @@ class Sampler:
         config: the architecture.
         max_batch_rows: rows per batch (prompt groups are never split; a group larger than this
             runs alone).
+        min_batch_bucket: smallest padded batch (batches are padded to a power of two >= this).
         prompt_bucket: pad prompt lengths to multiples of this; None = powers of two.
         min_prompt_bucket: smallest padded prompt length.
         new_tokens_bucket: round the generation buffer up to multiples of this; None = powers of two.
@@ -324,7 +326,8 @@ class Sampler:
         pad_id: filler token after a row finished (never returned).
     """
 
-    def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, prompt_bucket: int | None = None,
+    def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, min_batch_bucket: int = 1,
+                 prompt_bucket: int | None = None,
                  min_prompt_bucket: int = 8, new_tokens_bucket: int | None = None,
                  min_new_tokens_bucket: int = 8, decode_chunk: int | None = None,
                  cache_dtype: str | None = None, pad_id: int = 0):
@@ -336,6 +339,7 @@ class Sampler:
             raise ValueError(f"pad_id: {pad_id} outside the vocabulary [0, {config.vocab_size})")
         self.config = config
         self.max_batch_rows = max_batch_rows
+        self.min_batch_bucket = min_batch_bucket
         self.prompt_bucket = prompt_bucket
         self.min_prompt_bucket = min_prompt_bucket
         self.new_tokens_bucket = new_tokens_bucket
@@ -396,7 +400,7 @@ class Sampler:
     def batch_shape(self, rows: Sequence[Row]) -> BatchShape:
         """The bucketed static shape for a batch of rows."""
         return BatchShape(
-            batch=bucket(len(rows)),
+            batch=bucket(len(rows), None, self.min_batch_bucket),
             prompt_len=bucket(max(len(r.prompt) for r in rows), self.prompt_bucket, self.min_prompt_bucket),
             max_new_tokens=bucket(max(r.sampling.max_new_tokens for r in rows), self.new_tokens_bucket,
                                   self.min_new_tokens_bucket),

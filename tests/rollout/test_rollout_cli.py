@@ -1,0 +1,73 @@
+"""`r1jax serve` (r1jax.rollout.cli): flags, the remote-bind refusal, and a real server process."""
+
+import argparse
+import os
+import signal
+import subprocess
+import sys
+import time
+
+import pytest
+
+from r1jax.rollout.cli import add_serve_parser, run_serve
+from r1jax.rollout.client import RolloutClient
+from r1jax.rollout.types import GenerateRequest
+from r1jax.sampling import SamplingParams
+
+ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+
+def _parse(*argv):
+    parser = argparse.ArgumentParser()
+    add_serve_parser(parser.add_subparsers(dest="command"))
+    return parser.parse_args(["serve", *argv])
+
+
+def test_serve_flags_and_defaults():
+    args = _parse("--model", "DIR")
+    assert (args.engine, args.host, args.port, args.allow_remote, args.token) == ("jax", "127.0.0.1", 50051, False, None)
+    args = _parse("--engine", "vllm", "--model", "m", "--host", "0.0.0.0", "--allow-remote", "--token", "t",
+                  "--port", "0", "--tensor-parallel-size", "2")
+    assert args.engine == "vllm" and args.allow_remote and args.token == "t" and args.tensor_parallel_size == 2
+    with pytest.raises(SystemExit):
+        _parse("--engine", "tpu", "--model", "m")
+
+
+def test_remote_bind_is_refused_before_loading_anything(monkeypatch, capsys):
+    monkeypatch.delenv("R1JAX_ROLLOUT_TOKEN", raising=False)
+    # The model directory does not exist: the refusal must come first.
+    assert run_serve(_parse("--model", "/nonexistent", "--host", "0.0.0.0")) == 2
+    assert "--allow-remote" in capsys.readouterr().err
+    assert run_serve(_parse("--model", "/nonexistent", "--host", "0.0.0.0", "--allow-remote")) == 2
+    assert "token" in capsys.readouterr().err
+
+
+def test_serve_process_answers_and_stops_cleanly(weights, reference, tokens, prompts, tmp_path):
+    from r1jax.models import save_pretrained
+
+    from conftest import CFG  # noqa: PLC0415
+
+    save_pretrained(weights[0], CFG, tmp_path / "model")
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),
+         "--port", "0", "--port-file", str(port_file), "--max-batch-rows", "8", "--weight-version", "5"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        addr = f"127.0.0.1:{port_file.read_text()}"
+        with RolloutClient(addr) as c:
+            info = c.info()
+            assert (info.engine, info.vocab_size, info.max_length, info.weight_version) == ("jax", 64, 64, 5)
+            greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
+            res = c.generate(GenerateRequest(prompts, greedy))
+        assert tokens(res) == reference(0, prompts, greedy) and {r.weight_version for r in res} == {5}
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+    assert "jax engine" in out and f"127.0.0.1:{port_file.read_text()}" in out

@@ -1,0 +1,212 @@
+"""The embedded sampler against its references: transformers' greedy generate, the trainer's
+log-probs (r1jax_kernels.token_logprobs on r1jax.models.forward), a numpy top-p/top-k filter."""
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+from r1jax.models import forward, lm_head_weight
+from r1jax.sampling import SamplingParams
+from r1jax.sampling import sampler as sampler_mod
+from r1jax.sampling.sampler import filter_logits
+from r1jax_kernels import token_logprobs
+
+MAX_NEW = 8
+PAD_TO = 16
+
+
+@pytest.fixture(scope="module")
+def trainer_logits(tiny):
+    """The trainer's path: right-padded full sequences through forward, float32 logits + log-probs."""
+    params, config = tiny
+
+    @jax.jit
+    def run(tokens, mask, temperature):
+        hidden = forward(params, config, tokens, attention_mask=mask)
+        lm = lm_head_weight(params, config)
+        targets = jnp.roll(tokens, -1, axis=1)  # position t predicts token t+1
+        logp = token_logprobs(hidden, lm, targets, temperature=temperature)
+        logits = jnp.einsum("btd,dv->btv", hidden, lm, preferred_element_type=jnp.float32)
+        return logp, logits
+
+    def apply(prompt, completion, temperature):
+        seq = np.concatenate([prompt, completion]).astype(np.int32)
+        tokens = np.zeros((1, PAD_TO), np.int32)
+        tokens[0, :len(seq)] = seq
+        mask = np.arange(PAD_TO)[None] < len(seq)
+        logp, logits = run(jnp.asarray(tokens), jnp.asarray(mask), jnp.float32(temperature))
+        P, L = len(prompt), len(completion)
+        return np.asarray(logp[0, P - 1:P + L - 1]), np.asarray(logits[0, P - 1:P + L - 1])
+
+    return apply
+
+
+def test_greedy_equals_transformers_generate(hf_tiny, tiny, sampler, prompts):
+    torch = pytest.importorskip("torch")
+    model, _ = hf_tiny
+    params, _ = tiny
+    out = sampler.generate(params, prompts, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW))
+    for p, group in zip(prompts, out):
+        ids = torch.tensor(p[None].astype(np.int64))
+        with torch.no_grad():
+            ref = model.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=MAX_NEW, do_sample=False,
+                                 eos_token_id=None, pad_token_id=0)[0, len(p):].numpy()
+            full = torch.tensor(np.concatenate([p, ref])[None].astype(np.int64))
+            ref_lp = torch.log_softmax(model(full).logits[0].double(), -1)
+        assert len(ref) == MAX_NEW
+        (sample,) = group
+        np.testing.assert_array_equal(sample.token_ids, ref)
+        assert sample.finish_reason == "length"
+        # Greedy rows report temperature-1 processed log-probs: HF's log_softmax of its own logits.
+        want = ref_lp[len(p) - 1:len(p) - 1 + MAX_NEW].numpy()[np.arange(MAX_NEW), ref]
+        np.testing.assert_allclose(sample.logprobs, want, atol=1e-4)
+
+
+@pytest.mark.parametrize("temperature,top_p,top_k", [(0.7, 0.8, 3), (1.3, 1.0, 0)])
+def test_logprobs_equal_trainer_logprobs(tiny, sampler, prompts, trainer_logits, temperature, top_p, top_k):
+    params, _ = tiny
+    s = SamplingParams(temperature=temperature, top_p=top_p, top_k=top_k, max_new_tokens=MAX_NEW, n=2, seed=11)
+    out = sampler.generate(params, prompts, s)
+    for p, group in zip(prompts, out):
+        assert len(group) == 2
+        for sample in group:
+            want, logits = trainer_logits(p, sample.token_ids, temperature)
+            # Processed log-probs: after temperature, before truncation, as the trainer computes them.
+            np.testing.assert_allclose(sample.logprobs, want, atol=1e-5, rtol=0)
+            if top_k:  # truncation was applied when sampling: every token is in the top k ...
+                rank = (logits > logits[np.arange(len(sample)), sample.token_ids][:, None]).sum(-1)
+                assert (rank < top_k).all()
+                # ... and inside the nucleus of mass top_p (computed over the top-k, in float64).
+                for t, tok in enumerate(sample.token_ids):
+                    z = logits[t].astype(np.float64) / temperature
+                    order = np.argsort(-z)[:top_k]
+                    probs = np.exp(z[order] - z[order].max())
+                    probs /= probs.sum()
+                    before = np.cumsum(probs) - probs
+                    assert tok in order[before < top_p]
+
+
+def test_same_seed_same_tokens_and_different_seed_differs(tiny, sampler, prompts):
+    params, _ = tiny
+
+    def run(seed):
+        out = sampler.generate(params, prompts, SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, n=2,
+                                                               seed=seed))
+        return [s.token_ids.tolist() for g in out for s in g]
+
+    a, b, c = run(5), run(5), run(6)
+    assert a == b
+    assert a != c
+    assert a[0] != a[1]  # the n samples of a prompt use different random streams
+
+
+def test_top_k_1_equals_greedy(tiny, sampler, prompts):
+    params, _ = tiny
+    greedy = sampler.generate(params, prompts, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW))
+    top1 = sampler.generate(params, prompts, SamplingParams(temperature=1.0, top_k=1, max_new_tokens=MAX_NEW,
+                                                            seed=3))
+    for g, t in zip(greedy, top1):
+        np.testing.assert_array_equal(g[0].token_ids, t[0].token_ids)
+        np.testing.assert_allclose(g[0].logprobs, t[0].logprobs, atol=1e-6)  # both at temperature 1
+
+
+def test_stop_token_ends_sample_with_reason_stop(tiny, sampler, prompts):
+    params, _ = tiny
+    greedy = [g[0].token_ids.tolist() for g in sampler.generate(
+        params, prompts, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW))]
+    stop = greedy[0][3]
+    out = sampler.generate(params, prompts, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW,
+                                                           stop_token_ids=(stop,)))
+    n_stopped = 0
+    for g, group in zip(greedy, out):
+        (sample,) = group
+        if stop in g:
+            k = g.index(stop)
+            assert sample.token_ids.tolist() == g[:k + 1]  # the stop token is kept, nothing after it
+            assert sample.finish_reason == "stop"
+            assert len(sample.logprobs) == k + 1
+            n_stopped += 1
+        else:
+            assert sample.token_ids.tolist() == g and sample.finish_reason == "length"
+    assert n_stopped >= 1
+
+
+def test_rows_do_not_depend_on_batch_composition(tiny, sampler, prompts):
+    params, _ = tiny
+    s = SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, n=2, seed=7)
+    full = sampler.generate(params, prompts, s)
+    alone = sampler.generate(params, prompts[1:2], s, first_prompt_index=1)
+    for a, b in zip(full[1], alone[0]):
+        np.testing.assert_array_equal(a.token_ids, b.token_ids)
+        np.testing.assert_allclose(a.logprobs, b.logprobs, atol=1e-6)
+
+
+def test_streaming_chunks_equal_one_shot_and_report_early_finishers_first(tiny, sampler, prompts):
+    params, _ = tiny
+    greedy = sampler.generate(params, prompts, SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW))
+    stop = int(greedy[0][0].token_ids[1])
+    s = SamplingParams(temperature=0.0, max_new_tokens=MAX_NEW, stop_token_ids=(stop,))
+    rows = sampler.make_rows(prompts, s)
+    one_shot = dict(sampler.run_rows(params, rows, decode_chunk=None))
+    streamed = list(sampler.run_rows(params, rows, decode_chunk=2))
+    assert sorted(r for r, _ in streamed) == list(range(len(rows)))
+    for r, sample in streamed:
+        assert sample == one_shot[r]
+    chunks = [-(-len(sample) // 2) for _, sample in streamed]  # the decode call each row finished in
+    assert chunks[0] == 1 < max(chunks)  # a row that stopped in the first call came out first ...
+    assert chunks == sorted(chunks)      # ... and rows come out call by call
+
+
+def test_new_values_and_lengths_in_a_bucket_do_not_recompile(tiny, sampler):
+    params, _ = tiny
+    sampler.generate(params, [[1, 2, 3]], SamplingParams(temperature=0.5, top_p=0.9, max_new_tokens=MAX_NEW,
+                                                         stop_token_ids=(4,), seed=0))
+    sizes = (sampler_mod._prefill_jit._cache_size(), sampler_mod._decode_jit._cache_size())
+    shapes = sampler.compiled_shapes
+    for i, (t, p, k) in enumerate([(0.9, 0.5, 0), (1.7, 0.95, 5), (0.2, 0.7, 2)]):
+        sampler.generate(params, [[5] * (i + 1), [6, 7, 8, 9, 10, 11, 12][: 7 - i]],
+                         SamplingParams(temperature=t, top_p=p, top_k=k, max_new_tokens=MAX_NEW - i,
+                                        stop_token_ids=(9 + i,), n=2, seed=i))
+    assert (sampler_mod._prefill_jit._cache_size(), sampler_mod._decode_jit._cache_size()) == sizes
+    assert sampler.compiled_shapes == shapes
+
+
+def _numpy_filter(scaled, top_p, top_k):
+    out = np.full_like(scaled, -np.inf)
+    for b in range(scaled.shape[0]):
+        z = scaled[b].astype(np.float64)
+        order = np.argsort(-z)
+        k = top_k[b] if top_k[b] > 0 else len(z)
+        order = order[:k]
+        p = np.exp(z[order] - z[order].max())
+        p /= p.sum()
+        keep = order[(np.cumsum(p) - p) < top_p[b]]
+        out[b, keep] = scaled[b, keep]
+    return out
+
+
+@pytest.mark.parametrize("seed", [0, 1, 2])
+def test_filter_logits_matches_numpy_reference(seed):
+    rng = np.random.default_rng(seed)
+    B, V = 6, 40
+    scaled = rng.normal(size=(B, V)).astype(np.float32) * 3
+    top_p = np.array([1.0, 0.9, 0.5, 0.05, 1.0, 0.3], np.float32)
+    top_k = np.array([0, 0, 7, 0, 1, 3], np.int32)
+    got = np.asarray(jax.jit(filter_logits)(scaled, top_p, top_k))
+    want = _numpy_filter(scaled, top_p, top_k)
+    np.testing.assert_array_equal(np.isfinite(got), np.isfinite(want))
+    np.testing.assert_array_equal(got[np.isfinite(got)], want[np.isfinite(want)])
+    assert np.isfinite(got).sum(-1).min() >= 1
+
+
+def test_sampler_rejects_bad_settings(tiny):
+    from r1jax.sampling import Sampler
+
+    _, config = tiny
+    with pytest.raises(ValueError, match="pad_id"):
+        Sampler(config, pad_id=config.vocab_size)
+    with pytest.raises(ValueError, match="max_batch_rows"):
+        Sampler(config, max_batch_rows=0)
+    with pytest.raises(ValueError, match="decode_chunk"):
+        Sampler(config, decode_chunk=0)
