@@ -43,6 +43,7 @@ __all__ = [
     "save_config",
     "replace",
     "describe",
+    "validate_fields",
 ]
 
 
@@ -198,6 +199,22 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
             bound = meta.get(name)
             if bound is not None and not ok(v, bound):
                 raise ConfigError(f"{key}: {v!r} is out of range; must be {sym} {bound}")
+
+
+def validate_fields(obj: Any, prefix: str = "") -> None:
+    """Checks every field of a config instance against its declared range / choices.
+
+    For configs that validate on direct construction (``__post_init__``), so a hand-built config
+    is held to exactly the rules :func:`from_dict` applies.
+
+    Raises:
+      ConfigError: naming ``prefix + field``, the bad value and the allowed range.
+    """
+    for f in dataclasses.fields(obj):
+        meta = f.metadata.get(_META)
+        value = getattr(obj, f.name)
+        if meta and value is not None:
+            _check_bounds(value, meta, f"{prefix}{f.name}")
 
 
 def _join(prefix: str, name: str) -> str:

@@ -12,25 +12,12 @@ import dataclasses
 import math
 from typing import Any, Mapping
 
-from r1jax.config import ConfigError, field, from_dict
+from r1jax.config import ConfigError, field, from_dict, validate_fields
 
 __all__ = ["ModelConfig", "RopeScaling", "ARCHITECTURES", "PARAM_DTYPES"]
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 PARAM_DTYPES = ("float32", "bfloat16")
-
-
-def _validate_fields(obj: Any, prefix: str) -> None:
-    """Checks every field of ``obj`` against the range / choices declared with ``field``."""
-    # The bounds checker of r1jax.config is reused so a directly constructed config is held to
-    # exactly the rules `from_dict` applies (one home for the range logic).
-    from r1jax.config import _META, _check_bounds  # noqa: PLC0415 - private on purpose, see above
-
-    for f in dataclasses.fields(obj):
-        meta = f.metadata.get(_META)
-        value = getattr(obj, f.name)
-        if meta and value is not None:
-            _check_bounds(value, meta, f"{prefix}{f.name}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -52,7 +39,7 @@ class RopeScaling:
     original_max_position_embeddings: int = field(8192, gt=0, help="llama3: pre-training context length")
 
     def __post_init__(self):
-        _validate_fields(self, "rope_scaling.")
+        validate_fields(self, "rope_scaling.")
         self.check()
 
     def check(self) -> None:
@@ -104,7 +91,7 @@ class ModelConfig:
             object.__setattr__(self, "rope_scaling", scaling)
         if isinstance(self.eos_token_ids, list):
             object.__setattr__(self, "eos_token_ids", tuple(self.eos_token_ids))
-        _validate_fields(self, "")
+        validate_fields(self, "")
         self.check()
 
     # ------------------------------------------------------------------ derived, static values

@@ -286,14 +286,14 @@ def make_train_step(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig,
     def step(state: TrainState, batch: RLBatch, hp: Hyper):
         grads, metrics = _accumulated_grad(policy_fn, state.params, batch, hp, m)
         ok = _finite(grads) & jnp.isfinite(metrics["loss"])
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         params, opt_state = _apply(tx, grads, state.opt_state, state.params, ok)
         critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
         if algo.name == "ppo":
             cgrads, cmetrics = _accumulated_grad(value_fn, critic_params, batch, hp, m)
             cok = _finite(cgrads) & jnp.isfinite(cmetrics["value_loss"])
             metrics.update(cmetrics)
-            metrics["critic_grad_norm"] = optax.global_norm(cgrads)
+            metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
             critic_params, critic_opt_state = _apply(critic_tx, cgrads, critic_opt_state, critic_params, cok)
             ok = ok & cok
         metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
@@ -333,7 +333,7 @@ def make_sft_step(model: ModelConfig, kernels: KernelConfig, tx: optax.GradientT
     def step(params, opt_state, batch: SFTBatch):
         grads, metrics = _accumulated_grad(loss_fn, params, batch, hp, num_microbatches)
         ok = _finite(grads) & jnp.isfinite(metrics["loss"])
-        metrics["grad_norm"] = optax.global_norm(grads)
+        metrics["grad_norm"] = optax.tree.norm(grads)
         metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
         params, opt_state = _apply(tx, grads, opt_state, params, ok)
         return params, opt_state, metrics
