@@ -114,11 +114,13 @@ def token_logprobs(hidden: Any, lm_head: Any, targets: Any, *, temperature: Any 
         return_entropy: also return the per-token entropy of the same distribution.
         backend: ``"auto"`` | ``"reference"`` | ``"chunked"`` | ``"pallas"`` (static; see the
             module docstring and :func:`resolve_backend`).
-        chunk_size: vocabulary columns per step — the chunk of ``"chunked"`` (None: automatic,
-            ~64 MiB of float32 per ``[tokens, chunk]`` buffer) or the vocabulary tile of
-            ``"pallas"`` (a power of 2 >= 16; overrides ``pallas_blocks.block_vocab``).
+        chunk_size: vocabulary columns per step of the ``"chunked"`` backend (None: automatic,
+            ~64 MiB of float32 per ``[tokens, chunk]`` buffer). Not used when the Pallas kernel
+            runs (``"auto"`` on a GPU), whose tiles are ``pallas_blocks``; passing it together
+            with an explicit ``backend="pallas"`` is an error.
         interpret: with ``backend="pallas"``: run the kernel in the Pallas interpreter (CPU).
-        pallas_blocks: optional :class:`r1jax_kernels.pallas_logprobs.PallasBlocks`.
+        pallas_blocks: optional :class:`r1jax_kernels.pallas_logprobs.PallasBlocks` (tile sizes
+            of the Pallas kernel).
 
     Returns:
         ``logp[...]`` float32, or ``(logp, entropy)``, both float32 ``[...]``.
@@ -136,21 +138,20 @@ def token_logprobs(hidden: Any, lm_head: Any, targets: Any, *, temperature: Any 
         return token_logprobs_chunked(hidden, lm_head, targets, temperature=temperature,
                                       return_entropy=return_entropy, chunk_size=chunk_size)
     from r1jax_kernels import pallas_logprobs as _pallas
-    blocks = _pallas_blocks(pallas_blocks, chunk_size)
+    blocks = _pallas_blocks(pallas_blocks, chunk_size, backend)
     return _pallas.token_logprobs_pallas(hidden, lm_head, targets, temperature=temperature,
                                          return_entropy=return_entropy, blocks=blocks,
                                          interpret=interpret)
 
 
-def _pallas_blocks(pallas_blocks, chunk_size):
-    import dataclasses
-
+def _pallas_blocks(pallas_blocks, chunk_size, backend):
     from r1jax_kernels.pallas_logprobs import PallasBlocks
+    if backend == "pallas" and chunk_size is not None:
+        raise ValueError("chunk_size: applies to the chunked backend only; set the Pallas "
+                         "kernel's tiles with pallas_blocks=PallasBlocks(...)")
     blocks = PallasBlocks() if pallas_blocks is None else pallas_blocks
     if not isinstance(blocks, PallasBlocks):
         raise TypeError(f"pallas_blocks: expected a PallasBlocks, got {type(blocks).__name__}")
-    if chunk_size is not None:
-        blocks = dataclasses.replace(blocks, block_vocab=chunk_size)
     return blocks
 
 
@@ -212,7 +213,7 @@ def grpo_token_terms(hidden: Any, lm_head: Any, targets: Any, old_logp: Any, ref
         return _pallas.grpo_token_terms_pallas(
             hidden, lm_head, targets, arrays["old_logp"], arrays["ref_logp"],
             arrays["advantages"], hp, temperature=temperature,
-            blocks=_pallas_blocks(pallas_blocks, chunk_size), interpret=interpret)
+            blocks=_pallas_blocks(pallas_blocks, chunk_size, backend), interpret=interpret)
     logp, entropy = token_logprobs(hidden, lm_head, targets, temperature=temperature,
                                    return_entropy=True, backend=which, chunk_size=chunk_size)
     terms = _terms.terms_from_packed(logp, arrays["old_logp"], arrays["ref_logp"],

@@ -82,14 +82,19 @@ def test_elementwise_terms_default_hyperparameters_equal_algos():
     old = logp + jnp.asarray(rng.uniform(-0.6, 0.6, (4, 5)), jnp.float32)
     ref = logp + jnp.asarray(rng.uniform(-30, 30, (4, 5)), jnp.float32)  # hits the log-ratio clamp
     adv = jnp.asarray(rng.normal(size=(4, 5)), jnp.float32)
-    ratio, loss, k1, k2, k3 = grpo_terms_from_logprobs(logp, old, ref, adv)
-    pl = clipped_surrogate_loss(logp, old, adv)
-    assert_close(ratio, pl.ratio, 1e-6)
-    assert_close(loss, pl.loss, 1e-6)
-    for kind, got in (("k1", k1), ("k2", k2), ("k3", k3)):
-        assert_close(got, kl_estimate(logp, ref, kind=kind), 1e-6, kind)
-    g = jax.grad(lambda lp: jnp.sum(grpo_terms_from_logprobs(lp, old, ref, adv)[1]))(logp)
-    g_want = jax.grad(lambda lp: jnp.sum(clipped_surrogate_loss(lp, old, adv).loss))(logp)
+
+    @jax.jit
+    def both(logp):
+        got = grpo_terms_from_logprobs(logp, old, ref, adv)
+        pl = clipped_surrogate_loss(logp, old, adv)
+        kls = [kl_estimate(logp, ref, kind=k) for k in ("k1", "k2", "k3")]
+        g = jax.grad(lambda lp: jnp.sum(grpo_terms_from_logprobs(lp, old, ref, adv)[1]))(logp)
+        g_want = jax.grad(lambda lp: jnp.sum(clipped_surrogate_loss(lp, old, adv).loss))(logp)
+        return got, (pl.ratio, pl.loss, *kls), g, g_want
+
+    got, want, g, g_want = both(logp)
+    for name, a, b in zip(("ratio", "policy_loss", "k1", "k2", "k3"), got, want):
+        assert_close(a, b, 1e-6, name)
     assert_close(g, g_want, 1e-6)
 
 

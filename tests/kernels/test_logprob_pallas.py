@@ -46,14 +46,12 @@ def test_interpret_bfloat16_within_bfloat16_tolerance():
                           h, w, jnp.float32(0.8), tol=1e-5, grad_tol=2e-2)
 
 
-def test_chunk_size_sets_the_vocabulary_tile():
+def test_chunk_size_is_for_the_chunked_backend_only():
     h, w, y = make_inputs(12, (5,), 16, 20)
-    ref = token_logprobs(h, w, y, backend="reference")
-    out = token_logprobs(h, w, y, backend="pallas", interpret=True, chunk_size=16,
-                         pallas_blocks=SMALL)
-    assert float(jnp.max(jnp.abs(out - ref))) <= 1e-5
-    with pytest.raises(ValueError, match="block_vocab"):
-        token_logprobs(h, w, y, backend="pallas", interpret=True, chunk_size=24)
+    with pytest.raises(ValueError, match="chunk_size: applies to the chunked backend only"):
+        token_logprobs(h, w, y, backend="pallas", interpret=True, chunk_size=16)
+    with pytest.raises(TypeError, match="pallas_blocks"):
+        token_logprobs(h, w, y, backend="pallas", interpret=True, pallas_blocks=(16, 16, 16))
 
 
 @pytest.mark.parametrize("dtype", [jnp.float32, jnp.bfloat16])
