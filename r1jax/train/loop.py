@@ -25,7 +25,7 @@ from r1jax import algos
 from r1jax.config import ConfigError, load_config, save_config, to_dict
 from r1jax.data import PromptIterator, make_dataset
 from r1jax.data.batching import pad_sequences
-from r1jax.data.templates import encode_prompts
+from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.models import init_params, init_value_head, load_pretrained, save_pretrained
 from r1jax.rewards import RewardScorer
@@ -172,8 +172,13 @@ class Trainer:
         p, n = len(samples), len(samples[0])
         texts = [self.tokenizer.decode(s.token_ids) for group in samples for s in group]
         flat_examples = [e for e in examples for _ in range(n)]
+        data = self.config.data
+        # Rewards see the rendered prompt: a template may open <think>, and the language reward
+        # detects the target language from it.
+        rendered = {id(e): render_prompt(e, data.template, tokenizer=self.tokenizer, system_prompt=data.system_prompt)
+                    for e in examples}
         result = self.scorer.score(
-            prompts=[e["prompt"] for e in flat_examples], completions=texts,
+            prompts=[rendered[id(e)] for e in flat_examples], completions=texts,
             references=[e["reference"] for e in flat_examples], step=step, total_steps=self.config.run.steps)
         total = np.asarray(result.total, np.float32).reshape(p, n)
         comps = {k: np.asarray(v, np.float32).reshape(p, n) for k, v in result.components.items()}

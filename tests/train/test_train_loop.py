@@ -1,0 +1,159 @@
+"""The RL loop end to end on a tiny random model: exact resume after SIGKILL, skipped non-finite
+updates, config errors before any work, checkpoints, metrics files."""
+
+import json
+import logging
+import os
+import pathlib
+import random
+import signal
+import subprocess
+import sys
+import time
+
+import numpy as np
+import pytest
+import yaml
+
+from r1jax.config import ConfigError, load_config
+from r1jax.data.tokenizer import build_char_tokenizer
+from r1jax.train.config import ExperimentConfig
+
+CHARS = "0123456789+-*=(), abcdefghijklmnopqrstuvwxyz."
+
+
+def _config(tmp_path: pathlib.Path, **sections) -> pathlib.Path:
+    tok_dir = tmp_path / "tok"
+    if not tok_dir.exists():
+        build_char_tokenizer(CHARS).save(tok_dir)
+    cfg = {
+        "run": {"name": "t", "out_dir": str(tmp_path / "runs"), "steps": 4, "seed": 3, "progress": False,
+                "tensorboard": True},
+        "model": {"tokenizer": str(tok_dir),
+                  "config": {"vocab_size": 64, "hidden_size": 32, "intermediate_size": 64, "num_layers": 2,
+                             "num_heads": 4, "num_kv_heads": 2, "max_position_embeddings": 128}},
+        "data": {"task": "arithmetic", "difficulty": 1, "template": "plain", "num_train": 64},
+        "reward": {"num_workers": 0},
+        "rollout": {"prompts_per_step": 4, "group_size": 4, "max_new_tokens": 12},
+        "algo": {"num_minibatches": 2, "ref_update_every": 2},
+        "optim": {"lr": 1e-2},
+        "eval": {"num_prompts": 4},
+        "checkpoint": {"every": 1, "keep": 2},
+    }
+    for section, values in sections.items():
+        cfg[section] = {**cfg.get(section, {}), **values}
+    path = tmp_path / "config.yaml"
+    path.write_text(yaml.safe_dump(cfg))
+    return path
+
+
+def _train(config: pathlib.Path, *overrides: str, kill_after_steps: int | None = None) -> subprocess.CompletedProcess | None:
+    cmd = [sys.executable, "-m", "r1jax.cli", "train", str(config), *overrides]
+    if kill_after_steps is None:
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
+    cfg = yaml.safe_load(config.read_text())
+    ckpt = pathlib.Path(cfg["run"]["out_dir"]) / cfg["run"]["name"] / "checkpoints"
+    proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.time() + 600
+    while time.time() < deadline:
+        done = [int(p.name) for p in ckpt.glob("[0-9]*") if p.name.isdigit()] if ckpt.exists() else []
+        if done and max(done) >= kill_after_steps:
+            break
+        if proc.poll() is not None:
+            raise AssertionError("the run ended before it could be killed")
+        time.sleep(0.05)
+    proc.send_signal(signal.SIGKILL)
+    proc.wait()
+    return None
+
+
+def _records(run_dir: pathlib.Path) -> list[dict]:
+    out = []
+    for line in (run_dir / "metrics.jsonl").read_text().splitlines():
+        rec = json.loads(line)
+        rec.pop("time", None)
+        out.append(rec)
+    return out
+
+
+@pytest.mark.slow
+def test_resume_after_sigkill_gives_the_same_metrics(tmp_path):
+    steps = 5
+    full = _config(tmp_path / "full")
+    _train(full, f"run.steps={steps}")
+    reference = _records(tmp_path / "full" / "runs" / "t")
+    assert [r["step"] for r in reference] == list(range(steps))
+
+    killed = _config(tmp_path / "killed")
+    kill_at = random.Random(os.getpid()).randint(1, steps - 2)
+    _train(killed, f"run.steps={steps}", kill_after_steps=kill_at)
+    _train(killed, f"run.steps={steps}")  # resumes from the latest complete checkpoint
+    resumed = _records(tmp_path / "killed" / "runs" / "t")
+    assert [r["step"] for r in resumed] == list(range(steps)), f"killed after step {kill_at}"
+    for a, b in zip(reference, resumed):
+        assert a.keys() == b.keys()
+        for k in a:
+            np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-9, err_msg=f"step {a['step']} {k} (killed at {kill_at})")
+    # the last good checkpoints survive, older ones are pruned (keep: 2)
+    ckpts = sorted(int(p.name) for p in (tmp_path / "killed" / "runs" / "t" / "checkpoints").glob("[0-9]*") if p.name.isdigit())
+    assert ckpts == [steps - 1, steps]
+    assert list((tmp_path / "killed" / "runs" / "t" / "tb").glob("events.out.tfevents.*"))
+    saved = load_config(ExperimentConfig, tmp_path / "killed" / "runs" / "t" / "config.yaml")
+    assert saved.run.steps == steps
+
+
+def test_non_finite_loss_is_skipped_logged_and_the_run_continues(tmp_path, monkeypatch, caplog):
+    from r1jax.train import loop
+
+    cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=3", "run.tensorboard=false",
+                                                            "checkpoint.every=0", "algo.num_minibatches=1"])
+    trainer = loop.Trainer(cfg)
+    real = loop.algos.grpo_advantages
+    calls = []
+
+    def poisoned(rewards, *args, **kw):  # step 1 gets NaN advantages: its loss is not finite
+        calls.append(1)
+        adv = real(rewards, *args, **kw)
+        return adv * np.nan if len(calls) == 2 else adv
+
+    monkeypatch.setattr(loop.algos, "grpo_advantages", poisoned)
+    params_before = np.asarray(trainer.state.params["embed"]).copy()
+    with caplog.at_level(logging.WARNING, logger="r1jax.train"):
+        records = trainer.run()
+    assert [r["skipped"] for r in records] == [0.0, 1.0, 0.0]
+    assert int(trainer.state.skipped) == 1 and int(trainer.state.step) == 3
+    assert any("update skipped" in m for m in caplog.messages)
+    assert not np.allclose(np.asarray(trainer.state.params["embed"]), params_before)
+
+
+def test_bad_config_fails_before_any_work(tmp_path):
+    path = _config(tmp_path)
+    with pytest.raises(ConfigError, match=r"unknown key 'algo\.kl_cof'"):
+        load_config(ExperimentConfig, path, ["algo.kl_cof=0.1"])
+    with pytest.raises(ConfigError, match=r"rollout\.group_size: 0 is out of range"):
+        load_config(ExperimentConfig, path, ["rollout.group_size=0"])
+    with pytest.raises(ConfigError, match=r"must divide"):
+        load_config(ExperimentConfig, path, ["algo.num_minibatches=3"])
+    with pytest.raises(ConfigError, match=r"algo\.advantage: ppo uses 'gae'"):
+        load_config(ExperimentConfig, path, ["algo.name=ppo"])
+    # the command line reports it and exits 2 without creating the run directory
+    proc = subprocess.run([sys.executable, "-m", "r1jax.cli", "train", str(path), "optim.lr=-1"],
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2
+    assert "optim.lr: -1.0 is out of range; must be > 0.0" in proc.stderr
+    assert not (tmp_path / "runs").exists()
+
+
+def test_ppo_run_and_hf_export(tmp_path):
+    from r1jax.models import load_pretrained
+    from r1jax.train.loop import Trainer
+
+    cfg = load_config(ExperimentConfig, _config(tmp_path), [
+        "run.steps=2", "algo.name=ppo", "algo.advantage=gae", "algo.gae_lambda=1.0", "algo.loss_agg=token_mean",
+        "checkpoint.every=0", "checkpoint.export_hf=true", "run.tensorboard=false"])
+    trainer = Trainer(cfg)
+    records = trainer.run()
+    assert len(records) == 2 and all(np.isfinite(r["value_loss"]) for r in records)
+    params, model_cfg = load_pretrained(trainer.run_dir / "hf")
+    np.testing.assert_array_equal(np.asarray(params["embed"]), np.asarray(trainer.state.params["embed"]))
+    assert (trainer.run_dir / "hf" / "tokenizer.json").is_file()
