@@ -114,8 +114,12 @@ class RolloutConfig:
 class KernelConfig:
     """Which log-prob backend the trainer uses (see r1jax_kernels)."""
 
-    logprob_backend: str = field("auto", choices=("auto", "reference", "chunked", "pallas"))
+    logprob_backend: str = field(
+        "auto", choices=("auto", "reference", "chunked", "pallas"),
+        help="auto: pallas on a capable GPU (its backward uses atomic adds: not bit-reproducible), chunked elsewhere")
     chunk_size: int | None = field(None, gt=0, help="vocabulary chunk of the chunked backend")
+    fused: bool = field(False, help="GRPO: log-prob, entropy, ratio, surrogate and KL in one fused pass")
+    interpret: bool = field(False, help="run Pallas kernels in interpret mode (CPU testing)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -182,5 +186,8 @@ class ExperimentConfig:
                 f"rollout.prompts_per_step × rollout.group_size = {rows}")
         if self.rollout.mode == "remote" and not self.rollout.servers:
             raise ConfigError("rollout.servers: remote mode needs at least one host:port")
+        if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
+            raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "
+                              "it needs algo.name: grpo and algo.policy_loss: clip")
         if self.model.path is None and self.model.tokenizer is None:
             raise ConfigError("model.tokenizer: a random model (model.path unset) needs a tokenizer directory")

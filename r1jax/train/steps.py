@@ -25,7 +25,7 @@ import optax
 from r1jax import algos
 from r1jax.models import ModelConfig, forward, lm_head_weight, value
 from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
-from r1jax_kernels import token_logprobs
+from r1jax_kernels import grpo_token_terms, token_logprobs
 
 Params = Any
 
@@ -115,8 +115,14 @@ def policy_logprobs(params: Params, model: ModelConfig, kernels: KernelConfig, t
     """
     hidden = forward(params, model, tokens, attention_mask=attention_mask)
     return token_logprobs(hidden[:, :-1], lm_head_weight(params, model), tokens[:, 1:],
-                          temperature=temperature, return_entropy=entropy,
-                          backend=kernels.logprob_backend, chunk_size=kernels.chunk_size)
+                          temperature=temperature, return_entropy=entropy, **_kernel_kwargs(kernels))
+
+
+def _kernel_kwargs(kernels: KernelConfig) -> dict:
+    kw: dict = {"backend": kernels.logprob_backend, "interpret": kernels.interpret}
+    if kernels.logprob_backend != "pallas":
+        kw["chunk_size"] = kernels.chunk_size
+    return kw
 
 
 def critic_values(critic_params: Params, model: ModelConfig, tokens: jax.Array,
@@ -173,11 +179,14 @@ def grpo_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, 
     Returns:
       ``(loss, metrics)``: metrics are micro-batch contributions that sum to the mini-batch value.
     """
-    logp, ent = policy_logprobs(params, model, kernels, batch.tokens, batch.attention_mask,
-                                hp.temperature, entropy=True)
-    per_token, out = _policy_objective(logp, batch, hp, algo)
-    kl = algos.kl_estimate(logp, batch.ref_logp, batch.loss_mask, kind=algo.kl_estimator,
-                           log_ratio_clamp=algo.logratio_clamp, clamp=algo.kl_clamp)
+    if kernels.fused:
+        logp, ent, per_token, kl, out = _fused_grpo_terms(params, batch, hp, model=model, algo=algo, kernels=kernels)
+    else:
+        logp, ent = policy_logprobs(params, model, kernels, batch.tokens, batch.attention_mask,
+                                    hp.temperature, entropy=True)
+        per_token, out = _policy_objective(logp, batch, hp, algo)
+        kl = algos.kl_estimate(logp, batch.ref_logp, batch.loss_mask, kind=algo.kl_estimator,
+                               log_ratio_clamp=algo.logratio_clamp, clamp=algo.kl_clamp)
     per_token = per_token + hp.kl_coef * kl - hp.entropy_coef * ent
     den = batch.denominator
     loss = _token_sum(per_token, batch.loss_mask, algo, den)
@@ -191,6 +200,28 @@ def grpo_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, 
         "ratio": _token_sum(out.ratio, batch.loss_mask, algo, den),
     }
     return loss, metrics
+
+
+def _fused_grpo_terms(params, batch: RLBatch, hp: Hyper, *, model, algo, kernels):
+    """The GRPO per-token terms from one fused pass over the vocabulary (r1jax_kernels)."""
+    hidden = forward(params, model, batch.tokens, attention_mask=batch.attention_mask)
+    terms = grpo_token_terms(
+        hidden[:, :-1], lm_head_weight(params, model), batch.tokens[:, 1:], batch.old_logp, batch.ref_logp,
+        batch.advantages, temperature=hp.temperature, eps_low=hp.eps_low, eps_high=hp.eps_high,
+        dual_clip=algo.dual_clip, log_ratio_clamp=algo.logratio_clamp, kl_clamp=algo.kl_clamp,
+        **_kernel_kwargs(kernels))
+    mask = batch.loss_mask
+    per_token = jnp.where(mask, terms.policy_loss, 0.0)
+    if algo.tis != "off":
+        per_token = per_token * algos.truncated_is_weights(
+            batch.old_logp, batch.sampler_logp, mask, cap=algo.tis_cap, level=algo.tis, mode=algo.tis_mode,
+            log_ratio_clamp=algo.logratio_clamp).weights
+    kl = jnp.where(mask, {"k1": terms.k1, "k2": terms.k2, "k3": terms.k3}[algo.kl_estimator], 0.0)
+    # Diagnostics only (no gradient): clip fractions from the one home of the surrogate.
+    out = algos.clipped_surrogate_loss(jax.lax.stop_gradient(terms.logp), batch.old_logp, batch.advantages, mask,
+                                       eps_low=hp.eps_low, eps_high=hp.eps_high, dual_clip=algo.dual_clip,
+                                       log_ratio_clamp=algo.logratio_clamp)
+    return terms.logp, terms.entropy, per_token, kl, out
 
 
 def ppo_policy_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig,
