@@ -40,7 +40,7 @@ def test_config_errors_name_the_key():
 
 
 def test_jsonl_task_hash_split_and_eval_file(tmp_path):
-    pytest.importorskip("datasets", reason="the `datasets` extra is not installed")
+    import datasets  # noqa: F401
     rows = [{"problem": f"What is {i}+{i}?", "sol": f"\\boxed{{{2 * i}}}"} for i in range(60)]
     p = tmp_path / "train.jsonl"
     p.write_text("".join(json.dumps(r) + "\n" for r in rows))

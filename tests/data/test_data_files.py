@@ -7,7 +7,7 @@ import pytest
 
 from r1jax.data.files import FieldMap, load_jsonl, load_parquet, split_gsm8k_answer
 
-pytest.importorskip("datasets", reason="the `datasets` extra is not installed")
+import datasets  # noqa: F401,E402 - the data extra is part of the test extra
 
 GSM8K_ROWS = [
     {"question": "Tom has 3 apples and buys 4. How many?", "answer": "3+4=<<3+4=7>>7\n#### 7"},
@@ -41,8 +41,8 @@ def test_gsm8k_jsonl(tmp_path):
 
 
 def test_math_parquet_nested_braces(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     rows = {
         "problem": ["Half of one?", "Two plus two?"],
         "solution": [r"It is $\boxed{\frac{1}{2}}$.", r"First \boxed{3}, no: $\boxed{4}$"],
@@ -118,8 +118,8 @@ def test_missing_and_empty_files(tmp_path):
 
 
 def test_parquet_missing_column_and_null_row(tmp_path):
-    pa = pytest.importorskip("pyarrow")
-    pq = pytest.importorskip("pyarrow.parquet")
+    import pyarrow as pa
+    import pyarrow.parquet as pq
     p = tmp_path / "cols.parquet"
     pq.write_table(pa.table({"problem": ["a"], "answer": [r"\boxed{1}"]}), p)
     with pytest.raises(ValueError, match=re.escape(f"{p}: row 0: missing field 'solution' (columns: answer, problem)")):
