@@ -19,8 +19,9 @@ Log-probs are the trainer's: :func:`r1jax_kernels.logprobs_from_logits` of the f
 ``hidden @ lm_head`` at the row's temperature, BEFORE top-p / top-k truncation (the "processed"
 log-probs; DESIGN.md "The sampler and the trainer compute the same log-probs").
 
-Randomness: row ``(prompt i, sample j)`` of a request with seed ``s`` draws step ``t`` from
-``fold_in(fold_in(fold_in(PRNGKey(s), i), j), t)``, independent of batch composition and padding.
+Randomness: row ``(prompt i, sample j)`` of a request with seed ``s`` draws step ``t`` by inverting
+the CDF at one uniform number from ``fold_in(fold_in(fold_in(PRNGKey(s), i), j), t)``, independent
+of batch composition and padding.
 
 The :class:`Sampler` class is the host-side driver: it buckets, pads, batches whole prompt groups,
 calls the two functions and turns rows back into :class:`~r1jax.sampling.params.Sample` objects.
@@ -50,7 +51,7 @@ from r1jax_kernels import logprobs_from_logits
 
 __all__ = [
     "BatchShape", "RowParams", "DecodeState", "Row", "Sampler",
-    "filter_logits", "sample_tokens", "prefill", "decode", "bucket",
+    "filter_logits", "categorical_inverse_cdf", "sample_tokens", "prefill", "decode", "bucket",
 ]
 
 _F32 = jnp.float32
@@ -70,6 +71,7 @@ class BatchShape:
         max_new_tokens: generation buffer N (each row stops at its own traced budget <= N).
         num_stop: stop-id slots per row (padded with -1).
         truncate: whether the top-p / top-k filter is compiled in (False: plain sampling, no sort).
+        stochastic: whether any row samples (False: all rows greedy, no random draw is compiled).
         cache_dtype: KV-cache dtype name, or None for the parameter dtype.
         pad_id: token written after a row has finished.
     """
@@ -79,6 +81,7 @@ class BatchShape:
     max_new_tokens: int
     num_stop: int = 1
     truncate: bool = False
+    stochastic: bool = True
     cache_dtype: str | None = None
     pad_id: int = 0
 
@@ -131,6 +134,30 @@ class DecodeState(NamedTuple):
     row: RowParams
 
 
+def _order_keys(x: jax.Array) -> jax.Array:
+    """uint32 keys with the order of the float32 values ``x`` (-inf < ... < -0 <= +0 < ... < inf)."""
+    u = jax.lax.bitcast_convert_type(x.astype(_F32), jnp.uint32)
+    return jnp.where(u >> 31 == 1, ~u, u | jnp.uint32(0x80000000))
+
+
+def _lowest_key(pred, batch: int) -> jax.Array:
+    """Per row, the smallest uint32 key ``x`` with ``pred(x)`` True (``pred`` monotone False -> True).
+
+    A 32-step bisection over the whole key space, so the result is exact, not approximate.
+    """
+    lo = jnp.zeros((batch,), jnp.uint32)
+    hi = jnp.full((batch,), 0xFFFFFFFF, jnp.uint32)
+
+    def body(_, lohi):
+        lo, hi = lohi
+        mid = lo + (hi - lo) // 2
+        ok = pred(mid)
+        return jnp.where(ok, lo, mid + 1), jnp.where(ok, mid, hi)
+
+    lo, hi = jax.lax.fori_loop(0, 32, body, (lo, hi))
+    return jnp.where(pred(lo), lo, hi)
+
+
 def filter_logits(scaled: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.Array:
     """Top-k then top-p (nucleus) truncation of temperature-scaled logits; dropped tokens get -inf.
 
@@ -145,26 +172,55 @@ def filter_logits(scaled: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.
         reaches ``top_p``; at least one token is always kept. Ties with the last kept logit are
         kept too.
 
+    No sort: each threshold (the k-th largest logit; the smallest logit whose strictly-larger
+    neighbours hold less than ``top_p`` of the mass) is found exactly by bisection over the
+    32-bit order keys of the logits: 2 x 32 masked reductions over ``[B, V]``, several times
+    cheaper than sorting the vocabulary on CPU.
+
     References:
         Holtzman et al., arXiv 1904.09751, eq. 2 (the top-p vocabulary); Fan et al.,
         arXiv 1805.04833, section 5.4 (top-k).
     """
-    V = scaled.shape[-1]
-    sorted_desc = -jnp.sort(-scaled, axis=-1)
-    rank = jnp.arange(V)[None, :]
+    B, V = scaled.shape
+    keys = _order_keys(scaled)
     k = jnp.where(top_k > 0, jnp.minimum(top_k, V), V).astype(jnp.int32)
-    in_k = rank < k[:, None]
-    probs = jax.nn.softmax(jnp.where(in_k, sorted_desc, -jnp.inf), axis=-1)
-    mass_before = jnp.cumsum(probs, axis=-1) - probs
-    # top_p == 1 keeps all of top-k exactly (float32 cumsums can reach 1 before the last token).
-    keep = in_k & ((mass_before < top_p[:, None]) | (top_p[:, None] >= 1.0))
-    m = jnp.maximum(jnp.sum(keep, axis=-1), 1)
-    threshold = jnp.take_along_axis(sorted_desc, (m - 1)[:, None], axis=-1)
-    return jnp.where(scaled >= threshold, scaled, -jnp.inf)
+    # Top-k: the smallest key x with fewer than k logits strictly above it is the k-th largest.
+    k_key = _lowest_key(lambda x: jnp.sum(keys > x[:, None], axis=-1) < k, B)
+    in_k = keys >= k_key[:, None]
+    probs = jnp.where(in_k, jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True)), 0.0)
+    budget = top_p * jnp.sum(probs, axis=-1)
+    # Top-p: keep a token iff the mass strictly above it is below top_p (of the top-k mass).
+    p_key = _lowest_key(lambda x: jnp.sum(jnp.where(keys > x[:, None], probs, 0.0), axis=-1) < budget, B)
+    p_key = jnp.where(top_p >= 1.0, jnp.uint32(0), p_key)
+    keep = in_k & (keys >= p_key[:, None])
+    return jnp.where(keep, scaled, -jnp.inf)
 
 
-def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncate: bool
-                  ) -> tuple[jax.Array, jax.Array]:
+def categorical_inverse_cdf(scaled: jax.Array, u: jax.Array) -> jax.Array:
+    """Draws one token per row from ``softmax(scaled)`` by inverting its CDF at ``u``.
+
+    One uniform number per row instead of a Gumbel variate per vocabulary entry (the cost of
+    ``jax.random.categorical``), which matters when decoding is dominated by small ops.
+
+    Args:
+        scaled: [B, V] float32 logits (``-inf`` = excluded token).
+        u: [B] float32 uniform numbers in [0, 1).
+
+    Returns:
+        [B] int32: the first token whose cumulative probability exceeds ``u``; never a token of
+        probability 0.
+    """
+    probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))
+    cdf = jnp.cumsum(probs, axis=-1)
+    target = u * cdf[:, -1]
+    tok = jnp.sum(cdf <= target[:, None], axis=-1)
+    V = scaled.shape[-1]
+    last_valid = V - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)  # float rounding at the top end
+    return jnp.minimum(tok, last_valid).astype(jnp.int32)
+
+
+def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncate: bool,
+                  stochastic: bool = True) -> tuple[jax.Array, jax.Array]:
     """Samples one token per row and returns its processed log-prob.
 
     Args:
@@ -172,6 +228,7 @@ def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncat
         row: per-row parameters (temperature 0 = greedy argmax).
         step: [] int32 decode step (folded into each row's key).
         truncate: static; apply :func:`filter_logits` (top-p / top-k).
+        stochastic: static; False when every row is greedy (skips the random draw).
 
     Returns:
         ``(tokens [B] int32, logp [B] float32)`` where ``logp`` is
@@ -180,12 +237,14 @@ def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncat
     """
     greedy = row.temperature <= 0.0
     tau = jnp.where(greedy, 1.0, row.temperature).astype(_F32)
-    scaled = logits.astype(_F32) / tau[:, None]
-    if truncate:
-        scaled = filter_logits(scaled, row.top_p, row.top_k)
-    keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row.keys, step)
-    sampled = jax.vmap(jax.random.categorical)(keys, scaled)
-    tokens = jnp.where(greedy, jnp.argmax(logits, axis=-1), sampled).astype(jnp.int32)
+    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    if stochastic:
+        scaled = logits.astype(_F32) / tau[:, None]
+        if truncate:
+            scaled = filter_logits(scaled, row.top_p, row.top_k)
+        keys = jax.vmap(jax.random.fold_in, in_axes=(0, None))(row.keys, step)
+        u = jax.vmap(lambda k: jax.random.uniform(k, (), _F32))(keys)
+        tokens = jnp.where(greedy, tokens, categorical_inverse_cdf(scaled, u))
     logp = logprobs_from_logits(logits, tokens, tau)
     return tokens, logp
 
@@ -250,7 +309,8 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
         return (st.step < limit) & ~jnp.all(st.done)
 
     def body(st: DecodeState) -> DecodeState:
-        tok, logp = sample_tokens(st.logits, st.row, st.step, truncate=shape.truncate)
+        tok, logp = sample_tokens(st.logits, st.row, st.step, truncate=shape.truncate,
+                                  stochastic=shape.stochastic)
         live = ~st.done
         tok = jnp.where(live, tok, shape.pad_id)
         logp = jnp.where(live, logp, 0.0)
@@ -405,7 +465,8 @@ class Sampler:
             max_new_tokens=bucket(max(r.sampling.max_new_tokens for r in rows), self.new_tokens_bucket,
                                   self.min_new_tokens_bucket),
             num_stop=bucket(max(1, max(len(r.sampling.stop_token_ids) for r in rows))),
-            truncate=any(r.sampling.truncates for r in rows),
+            truncate=any(r.sampling.truncates and not r.sampling.greedy for r in rows),
+            stochastic=any(not r.sampling.greedy for r in rows),
             cache_dtype=self.cache_dtype,
             pad_id=self.pad_id,
         )
