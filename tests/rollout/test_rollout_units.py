@@ -21,7 +21,6 @@ ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__)
 
 
 def test_checked_in_stubs_match_rollout_proto(tmp_path):
-    pytest.importorskip("grpc_tools")
     shutil.copytree(os.path.join(ROOT, "r1jax", "rollout"), tmp_path / "r1jax" / "rollout",
                     ignore=shutil.ignore_patterns("*.py", "__pycache__"))
     # The exact command of the rollout.proto header / r1jax.rollout docstring.
@@ -59,7 +58,7 @@ def test_flatten_unflatten_round_trip():
 
 
 def test_stager_reassembles_out_of_order_overlapping_chunks_of_every_dtype():
-    ml_dtypes = pytest.importorskip("ml_dtypes")
+    import ml_dtypes
     arrays = {"a": np.arange(12, dtype=np.float32).reshape(3, 4),
               "b": (np.arange(5) / 3).astype(ml_dtypes.bfloat16),
               "c": np.zeros((0, 2), np.float32)}

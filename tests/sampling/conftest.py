@@ -12,8 +12,8 @@ TINY = dict(vocab_size=64, hidden_size=32, intermediate_size=64, num_hidden_laye
 @pytest.fixture(scope="session")
 def hf_tiny(tmp_path_factory):
     """(torch model, directory) of a random tiny Qwen2ForCausalLM saved with save_pretrained."""
-    torch = pytest.importorskip("torch")
-    transformers = pytest.importorskip("transformers")
+    import torch
+    import transformers
     torch.manual_seed(0)
     cfg = transformers.Qwen2Config(**TINY)
     model = transformers.Qwen2ForCausalLM(cfg).eval()
