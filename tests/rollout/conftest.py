@@ -14,6 +14,20 @@ PROMPTS = [[3, 17, 5], [9, 1, 44, 2, 60, 7], [12], [8, 8, 30, 2]]
 
 
 @pytest.fixture(scope="session")
+def cfg():
+    """The tiny architecture (a fixture: test modules must not import a conftest by name)."""
+    return CFG
+
+
+@pytest.fixture(scope="session")
+def make_engine(weights):
+    """``make_engine(version=0)`` -> a new JaxEngine with the test bucketing (close it after use)."""
+    from r1jax.rollout.jax_engine import JaxEngine
+
+    return lambda version=0: JaxEngine(weights[version], CFG, **ENGINE_KW)
+
+
+@pytest.fixture(scope="session")
 def weights():
     """Three weight versions whose greedy outputs differ."""
     init = jax.jit(init_params, static_argnums=0)  # one compile for the three

@@ -42,12 +42,10 @@ def test_remote_bind_is_refused_before_loading_anything(monkeypatch, capsys):
     assert "token" in capsys.readouterr().err
 
 
-def test_serve_process_answers_and_stops_cleanly(weights, reference, tokens, prompts, tmp_path):
+def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens, prompts, tmp_path):
     from r1jax.models import save_pretrained
 
-    from conftest import CFG  # noqa: PLC0415
-
-    save_pretrained(weights[0], CFG, tmp_path / "model")
+    save_pretrained(weights[0], cfg, tmp_path / "model")
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),

@@ -242,12 +242,9 @@ def test_non_loopback_needs_allow_remote_and_token(engine):
 
 
 @pytest.mark.parametrize("balance", ["round_robin", "least_loaded"])
-def test_several_servers_split_requests_without_changing_samples(weights, prompts, reference, tokens, balance):
-    from r1jax.rollout.jax_engine import JaxEngine
-
-    from conftest import CFG, ENGINE_KW  # noqa: PLC0415
-
-    engines = [JaxEngine(weights[0], CFG, **ENGINE_KW) for _ in range(2)]
+def test_several_servers_split_requests_without_changing_samples(weights, make_engine, prompts, reference, tokens,
+                                                                 balance):
+    engines = [make_engine() for _ in range(2)]
     servers = [make_server(e, "127.0.0.1", 0) for e in engines]
     addrs = [f"127.0.0.1:{p}" for _, p in servers]
     try:
@@ -275,13 +272,12 @@ def test_no_server_answering_names_every_address():
             c.update_weights({"w": np.zeros(2, np.float32)}, version=1)
 
 
-def test_safetensors_directory_transport(served, weights, prompts, reference, tokens, tmp_path):
+def test_safetensors_directory_transport(served, cfg, weights, prompts, reference, tokens, tmp_path):
     import dataclasses
 
     from r1jax.models import save_pretrained
 
-    from conftest import CFG  # noqa: PLC0415
-
+    CFG = cfg
     engine, addr = served
     save_pretrained(weights[1], CFG, tmp_path / "v1")
     # A valid checkpoint of another architecture: the first layer only.
