@@ -141,6 +141,8 @@ class Engine(abc.ABC):
                             tensors: Sequence[TensorSpec] = ()) -> tuple[TensorSpec, ...]:
         """Starts staging weight ``version`` (> the live version) over ``transport``.
 
+        A new Begin abandons an update still in progress (its staged bytes are dropped).
+
         Returns:
             The tensors a grpc push must cover (empty when the engine cannot list them).
         Raises:
