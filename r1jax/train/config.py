@@ -9,6 +9,7 @@ Every value is checked when the config is loaded, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import pathlib
 
 from r1jax.config import ConfigError, field
 from r1jax.data import DataConfig
@@ -189,5 +190,8 @@ class ExperimentConfig:
         if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
             raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "
                               "it needs algo.name: grpo and algo.policy_loss: clip")
+        for key, path in (("model.path", self.model.path), ("model.tokenizer", self.model.tokenizer)):
+            if path is not None and not pathlib.Path(path).is_dir():
+                raise ConfigError(f"{key}: directory not found: {path}")
         if self.model.path is None and self.model.tokenizer is None:
             raise ConfigError("model.tokenizer: a random model (model.path unset) needs a tokenizer directory")

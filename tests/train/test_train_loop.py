@@ -134,6 +134,8 @@ def test_bad_config_fails_before_any_work(tmp_path):
         load_config(ExperimentConfig, path, ["rollout.group_size=0"])
     with pytest.raises(ConfigError, match=r"must divide"):
         load_config(ExperimentConfig, path, ["algo.num_minibatches=3"])
+    with pytest.raises(ConfigError, match=r"model\.path: directory not found: /no/such/model"):
+        load_config(ExperimentConfig, path, ["model.path=/no/such/model"])
     with pytest.raises(ConfigError, match=r"algo\.advantage: ppo uses 'gae'"):
         load_config(ExperimentConfig, path, ["algo.name=ppo"])
     # the command line reports it and exits 2 without creating the run directory
