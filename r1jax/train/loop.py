@@ -10,7 +10,7 @@ metrics, step for step, as an uninterrupted one.
 
 from __future__ import annotations
 
-import dataclasses
+import contextlib
 import logging
 import math
 import pathlib
@@ -28,6 +28,7 @@ from r1jax.data.batching import pad_sequences
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.models import init_params, init_value_head, load_pretrained, save_pretrained
+from r1jax.models.sharding import make_mesh, shard_params
 from r1jax.rewards import RewardScorer
 from r1jax.rollout.types import GenerateRequest, SamplingParams
 from r1jax.train.checkpoint import Checkpointer
@@ -76,6 +77,9 @@ class Trainer:
         else:
             self.model_cfg = cfg.model.config
             params = init_params(self.model_cfg, init_key)
+        self.mesh = self._make_mesh()
+        if self.mesh is not None:
+            params = shard_params(params, self.mesh)
         if self.tokenizer.vocab_size > self.model_cfg.vocab_size:
             raise ConfigError(f"model.tokenizer: {self.tokenizer.vocab_size} tokens do not fit the model's "
                               f"vocab_size {self.model_cfg.vocab_size}")
@@ -115,12 +119,36 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ set-up helpers
 
+    def _make_mesh(self):
+        """The device mesh of ``config.mesh``, or None on a single device.
+
+        Fixed sizes whose product is smaller than the device count use the first devices.
+        """
+        mesh_cfg = self.config.mesh
+        devices = jax.devices()
+        if -1 not in mesh_cfg.sizes:
+            devices = devices[: int(np.prod(mesh_cfg.sizes))]
+        if len(devices) == 1:
+            return None
+        return make_mesh(mesh_cfg, devices)
+
+    def _on_mesh(self):
+        return jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext()
+
+    def _put(self, x: np.ndarray) -> jax.Array:
+        """A batch array on the mesh: rows split over (data, fsdp) when they divide, else replicated."""
+        if self.mesh is None:
+            return jnp.asarray(x)
+        rows = self.mesh.shape["data"] * self.mesh.shape["fsdp"]
+        spec = jax.sharding.PartitionSpec(("data", "fsdp")) if x.shape[0] % rows == 0 else jax.sharding.PartitionSpec()
+        return jax.device_put(x, jax.sharding.NamedSharding(self.mesh, spec))
+
     def _make_engine(self, params):
         cfg = self.config
         if cfg.rollout.mode == "embedded":
             from r1jax.rollout.jax_engine import JaxEngine  # noqa: PLC0415
 
-            return JaxEngine(params, self.model_cfg, model_name=cfg.model.path or "random",
+            return JaxEngine(jax.device_get(params), self.model_cfg, model_name=cfg.model.path or "random",
                              max_batch_rows=max(64, cfg.rollout.prompts_per_step * cfg.rollout.group_size))
         from r1jax.rollout.client import RolloutClient  # noqa: PLC0415
 
@@ -238,23 +266,25 @@ class Trainer:
         else:  # reinforce_pp / gae need token rewards: computed below once rows exist
             seq_adv = np.zeros((p, g), np.float32)
         tb = self._assemble(prompts, samples, seq_adv)
-        tokens = jnp.asarray(tb.tokens)
-        attn = jnp.asarray(tb.attention_mask)
+        tokens = self._put(tb.tokens)
+        attn = self._put(tb.attention_mask)
         loss_mask_np = tb.loss_mask[:, 1:] & keep.reshape(-1)[:, None]
-        loss_mask = jnp.asarray(loss_mask_np)
+        loss_mask = self._put(loss_mask_np)
         temp = self.hparams.temperature
-        old_logp = self.logprob_fn(self.state.params, tokens, attn, temp)
-        ref_logp = self.logprob_fn(self.state.ref_params, tokens, attn, temp)
-        sampler_logp = jnp.asarray(tb.values["sampler_logp"][:, 1:])
-        advantages = jnp.asarray(tb.values["advantages"][:, 1:])
+        with self._on_mesh():
+            old_logp = self.logprob_fn(self.state.params, tokens, attn, temp)
+            ref_logp = self.logprob_fn(self.state.ref_params, tokens, attn, temp)
+        sampler_logp = self._put(tb.values["sampler_logp"][:, 1:])
+        advantages = self._put(tb.values["advantages"][:, 1:])
         old_values = returns = jnp.zeros_like(old_logp)
-        scores = jnp.asarray(shaped.reshape(-1))
+        scores = self._put(shaped.reshape(-1))
         if algo.advantage == "reinforce_pp":
             kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
             token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
             advantages = algos.reinforce_pp_advantages(token_rewards, loss_mask, gamma=algo.gamma)
         elif algo.advantage == "gae":
-            old_values = self.value_fn(self.state.critic_params, tokens, attn)
+            with self._on_mesh():
+                old_values = self.value_fn(self.state.critic_params, tokens, attn)
             kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
             token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
             gae = algos.gae_advantages(token_rewards, old_values, loss_mask, gamma=algo.gamma, lam=algo.gae_lambda)
@@ -316,7 +346,8 @@ class Trainer:
                 den = algos.loss_denominator(minibatch.loss_mask, algo.loss_agg,
                                              max_len=self.config.rollout.max_new_tokens)
                 minibatch = minibatch._replace(denominator=jnp.maximum(den, 1.0))
-                self.state, m = self.train_step(self.state, minibatch, self.hparams)
+                with self._on_mesh():
+                    self.state, m = self.train_step(self.state, minibatch, self.hparams)
                 m = jax.device_get(m)
                 if m["skipped"]:
                     log.warning("step %d: non-finite loss or gradient (loss=%s, grad_norm=%s): update skipped",

@@ -39,6 +39,7 @@ def _config(tmp_path: pathlib.Path, **sections) -> pathlib.Path:
         "optim": {"lr": 1e-2},
         "eval": {"num_prompts": 4},
         "checkpoint": {"every": 1, "keep": 2},
+        "mesh": {"data": 1, "fsdp": 1, "tensor": 1},  # one device (the suite has 8 fake ones)
     }
     for section, values in sections.items():
         cfg[section] = {**cfg.get(section, {}), **values}
@@ -159,3 +160,31 @@ def test_ppo_run_and_hf_export(tmp_path):
     params, model_cfg = load_pretrained(trainer.run_dir / "hf")
     np.testing.assert_array_equal(np.asarray(params["embed"]), np.asarray(trainer.state.params["embed"]))
     assert (trainer.run_dir / "hf" / "tokenizer.json").is_file()
+
+
+def test_trainer_on_a_data_fsdp_tensor_mesh(tmp_path):
+    """On a (2,2,2) mesh of the 8 fake CPU devices the trainer shards parameters by the rules
+    table and batches over (data, fsdp), and its first step matches the single-device run."""
+    import jax
+    from jax.sharding import PartitionSpec as P
+
+    from r1jax.models.sharding import param_shardings
+    from r1jax.train.loop import Trainer
+
+    overrides = ["run.steps=1", "checkpoint.every=0", "run.tensorboard=false", "algo.num_minibatches=1"]
+    single = Trainer(load_config(ExperimentConfig, _config(tmp_path / "one"), overrides))
+    one = single.run()[0]
+    cfg = load_config(ExperimentConfig, _config(tmp_path / "mesh"), [*overrides, "mesh.data=2", "mesh.fsdp=2",
+                                                                      "mesh.tensor=2"])
+    trainer = Trainer(cfg)
+    rec = trainer.run()[0]
+    assert trainer.mesh is not None and dict(trainer.mesh.shape) == {"data": 2, "fsdp": 2, "tensor": 2}
+    q = trainer.state.params["layers"]["q_proj"]
+    expected = param_shardings(trainer.state.params, trainer.mesh)
+    assert q.sharding.is_equivalent_to(expected["layers"]["q_proj"], q.ndim)
+    assert q.sharding.is_equivalent_to(jax.sharding.NamedSharding(trainer.mesh, P(None, "fsdp", "tensor", None)), q.ndim)
+    assert len(q.sharding.device_set) == 8
+    for k in ("reward/total", "loss", "kl_ref", "entropy", "grad_norm"):
+        np.testing.assert_allclose(rec[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
+    np.testing.assert_allclose(np.asarray(jax.device_get(q)), np.asarray(single.state.params["layers"]["q_proj"]),
+                               atol=1e-5)
