@@ -363,14 +363,15 @@ class Trainer:
 
     def evaluate(self, num_prompts: int | None = None) -> dict[str, float]:
         """Accuracy, pass@k and cons@k on held-out prompts with the current policy."""
-        from r1jax.eval import mean_pass_at_k  # noqa: PLC0415
+        from r1jax.eval import majority_vote, mean_pass_at_k  # noqa: PLC0415
+        from r1jax.rewards.parsing import extract_final_answer  # noqa: PLC0415
 
         ecfg = self.config.eval
         count = min(num_prompts or ecfg.num_prompts, len(self.eval_set))
         examples = [self.eval_set[i] for i in range(count)]
         _, samples, _ = self.generate(examples, n=ecfg.num_samples, temperature=ecfg.temperature,
                                       seed=_step_seed(self.config.run.seed, 0, salt=1), first_index=0)
-        total, comps, _, _ = self.score(examples, samples, int(self.state.step))
+        total, comps, _, texts = self.score(examples, samples, int(self.state.step))
         acc = self._accuracy(comps)
         lengths = np.array([[len(s) for s in grp] for grp in samples], np.float32)
         out = {"eval/accuracy": float(acc.mean()), "eval/reward": float(total.mean()),
@@ -379,6 +380,16 @@ class Trainer:
         if acc.ndim == 2:
             for k, v in mean_pass_at_k(acc > 0.5, ecfg.ks).items():
                 out[f"eval/pass@{k}"] = float(v)
+            # cons@k: the majority answer of the first k samples, scored by the accuracy reward of a
+            # sample that gave it (so any task's accuracy rule decides equivalence to the reference).
+            n = ecfg.num_samples
+            answers = [[_normalise(extract_final_answer("", texts[i * n + j])) for j in range(n)] for i in range(count)]
+            for k in ecfg.ks:
+                wins = []
+                for i in range(count):
+                    vote = majority_vote(answers[i][:k])
+                    wins.append(0.0 if vote is None else float(acc[i, answers[i].index(vote)] > 0.5))
+                out[f"eval/cons@{k}"] = float(np.mean(wins))
         return out
 
     # ------------------------------------------------------------------------------ the run
@@ -412,6 +423,10 @@ class Trainer:
         save_pretrained(jax.device_get(self.state.params), self.model_cfg, directory)
         self.tokenizer.save(directory)
         return directory
+
+
+def _normalise(answer: str | None) -> str | None:
+    return None if answer is None or not answer.strip() else " ".join(answer.split())
 
 
 def run_from_cli(config_path: str, overrides: Sequence[str]) -> int:

@@ -188,3 +188,36 @@ def test_trainer_on_a_data_fsdp_tensor_mesh(tmp_path):
         np.testing.assert_allclose(rec[k], one[k], rtol=1e-4, atol=1e-6, err_msg=k)
     np.testing.assert_allclose(np.asarray(jax.device_get(q)), np.asarray(single.state.params["layers"]["q_proj"]),
                                atol=1e-5)
+
+
+def test_eval_of_the_shipped_base_model_pass_and_cons_at_k(tmp_path):
+    """`evaluate` on the demo's base model: pass@k and cons@k agree with r1jax.eval computed
+    independently from the sampled texts (math-verify as the equivalence)."""
+    from r1jax.eval import cons_at_k, mean_pass_at_k
+    from r1jax.rewards.math_accuracy import math_answers_equal
+    from r1jax.rewards.parsing import extract_final_answer
+    from r1jax.train.demo import BASE_MODEL, DEMO_CONFIG
+    from r1jax.train.loop import Trainer
+
+    cfg = load_config(ExperimentConfig, DEMO_CONFIG, [
+        f"model.path={BASE_MODEL}", f"run.out_dir={tmp_path}", "reward.num_workers=0", "eval.num_prompts=12",
+        "eval.num_samples=4", "eval.ks=[1, 4]", "mesh.data=1", "run.tensorboard=false"])
+    trainer = Trainer(cfg)
+    out = trainer.evaluate()
+    examples = [trainer.eval_set[i] for i in range(12)]
+    _, samples, _ = trainer.generate(examples, n=4, temperature=1.0, seed=loop_seed(cfg), first_index=0)
+    texts = [[trainer.tokenizer.decode(s.token_ids) for s in group] for group in samples]
+    answers = [[extract_final_answer("", t) for t in group] for group in texts]
+    answers = [[None if a is None else " ".join(a.split()) or None for a in group] for group in answers]
+    refs = [e["reference"] for e in examples]
+    correct = np.array([[a is not None and math_answers_equal(r, a) for a in group] for group, r in zip(answers, refs)])
+    expected = mean_pass_at_k(correct, [1, 4])
+    assert out["eval/pass@1"] == pytest.approx(expected[1]) and out["eval/pass@4"] == pytest.approx(expected[4])
+    assert out["eval/cons@4"] == pytest.approx(cons_at_k(answers, refs, 4, lambda a, r: math_answers_equal(r, a)))
+    assert 0.0 < out["eval/accuracy"] < 1.0  # the noisy base model: some right, some wrong
+
+
+def loop_seed(cfg):
+    from r1jax.train.loop import _step_seed
+
+    return _step_seed(cfg.run.seed, 0, salt=1)
