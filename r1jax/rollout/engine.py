@@ -239,6 +239,15 @@ class VersionGate:
                                     f"version {self.pending_version}")
         return self.pending_transport
 
+    def stage(self, chunk: WeightChunk, stager) -> list[str]:
+        """Adds a grpc chunk of the update in progress to ``stager``; returns the tensors it completed."""
+        with self.lock:
+            transport = self.require(chunk.version, f"weight chunk of tensor {chunk.name!r}")
+            if transport != "grpc":
+                raise PreconditionError(f"weight chunk of tensor {chunk.name!r}: the update in progress uses "
+                                        f"transport {transport!r}, not grpc chunks")
+            return stager.add(chunk)
+
     def clear(self) -> None:
         self.pending_version = None
         self.pending_transport = None

@@ -22,7 +22,6 @@ from typing import Any, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from r1jax.models import ModelConfig
 from r1jax.rollout.engine import Engine, ResultStream, VersionGate, validate_request
@@ -232,12 +231,7 @@ class JaxEngine(Engine):
             return tuple(self._specs.values()) if transport == "grpc" else ()
 
     def stage_weights(self, chunk: WeightChunk) -> list[str]:
-        with self._gate.lock:
-            transport = self._gate.require(chunk.version, f"weight chunk of tensor {chunk.name!r}")
-            if transport != "grpc":
-                raise PreconditionError(f"weight chunk of tensor {chunk.name!r}: the update in progress uses "
-                                        f"transport {transport!r}, not grpc chunks")
-            return self._stager.add(chunk)
+        return self._gate.stage(chunk, self._stager)
 
     def commit_weight_update(self, version: int, *, path: str | None = None) -> int:
         with self._gate.lock:

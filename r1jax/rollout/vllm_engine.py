@@ -399,12 +399,7 @@ class VLLMEngine(Engine):
             raise
 
     def stage_weights(self, chunk: WeightChunk) -> list[str]:
-        with self._gate.lock:
-            transport = self._gate.require(chunk.version, f"weight chunk of tensor {chunk.name!r}")
-            if transport != "grpc":
-                raise PreconditionError(f"weight chunk of tensor {chunk.name!r}: the update in progress uses "
-                                        f"transport {transport!r}, not grpc chunks")
-            return self._stager.add(chunk)
+        return self._gate.stage(chunk, self._stager)
 
     def commit_weight_update(self, version: int, *, path: str | None = None) -> int:
         with self._gate.lock:

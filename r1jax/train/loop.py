@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import math
 import pathlib
 import time
 from typing import Any, Sequence
@@ -214,19 +213,16 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one RL step
 
-    def _assemble(self, prompts, samples, seq_adv, token_adv=None):
-        """Right-padded rows of prompt + completion with target-aligned arrays (numpy)."""
+    def _assemble(self, prompts, samples, seq_adv):
+        """Right-padded rows of prompt + completion, with sampler log-probs and sequence advantages (numpy)."""
         g = len(samples[0])
         rows_p = [p for p in prompts for _ in range(g)]
         rows_c = [s.token_ids for group in samples for s in group]
         token_values = {"sampler_logp": [s.logprobs for group in samples for s in group]}
-        if token_adv is not None:
-            token_values["advantages"] = token_adv
         longest = max(len(p) + len(c) for p, c in zip(rows_p, rows_c))
         length = _round_up(max(longest, 2), _LENGTH_MULTIPLE)
         tb = pad_sequences(rows_p, rows_c, self.tokenizer.pad_id, length=length,
-                           token_values=token_values,
-                           sequence_values=None if token_adv is not None else {"advantages": seq_adv.reshape(-1)})
+                           token_values=token_values, sequence_values={"advantages": seq_adv.reshape(-1)})
         return tb
 
     def rl_step(self) -> dict[str, Any]:
@@ -258,7 +254,6 @@ class Trainer:
         timing["reward"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
-        seq_adv = token_adv = None
         if algo.advantage == "grpo":
             seq_adv = np.asarray(algos.grpo_advantages(shaped, keep, std_scaling=algo.std_scaling))
         elif algo.advantage == "rloo":
