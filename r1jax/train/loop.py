@@ -245,9 +245,8 @@ class Trainer:
         clipped = np.array([[s.finish_reason == "length" for s in grp] for grp in samples])
         shaped = rewards
         if algo.overlong_buffer:
-            shaped = np.asarray(algos.apply_overlong_penalty(
-                rewards, lengths, max_len=cfg.rollout.max_new_tokens, cache_len=algo.overlong_buffer,
-                penalty=algo.overlong_penalty))
+            shaped = rewards + algo.overlong_penalty * np.asarray(algos.overlong_penalty(
+                lengths, max_len=cfg.rollout.max_new_tokens, cache_len=algo.overlong_buffer))
         keep = np.ones((p, g), bool)
         if algo.dynamic_sampling:
             keep = np.asarray(algos.dynamic_sampling_mask(shaped)).reshape(p, -1) * np.ones((p, g), bool)
