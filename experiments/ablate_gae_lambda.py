@@ -12,7 +12,8 @@ Writes ``OUT/results.json`` (per run: final held-out accuracy and the training c
 table of final accuracy with 95% t-intervals over seeds, and plots ``OUT/curves.png``.
 PPO's critic is a separate model of the policy's architecture initialised from the policy (plus a
 fresh value head), as in the paper's PPO baseline; its KL to the reference is a per-token reward
-penalty (k1, β = algo.kl_coef) and its loss is aggregated token-mean.
+penalty (k1, β = algo.kl_coef). Every arm aggregates its loss token-mean (``--loss-agg``), so the
+comparison is GRPO's group-normalised advantages vs PPO's critic + GAE, nothing else.
 """
 
 from __future__ import annotations
@@ -37,7 +38,7 @@ def variants(lambdas):
     yield "grpo", []
     for lam in lambdas:
         yield f"ppo_lambda_{lam:g}", ["algo.name=ppo", "algo.advantage=gae", f"algo.gae_lambda={lam}",
-                                      "algo.gamma=1.0", "algo.loss_agg=token_mean"]
+                                      "algo.gamma=1.0"]
 
 
 def main(argv=None) -> int:
@@ -47,13 +48,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=None, help="RL steps per run (default: the config's)")
     ap.add_argument("--out", default="runs/ablate_gae_lambda")
+    ap.add_argument("--loss-agg", default="token_mean", help="loss aggregation of every arm")
     ap.add_argument("overrides", nargs="*", help="extra key=value overrides for every run")
     args = ap.parse_args(argv)
 
     out = pathlib.Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     common = [f"model.path={BASE_MODEL}", "run.progress=false", "run.tensorboard=false", "checkpoint.every=0",
-              "checkpoint.resume=false", *args.overrides]
+              "checkpoint.resume=false", f"algo.loss_agg={args.loss_agg}", *args.overrides]
     if args.steps is not None:
         common.append(f"run.steps={args.steps}")
     results = {}
@@ -68,6 +70,7 @@ def main(argv=None) -> int:
             trainer = Trainer(cfg, run_dir)
             records = trainer.run()
             final = trainer.evaluate()
+            trainer.close()
             results[f"{name}/seed{seed}"] = {
                 "variant": name, "seed": seed, "final": final,
                 "curve": {k: [r.get(k) for r in records] for k in ("accuracy", "reward/total", "response_length/mean")},

@@ -1,6 +1,6 @@
 """The `r1jax` command.
 
-    r1jax train CONFIG [key=value ...]   run an RL / SFT experiment from a YAML config
+    r1jax train CONFIG [key=value ...]   run an RL experiment (GRPO and variants, PPO) from a YAML config
     r1jax eval  CONFIG [key=value ...]   pass@k and majority voting on a held-out set
     r1jax serve --engine jax --model DIR  start a rollout server
     r1jax demo                            the tiny R1-Zero run of the README

@@ -1,8 +1,8 @@
 """Checkpoints with orbax: everything needed to resume a run exactly.
 
 A checkpoint holds the train state pytree (policy, optimizer, reference, critic, step, PRNG key)
-and a JSON item with the rest: the data iterator's position, the rollout weight_version, the
-resolved config and the metrics history length. orbax writes each step into a temporary
+and a JSON item with the rest: the data iterator's position, the rollout weight_version and the
+resolved config. orbax writes each step into a temporary
 directory and renames it only once complete, so a run killed in the middle of a save leaves the
 previous checkpoint as the latest good one (the half-written directory is never listed as a
 step, and is cleaned up on the next start).

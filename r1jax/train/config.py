@@ -15,7 +15,7 @@ from r1jax.config import ConfigError, field
 from r1jax.data import DataConfig
 from r1jax.models import ModelConfig
 from r1jax.models.sharding import MeshConfig
-from r1jax.rewards import RewardConfig
+from r1jax.rewards import RewardConfig, get_reward, list_rewards
 
 __all__ = [
     "AlgoConfig", "OptimConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
@@ -40,7 +40,7 @@ class AlgoConfig:
     name: str = field("grpo", choices=("grpo", "ppo"), help="grpo: no critic; ppo: critic + GAE")
     advantage: str = field(
         "grpo", choices=("grpo", "rloo", "reinforce_pp", "gae"),
-        help="advantage estimator (ppo always uses gae)")
+        help="advantage estimator (ppo needs gae; gae needs ppo)")
     std_scaling: str = field(
         "group", choices=("group", "batch", "none"),
         help="GRPO: divide by the group std, the batch std, or not at all (Dr.GRPO)")
@@ -150,7 +150,6 @@ class RunConfig:
     out_dir: str = field("runs", help="where runs are written")
     seed: int = field(0, ge=0)
     steps: int = field(100, ge=0, help="RL steps")
-    log_every: int = field(1, ge=1)
     tensorboard: bool = field(True, help="write TensorBoard event files")
     progress: bool = field(True, help="progress bar in the terminal")
 
@@ -187,6 +186,21 @@ class ExperimentConfig:
                 f"rollout.prompts_per_step × rollout.group_size = {rows}")
         if self.rollout.mode == "remote" and not self.rollout.servers:
             raise ConfigError("rollout.servers: remote mode needs at least one host:port")
+        if self.algo.overlong_buffer > self.rollout.max_new_tokens:
+            raise ConfigError(f"algo.overlong_buffer: {self.algo.overlong_buffer} exceeds rollout.max_new_tokens="
+                              f"{self.rollout.max_new_tokens}")
+        if self.kernels.interpret and self.kernels.logprob_backend != "pallas":
+            raise ConfigError("kernels.interpret: interpret mode is for the pallas backend; set "
+                              "kernels.logprob_backend: pallas")
+        for i, component in enumerate(self.reward.components):
+            try:
+                spec = get_reward(component.name)
+            except KeyError:
+                raise ConfigError(f"reward.components[{i}].name: no reward named {component.name!r}; "
+                                  f"registered: {', '.join(list_rewards())}") from None
+            if spec.kind == "external":
+                raise ConfigError(f"reward.components[{i}].name: {component.name!r} is an external (reward-model) "
+                                  "reward; the RL loop does not run reward models yet")
         if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
             raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "
                               "it needs algo.name: grpo and algo.policy_loss: clip")

@@ -89,6 +89,7 @@ def main(overrides: Sequence[str] = ()) -> int:
     before = trainer.evaluate()
     trainer.run()
     after = trainer.evaluate()
+    trainer.close()
     minutes = (time.time() - t0) / 60
 
     print()

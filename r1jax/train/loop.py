@@ -13,6 +13,7 @@ from __future__ import annotations
 import contextlib
 import logging
 import pathlib
+import shutil
 import time
 from typing import Any, Sequence
 
@@ -41,10 +42,6 @@ __all__ = ["Trainer", "run_from_cli", "eval_from_cli"]
 log = logging.getLogger("r1jax.train")
 
 _LENGTH_MULTIPLE = 32  # rows are padded to a multiple of this, so shapes (and compiles) repeat
-
-
-def _round_up(n: int, m: int) -> int:
-    return -(-n // m) * m
 
 
 def _step_seed(run_seed: int, step: int, salt: int = 0) -> int:
@@ -91,8 +88,10 @@ class Trainer:
 
         # Optimisers, state, pure steps.
         algo = cfg.algo
-        self.tx = make_optimizer(cfg.optim)
-        self.critic_tx = make_optimizer(cfg.optim, algo.critic_lr_scale) if algo.name == "ppo" else None
+        total_updates = cfg.run.steps * algo.num_epochs * algo.num_minibatches
+        self.tx = make_optimizer(cfg.optim, total_steps=total_updates)
+        self.critic_tx = (make_optimizer(cfg.optim, algo.critic_lr_scale, total_steps=total_updates)
+                          if algo.name == "ppo" else None)
         critic_params: Any = {}
         critic_opt: Any = {}
         if algo.name == "ppo":
@@ -109,12 +108,13 @@ class Trainer:
         self.logprob_fn = make_logprob_fn(self.model_cfg, cfg.kernels)
         self.value_fn = make_value_fn(self.model_cfg) if algo.name == "ppo" else None
 
-        # Rollout engine, checkpoints, resume.
-        self.engine = self._make_engine(params)
+        # Checkpoints and resume, then the rollout engine holding the (restored) policy.
         self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
         self.start_step = 0
+        self.weight_version = 0
         if cfg.checkpoint.resume and self.checkpointer.latest_step() is not None:
             self._restore(self.checkpointer.latest_step())
+        self.engine = self._make_engine(self.state.params)
 
     # ------------------------------------------------------------------------------ set-up helpers
 
@@ -148,26 +148,39 @@ class Trainer:
             from r1jax.rollout.jax_engine import JaxEngine  # noqa: PLC0415
 
             return JaxEngine(jax.device_get(params), self.model_cfg, model_name=cfg.model.path or "random",
+                             weight_version=self.weight_version,
                              max_batch_rows=max(64, cfg.rollout.prompts_per_step * cfg.rollout.group_size))
         from r1jax.rollout.client import RolloutClient  # noqa: PLC0415
 
         client = RolloutClient(list(cfg.rollout.servers), timeout=cfg.rollout.timeout_s, token=cfg.rollout.token)
+        # Servers outlive trainers: continue after the newest version any of them serves.
+        live = [h["weight_version"] for h in client.health().values() if h]
+        self.weight_version = max([self.weight_version, *live])
         self.engine = client
-        self.push_weights(params, 0)
+        self.push_weights(params)
         return client
 
-    def push_weights(self, params, version: int) -> None:
-        """Makes ``params`` the engine's live weights as ``version`` (atomic on the engine's side)."""
+    def push_weights(self, params) -> None:
+        """Makes ``params`` the engine's live weights as the next version (atomic on the engine's side)."""
+        version = self.weight_version + 1
         transport = self.config.rollout.weight_transport
         if self.config.rollout.mode == "remote" and transport == "safetensors":
-            directory = self.run_dir / "weights" / f"v{version}"
-            save_pretrained(jax.device_get(params), self.model_cfg, directory)
+            weights_dir = (self.run_dir / "weights").resolve()  # servers resolve it, not this process
+            directory = weights_dir / f"v{version}"
+            save_pretrained(params, self.model_cfg, directory)
             self.engine.update_weights_from_dir(str(directory), version)
+            shutil.rmtree(weights_dir / f"v{self.weight_version}", ignore_errors=True)
         else:
             self.engine.update_weights(params, version=version)
+        self.weight_version = version
+
+    def close(self) -> None:
+        """Releases the rollout engine, the reward workers and the checkpoint manager."""
+        for part in (self.engine, self.scorer, self.checkpointer):
+            part.close()
 
     def _meta(self) -> dict[str, Any]:
-        return {"iterator": self.iterator.state(), "weight_version": int(self.state.step),
+        return {"iterator": self.iterator.state(), "weight_version": self.weight_version,
                 "config": to_dict(self.config)}
 
     def save(self) -> None:
@@ -176,7 +189,7 @@ class Trainer:
     def _restore(self, step: int) -> None:
         self.state, meta = self.checkpointer.restore(step, self.state)
         self.iterator.restore(meta["iterator"])
-        self.push_weights(self.state.params, int(meta["weight_version"]))
+        self.weight_version = int(meta["weight_version"])
         self.start_step = int(self.state.step)
         log.info("resumed from %s at step %d", self.checkpointer.directory, self.start_step)
 
@@ -219,9 +232,7 @@ class Trainer:
         rows_p = [p for p in prompts for _ in range(g)]
         rows_c = [s.token_ids for group in samples for s in group]
         token_values = {"sampler_logp": [s.logprobs for group in samples for s in group]}
-        longest = max(len(p) + len(c) for p, c in zip(rows_p, rows_c))
-        length = _round_up(max(longest, 2), _LENGTH_MULTIPLE)
-        tb = pad_sequences(rows_p, rows_c, self.tokenizer.pad_id, length=length,
+        tb = pad_sequences(rows_p, rows_c, self.tokenizer.pad_id, multiple_of=_LENGTH_MULTIPLE,
                            token_values=token_values, sequence_values={"advantages": seq_adv.reshape(-1)})
         return tb
 
@@ -273,19 +284,22 @@ class Trainer:
         old_values = returns = jnp.zeros_like(old_logp)
         scores = self._put(shaped.reshape(-1))
         if algo.advantage == "reinforce_pp":
-            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
+            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1", log_ratio_clamp=algo.logratio_clamp,
+                                   clamp=algo.kl_clamp)
             token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
             advantages = algos.reinforce_pp_advantages(token_rewards, loss_mask, gamma=algo.gamma)
         elif algo.advantage == "gae":
             with self._on_mesh():
                 old_values = self.value_fn(self.state.critic_params, tokens, attn)
-            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1")
+            kl = algos.kl_estimate(old_logp, ref_logp, loss_mask, kind="k1", log_ratio_clamp=algo.logratio_clamp,
+                                   clamp=algo.kl_clamp)
             token_rewards = algos.kl_penalty_rewards(scores, kl, loss_mask, beta=algo.kl_coef)
             gae = algos.gae_advantages(token_rewards, old_values, loss_mask, gamma=algo.gamma, lam=algo.gae_lambda)
             advantages, returns = gae.advantages, gae.returns
         batch = RLBatch(tokens=tokens, attention_mask=attn, loss_mask=loss_mask, advantages=advantages,
                         old_logp=old_logp, ref_logp=ref_logp, sampler_logp=sampler_logp,
-                        old_values=old_values, returns=returns, denominator=jnp.float32(0.0))
+                        old_values=old_values, returns=returns, denominator=jnp.float32(0.0),
+                        num_tokens=jnp.float32(0.0))
         step_metrics = self._optimise(batch)
         timing["train"] = time.perf_counter() - t0
 
@@ -294,7 +308,7 @@ class Trainer:
         self.state = self.state._replace(step=jnp.int32(new_step))
         if algo.ref_update_every and new_step % algo.ref_update_every == 0:
             self.state = self.state._replace(ref_params=jax.tree.map(jnp.copy, self.state.params))
-        self.push_weights(self.state.params, new_step)
+        self.push_weights(self.state.params)
         timing["weight_sync"] = time.perf_counter() - t0
 
         completion_tokens = float(loss_mask_np.sum())
@@ -319,7 +333,7 @@ class Trainer:
 
     def _accuracy(self, comps: dict[str, np.ndarray]) -> np.ndarray:
         for name, v in comps.items():
-            if "accuracy" in name or name in ("countdown", "multiple_choice", "code"):
+            if "accuracy" in name or name in ("countdown", "multiple_choice", "code_tests"):
                 return v
         return np.zeros(1)
 
@@ -337,9 +351,13 @@ class Trainer:
             for i in range(algo.num_minibatches):
                 idx = order[i * mb:(i + 1) * mb]
                 minibatch = jax.tree.map(lambda x: x[idx] if x.ndim else x, batch)
+                if not bool(jnp.any(minibatch.loss_mask)):  # e.g. dynamic sampling dropped every group
+                    log.info("step %d: a mini-batch has no token to train on; no optimizer step", int(self.state.step))
+                    continue
                 den = algos.loss_denominator(minibatch.loss_mask, algo.loss_agg,
                                              max_len=self.config.rollout.max_new_tokens)
-                minibatch = minibatch._replace(denominator=jnp.maximum(den, 1.0))
+                minibatch = minibatch._replace(denominator=jnp.maximum(den, 1.0),
+                                               num_tokens=jnp.sum(minibatch.loss_mask).astype(jnp.float32))
                 with self._on_mesh():
                     self.state, m = self.train_step(self.state, minibatch, self.hparams)
                 m = jax.device_get(m)
@@ -349,7 +367,7 @@ class Trainer:
                 for k, v in m.items():
                     sums[k] = sums.get(k, 0.0) + float(v)
                 count += 1
-        out = {k: v / count for k, v in sums.items()}
+        out = {k: v / max(count, 1) for k, v in sums.items()}
         out["skipped"] = sums.get("skipped", 0.0)
         return out
 
@@ -357,7 +375,7 @@ class Trainer:
 
     def evaluate(self, num_prompts: int | None = None) -> dict[str, float]:
         """Accuracy, pass@k and cons@k on held-out prompts with the current policy."""
-        from r1jax.eval import majority_vote, mean_pass_at_k  # noqa: PLC0415
+        from r1jax.eval import majority_correct, mean_pass_at_k  # noqa: PLC0415
         from r1jax.rewards.parsing import extract_final_answer  # noqa: PLC0415
 
         ecfg = self.config.eval
@@ -378,12 +396,11 @@ class Trainer:
             # sample that gave it (so any task's accuracy rule decides equivalence to the reference).
             n = ecfg.num_samples
             answers = [[_normalise(extract_final_answer("", texts[i * n + j])) for j in range(n)] for i in range(count)]
+            def scored_correct(answer, i):  # the accuracy reward of a sample that gave this answer
+                return bool(acc[i, answers[i].index(answer)] > 0.5)
+
             for k in ecfg.ks:
-                wins = []
-                for i in range(count):
-                    vote = majority_vote(answers[i][:k])
-                    wins.append(0.0 if vote is None else float(acc[i, answers[i].index(vote)] > 0.5))
-                out[f"eval/cons@{k}"] = float(np.mean(wins))
+                out[f"eval/cons@{k}"] = float(majority_correct(answers, range(count), k, scored_correct).mean())
         return out
 
     # ------------------------------------------------------------------------------ the run
@@ -414,7 +431,7 @@ class Trainer:
     def export(self, directory: str | pathlib.Path) -> pathlib.Path:
         """Writes the policy as a Hugging Face directory (weights, config, tokenizer)."""
         directory = pathlib.Path(directory)
-        save_pretrained(jax.device_get(self.state.params), self.model_cfg, directory)
+        save_pretrained(self.state.params, self.model_cfg, directory)
         self.tokenizer.save(directory)
         return directory
 

@@ -68,6 +68,7 @@ class RLBatch(NamedTuple):
     old_values: jax.Array    # [N, T-1] float32 (PPO; zeros for GRPO)
     returns: jax.Array       # [N, T-1] float32 (PPO; zeros for GRPO)
     denominator: jax.Array   # float32 scalar: the WHOLE mini-batch's loss denominator
+    num_tokens: jax.Array    # float32 scalar: the WHOLE mini-batch's trained tokens (for diagnostics)
 
 
 class Hyper(NamedTuple):
@@ -87,11 +88,21 @@ class Hyper(NamedTuple):
                    f(algo.entropy_coef), f(algo.value_coef))
 
 
-def make_optimizer(optim: OptimConfig, lr_scale: float = 1.0) -> optax.GradientTransformation:
-    """AdamW with warm-up, optional cosine decay and global-norm clipping."""
+def make_optimizer(optim: OptimConfig, lr_scale: float = 1.0, total_steps: int | None = None
+                   ) -> optax.GradientTransformation:
+    """AdamW with warm-up, optional cosine decay and global-norm clipping.
+
+    Args:
+      optim: the optimiser config.
+      lr_scale: multiplies ``optim.lr`` (the PPO critic's ``critic_lr_scale``).
+      total_steps: optimizer steps of the whole run; the cosine schedule decays to 0 over them.
+    """
     lr = optim.lr * lr_scale
     if optim.schedule == "cosine":
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, max(optim.warmup_steps, 1), 10**6)
+        if total_steps is None:
+            raise ValueError("make_optimizer: the cosine schedule needs total_steps (optimizer steps of the run)")
+        warmup = max(optim.warmup_steps, 1)
+        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
     elif optim.warmup_steps:
         schedule = optax.join_schedules(
             [optax.linear_schedule(0.0, lr, optim.warmup_steps), optax.constant_schedule(lr)],
@@ -158,18 +169,36 @@ def _policy_objective(logp, batch: RLBatch, hp: Hyper, algo: AlgoConfig):
                               eps_high=hp.eps_high, log_ratio_clamp=algo.logratio_clamp)
     else:
         out = algos.policy_gradient_loss(logp, batch.old_logp, batch.advantages, mask)
-    per_token = out.loss
-    if algo.tis != "off":
-        w = algos.truncated_is_weights(batch.old_logp, batch.sampler_logp, mask, cap=algo.tis_cap,
-                                       level=algo.tis, mode=algo.tis_mode,
-                                       log_ratio_clamp=algo.logratio_clamp).weights
-        per_token = per_token * w
-    return per_token, out
+    return _tis_weighted(out.loss, batch, algo), out
+
+
+def _tis_weighted(per_token, batch: RLBatch, algo: AlgoConfig):
+    """The policy loss times the truncated importance weights π_trainer/π_sampler (when enabled)."""
+    if algo.tis == "off":
+        return per_token
+    return per_token * algos.truncated_is_weights(
+        batch.old_logp, batch.sampler_logp, batch.loss_mask, cap=algo.tis_cap, level=algo.tis, mode=algo.tis_mode,
+        log_ratio_clamp=algo.logratio_clamp).weights
 
 
 def _token_sum(x, mask, algo: AlgoConfig, denominator):
     """Aggregates a per-token quantity exactly like the loss (split-invariant)."""
     return algos.loss_numerator(x, mask, algo.loss_agg) / denominator
+
+
+def _token_mean(x, batch: RLBatch):
+    """A diagnostic's mean over the mini-batch's trained tokens (split-invariant)."""
+    return algos.loss_numerator(x, batch.loss_mask, "token_mean") / batch.num_tokens
+
+
+def _diagnostics(out, ent, batch: RLBatch) -> dict:
+    return {
+        "policy_loss": _token_mean(out.loss, batch),
+        "entropy": _token_mean(ent, batch),
+        "clip_frac/low": _token_mean(out.clipped_low, batch),
+        "clip_frac/high": _token_mean(out.clipped_high, batch),
+        "ratio": _token_mean(out.ratio, batch),
+    }
 
 
 def grpo_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig,
@@ -187,19 +216,11 @@ def grpo_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, 
         per_token, out = _policy_objective(logp, batch, hp, algo)
         kl = algos.kl_estimate(logp, batch.ref_logp, batch.loss_mask, kind=algo.kl_estimator,
                                log_ratio_clamp=algo.logratio_clamp, clamp=algo.kl_clamp)
-    per_token = per_token + hp.kl_coef * kl - hp.entropy_coef * ent
-    den = batch.denominator
-    loss = _token_sum(per_token, batch.loss_mask, algo, den)
-    metrics = {
-        "loss": loss,
-        "policy_loss": _token_sum(out.loss, batch.loss_mask, algo, den),
-        "kl_ref": _token_sum(kl, batch.loss_mask, algo, den),
-        "entropy": _token_sum(ent, batch.loss_mask, algo, den),
-        "clip_frac/low": _token_sum(out.clipped_low, batch.loss_mask, algo, den),
-        "clip_frac/high": _token_sum(out.clipped_high, batch.loss_mask, algo, den),
-        "ratio": _token_sum(out.ratio, batch.loss_mask, algo, den),
-    }
-    return loss, metrics
+    if algo.advantage != "reinforce_pp":  # REINFORCE++ has its KL in the token rewards already
+        per_token = per_token + hp.kl_coef * kl
+    per_token = per_token - hp.entropy_coef * ent
+    loss = _token_sum(per_token, batch.loss_mask, algo, batch.denominator)
+    return loss, {"loss": loss, "kl_ref": _token_mean(kl, batch), **_diagnostics(out, ent, batch)}
 
 
 def _fused_grpo_terms(params, batch: RLBatch, hp: Hyper, *, model, algo, kernels):
@@ -211,11 +232,7 @@ def _fused_grpo_terms(params, batch: RLBatch, hp: Hyper, *, model, algo, kernels
         dual_clip=algo.dual_clip, log_ratio_clamp=algo.logratio_clamp, kl_clamp=algo.kl_clamp,
         **_kernel_kwargs(kernels))
     mask = batch.loss_mask
-    per_token = jnp.where(mask, terms.policy_loss, 0.0)
-    if algo.tis != "off":
-        per_token = per_token * algos.truncated_is_weights(
-            batch.old_logp, batch.sampler_logp, mask, cap=algo.tis_cap, level=algo.tis, mode=algo.tis_mode,
-            log_ratio_clamp=algo.logratio_clamp).weights
+    per_token = _tis_weighted(jnp.where(mask, terms.policy_loss, 0.0), batch, algo)
     kl = jnp.where(mask, {"k1": terms.k1, "k2": terms.k2, "k3": terms.k3}[algo.kl_estimator], 0.0)
     # Diagnostics only (no gradient): clip fractions from the one home of the surrogate.
     out = algos.clipped_surrogate_loss(jax.lax.stop_gradient(terms.logp), batch.old_logp, batch.advantages, mask,
@@ -231,24 +248,15 @@ def ppo_policy_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelCo
                                 hp.temperature, entropy=True)
     per_token, out = _policy_objective(logp, batch, hp, algo)
     per_token = per_token - hp.entropy_coef * ent
-    den = batch.denominator
-    loss = _token_sum(per_token, batch.loss_mask, algo, den)
-    metrics = {
-        "loss": loss,
-        "policy_loss": _token_sum(out.loss, batch.loss_mask, algo, den),
-        "entropy": _token_sum(ent, batch.loss_mask, algo, den),
-        "clip_frac/low": _token_sum(out.clipped_low, batch.loss_mask, algo, den),
-        "clip_frac/high": _token_sum(out.clipped_high, batch.loss_mask, algo, den),
-        "ratio": _token_sum(out.ratio, batch.loss_mask, algo, den),
-    }
-    return loss, metrics
+    loss = _token_sum(per_token, batch.loss_mask, algo, batch.denominator)
+    return loss, {"loss": loss, **_diagnostics(out, ent, batch)}
 
 
 def critic_loss(critic_params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig):
     """PPO's clipped value loss, weighted by ``value_coef``."""
     values = critic_values(critic_params, model, batch.tokens, batch.attention_mask)
     out = algos.clipped_value_loss(values, batch.old_values, batch.returns, batch.loss_mask, clip=algo.value_clip)
-    vloss = _token_sum(out.loss, batch.loss_mask, algo, batch.denominator)
+    vloss = _token_mean(out.loss, batch)
     return hp.value_coef * vloss, {"value_loss": vloss}
 
 
@@ -318,15 +326,14 @@ def make_train_step(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig,
         grads, metrics = _accumulated_grad(policy_fn, state.params, batch, hp, m)
         ok = _finite(grads) & jnp.isfinite(metrics["loss"])
         metrics["grad_norm"] = optax.tree.norm(grads)
-        params, opt_state = _apply(tx, grads, state.opt_state, state.params, ok)
         critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
-        if algo.name == "ppo":
+        if algo.name == "ppo":  # one decision for actor and critic: both update or neither
             cgrads, cmetrics = _accumulated_grad(value_fn, critic_params, batch, hp, m)
-            cok = _finite(cgrads) & jnp.isfinite(cmetrics["value_loss"])
+            ok = ok & _finite(cgrads) & jnp.isfinite(cmetrics["value_loss"])
             metrics.update(cmetrics)
             metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
-            critic_params, critic_opt_state = _apply(critic_tx, cgrads, critic_opt_state, critic_params, cok)
-            ok = ok & cok
+            critic_params, critic_opt_state = _apply(critic_tx, cgrads, critic_opt_state, critic_params, ok)
+        params, opt_state = _apply(tx, grads, state.opt_state, state.params, ok)
         metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
         new_state = state._replace(params=params, opt_state=opt_state, critic_params=critic_params,
                                    critic_opt_state=critic_opt_state,

@@ -37,7 +37,8 @@ def _batch(seed=0, *, algo="grpo", mode="seq_mean_token_mean"):
                     advantages=jnp.asarray(adv), old_logp=old, ref_logp=old - 0.1, sampler_logp=old,
                     old_values=jnp.asarray(rng.standard_normal((N, T - 1)), jnp.float32),
                     returns=jnp.asarray(rng.standard_normal((N, T - 1)), jnp.float32),
-                    denominator=algos.loss_denominator(loss_mask, mode, max_len=T))
+                    denominator=algos.loss_denominator(loss_mask, mode, max_len=T),
+                    num_tokens=jnp.float32(loss_mask.sum()))
     return params, batch
 
 
