@@ -255,3 +255,37 @@ def test_algorithm_variants_train(tmp_path, variant):
     assert all(np.isfinite(v) for v in rec.values() if isinstance(v, float)), rec
     assert rec["skipped"] == 0.0 and rec["groups_kept_frac"] > 0
     assert rec["reward/test_digit_share"] > 0 and rec["grad_norm"] > 1e-4
+
+
+@pytest.mark.parametrize("transport", ["grpc", "safetensors"])
+def test_remote_rollout_mode_against_a_real_server(tmp_path, transport):
+    """`rollout.mode: remote`: the trainer samples from a gRPC rollout server on loopback and pushes
+    its weights after every step, continuing after the server's live version (which a server that
+    outlived an earlier trainer has already advanced)."""
+    import jax
+
+    from r1jax.models import init_params
+    from r1jax.rollout.jax_engine import JaxEngine
+    from r1jax.rollout.server import make_server
+    from r1jax.train.loop import Trainer
+
+    cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=2", "checkpoint.every=0", "run.tensorboard=false"])
+    engine = JaxEngine(init_params(cfg.model.config, jax.random.PRNGKey(99)), cfg.model.config, weight_version=5)
+    server, port = make_server(engine)
+    try:
+        cfg = load_config(ExperimentConfig, _config(tmp_path), [
+            "run.steps=2", "checkpoint.every=0", "run.tensorboard=false", "rollout.mode=remote",
+            f"rollout.servers=['127.0.0.1:{port}']", f"rollout.weight_transport={transport}"])
+        trainer = Trainer(cfg)
+        assert engine.weight_version == 6  # the trainer's initial weights, after the live version 5
+        np.testing.assert_array_equal(np.asarray(engine.params["embed"]), np.asarray(trainer.state.params["embed"]))
+        records = trainer.run()
+        assert [r["weight_version_min"] for r in records] == [6, 7]
+        assert engine.weight_version == 8
+        np.testing.assert_array_equal(np.asarray(engine.params["embed"]), np.asarray(trainer.state.params["embed"]))
+        if transport == "safetensors":  # only the live copy is kept on the shared path
+            assert [p.name for p in (trainer.run_dir / "weights").iterdir()] == ["v8"]
+        trainer.close()
+    finally:
+        server.stop(None)
+        engine.close()
