@@ -27,7 +27,7 @@ from safetensors.numpy import save_file
 
 from r1jax.config import ConfigError, from_dict
 from r1jax.models.config import ModelConfig
-from r1jax.models.transformer import Params, param_specs
+from r1jax.models.transformer import Params, _nest, param_specs
 
 __all__ = [
     "HF_NAME_TABLE",
@@ -380,7 +380,7 @@ def load_pretrained(
             f"{d}: tensors not used by a {SUPPORTED_ARCHITECTURES[config.architecture][0]} with this "
             f"config.json: {unused[:5]}{more}"
         )
-    return _unflatten(flat), config
+    return _nest(flat), config
 
 
 def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -391,17 +391,6 @@ def _flatten(tree: Any, prefix: str = "") -> dict[str, Any]:
             out.update(_flatten(v, key + "/"))
         else:
             out[key] = v
-    return out
-
-
-def _unflatten(flat: dict[str, Any]) -> Params:
-    out: Params = {}
-    for path, v in flat.items():
-        node = out
-        *parents, leaf = path.split("/")
-        for p in parents:
-            node = node.setdefault(p, {})
-        node[leaf] = v
     return out
 
 
