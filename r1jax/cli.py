@@ -94,6 +94,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     except ConfigError as e:
         print(f"r1jax: config error: {e}", file=sys.stderr)
         return 2
+    except FileNotFoundError as e:  # a model, tokenizer or data path named on the command line
+        print(f"r1jax: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":
