@@ -82,6 +82,19 @@ def _clipped_objective(ratio, adv, mask, eps_low, eps_high, dual_clip):
     return objective, clipped_low, clipped_high, dual
 
 
+def _clipped_output(ratio, adv, mask, eps_low, eps_high, dual_clip) -> PolicyLossOutput:
+    """The per-token loss and diagnostics of the clipped objective at ``ratio`` (shared by the token-
+    and sequence-ratio losses)."""
+    objective, c_low, c_high, dual = _clipped_objective(ratio, adv, mask, eps_low, eps_high, dual_clip)
+    return PolicyLossOutput(
+        loss=masked_where(mask, -objective),
+        ratio=masked_where(mask, jax.lax.stop_gradient(ratio)),
+        clipped_low=c_low.astype(jnp.float32),
+        clipped_high=c_high.astype(jnp.float32),
+        dual_clipped=dual.astype(jnp.float32),
+    )
+
+
 def clipped_surrogate_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
                            mask: ArrayLike | None = None, *, eps_low: ArrayLike = 0.2,
                            eps_high: ArrayLike | None = None, dual_clip: ArrayLike | None = None,
@@ -121,15 +134,7 @@ def clipped_surrogate_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: Arr
     logp, old_logp, adv, mask = _token_inputs(logp, old_logp, advantages, mask)
     log_ratio = jnp.clip(masked_where(mask, logp - old_logp), -log_ratio_clamp, log_ratio_clamp)
     ratio = jnp.exp(log_ratio)
-    objective, c_low, c_high, dual = _clipped_objective(ratio, adv, mask, eps_low, eps_high,
-                                                        dual_clip)
-    return PolicyLossOutput(
-        loss=masked_where(mask, -objective),
-        ratio=masked_where(mask, jax.lax.stop_gradient(ratio)),
-        clipped_low=c_low.astype(jnp.float32),
-        clipped_high=c_high.astype(jnp.float32),
-        dual_clipped=dual.astype(jnp.float32),
-    )
+    return _clipped_output(ratio, adv, mask, eps_low, eps_high, dual_clip)
 
 
 def gspo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
@@ -170,14 +175,7 @@ def gspo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
     seq_log_ratio = jnp.clip(seq_log_ratio, -log_ratio_clamp, log_ratio_clamp)
     log_ratio = jax.lax.stop_gradient(seq_log_ratio) + safe_logp - jax.lax.stop_gradient(safe_logp)
     ratio = jnp.exp(log_ratio)
-    objective, c_low, c_high, dual = _clipped_objective(ratio, adv, mask, eps_low, eps_high, None)
-    return PolicyLossOutput(
-        loss=masked_where(mask, -objective),
-        ratio=masked_where(mask, jax.lax.stop_gradient(ratio)),
-        clipped_low=c_low.astype(jnp.float32),
-        clipped_high=c_high.astype(jnp.float32),
-        dual_clipped=dual.astype(jnp.float32),
-    )
+    return _clipped_output(ratio, adv, mask, eps_low, eps_high, None)
 
 
 def policy_gradient_loss(logp: ArrayLike, old_logp: ArrayLike | None, advantages: ArrayLike,
