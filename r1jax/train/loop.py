@@ -260,7 +260,7 @@ class Trainer:
                 lengths, max_len=cfg.rollout.max_new_tokens, cache_len=algo.overlong_buffer))
         keep = np.ones((p, g), bool)
         if algo.dynamic_sampling:
-            keep = np.asarray(algos.dynamic_sampling_mask(shaped)).reshape(p, -1) * np.ones((p, g), bool)
+            keep = np.repeat(np.asarray(algos.dynamic_sampling_mask(shaped))[:, None], g, axis=1)
         timing["reward"] = time.perf_counter() - t0
 
         t0 = time.perf_counter()
