@@ -1,4 +1,4 @@
-"""Confidence intervals for accuracies across seeds and problems (no SciPy).
+"""Confidence intervals for accuracies across seeds and problems.
 
 * :func:`t_interval` - mean of a few runs (e.g. final accuracy of 5 seeds) with a Student-t
   interval: ``mean +- t_{(1+conf)/2, n-1} * s / sqrt(n)``.
@@ -7,10 +7,9 @@
 * :func:`wilson_interval` - a binomial proportion (``x`` solved out of ``n`` problems): the Wilson
   score interval, which stays inside [0, 1] and behaves at ``x = 0`` or ``x = n``.
 
-Student-t quantiles are computed, not tabulated: the t distribution function is expressed through
-the regularised incomplete beta function, evaluated by its continued fraction, and inverted by
-bisection (:func:`t_cdf`, :func:`t_quantile`). Normal quantiles come from the standard library
-(``statistics.NormalDist``). Tests check both against published tables.
+The Student-t distribution function and quantiles come from ``scipy.stats.t`` (:func:`t_cdf`,
+:func:`t_quantile`, which check their arguments first), normal quantiles from the standard library
+(``statistics.NormalDist``). Tests check both against published tables and closed forms.
 """
 
 from __future__ import annotations
@@ -20,14 +19,10 @@ import statistics
 from typing import Any, NamedTuple
 
 import numpy as np
+import scipy.stats
 
 __all__ = ["Interval", "t_cdf", "t_quantile", "normal_quantile", "t_interval",
            "welch_interval", "wilson_interval"]
-
-_EPS = 1e-15
-_TINY = 1e-300
-_MAX_CF_TERMS = 100_000
-_LARGE_DF = 1e5  # beyond: Fisher's asymptotic expansion of the t distribution function
 
 
 class Interval(NamedTuple):
@@ -65,143 +60,45 @@ def _check_df(df: float) -> float:
     return df
 
 
-def _beta_cf(x: float, a: float, b: float) -> float:
-    """Continued fraction of the incomplete beta function (modified Lentz), ``x < (a+1)/(a+b+2)``.
-
-    ``I_x(a, b) = x^a (1-x)^b / (a B(a, b)) * 1 / (1 + d_1 / (1 + d_2 / (1 + ...)))`` with
-    ``d_{2m+1} = -(a+m)(a+b+m) x / ((a+2m)(a+2m+1))`` and ``d_{2m} = m(b-m) x / ((a+2m-1)(a+2m))``
-    (Abramowitz & Stegun 26.5.8). Returns the value of the fraction ``1 / (1 + d_1 / ...)``.
-    """
-    f = 1.0  # b_0 = 1
-    c = f
-    d = 0.0
-    for j in range(1, _MAX_CF_TERMS):
-        m = j // 2
-        if j % 2:  # odd: d_{2m+1}
-            coef = -(a + m) * (a + b + m) * x / ((a + 2 * m) * (a + 2 * m + 1))
-        else:      # even: d_{2m}
-            coef = m * (b - m) * x / ((a + 2 * m - 1) * (a + 2 * m))
-        d = 1.0 + coef * d
-        d = _TINY if abs(d) < _TINY else d
-        c = 1.0 + coef / c
-        c = _TINY if abs(c) < _TINY else c
-        d = 1.0 / d
-        delta = c * d
-        f *= delta
-        if abs(delta - 1.0) < _EPS:
-            return 1.0 / f
-    raise RuntimeError(f"incomplete beta continued fraction did not converge "
-                       f"(x={x}, a={a}, b={b})")
-
-
-def _log_beta(a: float, b: float) -> float:
-    """``log B(a, b)``; for ``b = 1/2`` and large ``a`` without cancelling two huge lgammas."""
-    if b == 0.5 and a >= 1e3:
-        # log G(a + 1/2) - log G(a) = log(a)/2 - 1/(8a) + 1/(192a^3) + O(a^-5) (Stirling).
-        return math.lgamma(0.5) - (0.5 * math.log(a) - 1.0 / (8.0 * a) + 1.0 / (192.0 * a ** 3))
-    return math.lgamma(a) + math.lgamma(b) - math.lgamma(a + b)
-
-
-def _betainc(a: float, b: float, x: float, one_minus_x: float) -> float:
-    """Regularised incomplete beta ``I_x(a, b)``; ``one_minus_x`` passed separately for accuracy."""
-    if x <= 0.0:
-        return 0.0
-    if one_minus_x <= 0.0:
-        return 1.0
-    log_x = math.log1p(-one_minus_x) if one_minus_x < 0.5 else math.log(x)
-    log_1mx = math.log1p(-x) if x < 0.5 else math.log(one_minus_x)
-    log_front = a * log_x + b * log_1mx - _log_beta(a, b)
-    if x < (a + 1.0) / (a + b + 2.0):
-        return math.exp(log_front) * _beta_cf(x, a, b) / a
-    return 1.0 - math.exp(log_front) * _beta_cf(one_minus_x, b, a) / b
-
-
-def _t_sf(t: float, df: float) -> float:
-    """Upper tail ``P(T > t)`` of Student's t for ``t >= 0``.
-
-    ``I_{df/(df+t^2)}(df/2, 1/2) / 2`` (A&S 26.7) up to ``df = _LARGE_DF``. Beyond, the continued
-    fraction converges too slowly near ``t ~ 2``, and Fisher's expansion in powers of ``1/df``
-    is used instead: ``P(T > t) = Q(t) + phi(t) [(t^3+t)/(4 df) + (3t^7-7t^5-5t^3-3t)/(96 df^2)]
-    + O(df^-3)``, an error below 1e-15 at ``df > 1e5`` (Fisher, Metron 5, 1925).
-    """
-    if df > _LARGE_DF:
-        phi = math.exp(-0.5 * t * t) / math.sqrt(2.0 * math.pi)
-        t3, t5, t7 = t ** 3, t ** 5, t ** 7
-        correction = (t3 + t) / (4.0 * df) + (3 * t7 - 7 * t5 - 5 * t3 - 3 * t) / (96.0 * df * df)
-        return 0.5 * math.erfc(t / math.sqrt(2.0)) + phi * correction
-    t2 = t * t
-    return 0.5 * _betainc(0.5 * df, 0.5, df / (df + t2), t2 / (df + t2))
-
-
 def t_cdf(t: float, df: float) -> float:
-    """Distribution function of Student's t with ``df`` degrees of freedom.
+    """Distribution function of Student's t with ``df`` degrees of freedom (``scipy.stats.t.cdf``).
 
     Args:
       t: the point at which to evaluate, any real.
       df: degrees of freedom, a positive (not necessarily integer) number.
 
     Returns:
-      ``P(T <= t)`` as a Python float. Exact up to rounding (tail probabilities to about 1e-11
-      relative) for ``df <= 1e5``; beyond, Fisher's expansion to order ``df^-2``.
+      ``P(T <= t)`` as a Python float.
 
     Raises:
       ValueError: ``df <= 0`` or ``t`` is NaN.
-
-    References:
-      Abramowitz & Stegun, Handbook of Mathematical Functions (1964), Section 26.7 (t through
-      the incomplete beta function, ``1 - A(t|nu) = I_{nu/(nu+t^2)}(nu/2, 1/2)``) and 26.5.8
-      (the continued fraction of the incomplete beta function); R. A. Fisher, "Expansion of
-      'Student's' integral in powers of n^-1", Metron 5 (1925) for large ``df``.
     """
     df = _check_df(df)
     t = float(t)
     if math.isnan(t):
         raise ValueError("t: got NaN")
-    if math.isinf(t):
-        return 1.0 if t > 0 else 0.0
-    tail = _t_sf(abs(t), df)
-    return 1.0 - tail if t >= 0 else tail
+    return float(scipy.stats.t.cdf(t, df))
 
 
 def t_quantile(q: float, df: float) -> float:
-    """Quantile (inverse distribution function) of Student's t.
+    """Quantile (inverse distribution function) of Student's t (``scipy.stats.t.ppf``).
 
     Args:
       q: probability in (0, 1); e.g. 0.975 for a two-sided 95% interval.
       df: degrees of freedom, a positive (not necessarily integer) number.
 
     Returns:
-      ``t`` such that ``P(T <= t) = q``, to about 1e-11 relative accuracy (bisection on the
-      distribution function of :func:`t_cdf`). E.g. ``t_quantile(0.975, 4) = 2.7764...``;
+      ``t`` such that ``P(T <= t) = q``, e.g. ``t_quantile(0.975, 4) = 2.7764...``;
       ``t_quantile(q, df)`` tends to :func:`normal_quantile` as ``df`` grows.
 
     Raises:
       ValueError: ``q`` outside (0, 1) or ``df <= 0``.
-
-    References:
-      Abramowitz & Stegun (1964), Section 26.7 and its table of percentage points of t.
     """
     df = _check_df(df)
     q = float(q)
     if not 0.0 < q < 1.0:
         raise ValueError(f"q: probability must be in (0, 1), got {q}")
-    if q == 0.5:
-        return 0.0
-    if q < 0.5:
-        return -t_quantile(1.0 - q, df)
-    tail = 1.0 - q
-    lo, hi = 0.0, 1.0
-    while _t_sf(hi, df) > tail:  # the upper tail decreases in t: grow until it brackets
-        lo, hi = hi, 2.0 * hi
-    for _ in range(200):
-        mid = 0.5 * (lo + hi)
-        if _t_sf(mid, df) > tail:
-            lo = mid
-        else:
-            hi = mid
-        if hi - lo <= 1e-14 * hi:
-            break
-    return 0.5 * (lo + hi)
+    return float(scipy.stats.t.ppf(q, df))
 
 
 def normal_quantile(q: float) -> float:
