@@ -17,7 +17,7 @@ from r1jax.sampling.params import Sample, SamplingParams
 __all__ = [
     "GenerateRequest", "PromptResult", "EngineInfo", "TensorSpec", "WeightChunk", "NcclInit",
     "Transport", "TRANSPORTS", "RolloutError", "InvalidRequestError", "PreconditionError",
-    "UnavailableError", "Sample", "SamplingParams",
+    "UnavailableError", "MAX_WEIGHT_VERSION", "MAX_VERSION_STEP", "Sample", "SamplingParams",
 ]
 
 Transport = Literal["grpc", "safetensors", "nccl"]
@@ -50,6 +50,13 @@ class UnavailableError(RolloutError, ConnectionError):
     """No rollout server answered (after retries); the message names every address tried."""
 
     code = "UNAVAILABLE"
+
+
+# Weight versions are integers in [0, MAX_WEIGHT_VERSION] (they fit a signed 64-bit int), and a new
+# version may be at most MAX_VERSION_STEP ahead of the live one: versions count updates (the
+# trainer uses its step), and a huge jump (e.g. 2**64 - 1) would leave no version for later updates.
+MAX_WEIGHT_VERSION = 2**63 - 1
+MAX_VERSION_STEP = 2**32
 
 
 @dataclasses.dataclass(frozen=True, eq=False)
