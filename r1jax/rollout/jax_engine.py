@@ -81,6 +81,7 @@ class JaxEngine(Engine):
         self._cv = threading.Condition()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._active: set[int] = set()
+        self._cancelled = 0
         self._closed = False
         self._worker: threading.Thread | None = None
 
@@ -110,6 +111,13 @@ class JaxEngine(Engine):
                           transports=self.TRANSPORTS, tensors=tuple(self._specs.values()),
                           max_batch_rows=self.sampler.max_batch_rows)
 
+    @property
+    def cancelled_requests(self) -> int:
+        """Requests whose stream was closed before they finished (e.g. a gRPC client that went away
+        or ran out of time); their rows that had not started were dropped."""
+        with self._cv:
+            return self._cancelled
+
     def health(self) -> dict[str, Any]:
         with self._cv:
             queued = sum(len(rows) for j in self._jobs for _, rows in j.groups[j.next_group:])
@@ -132,6 +140,8 @@ class JaxEngine(Engine):
 
         def cancel():
             with self._cv:
+                if id(job) in self._active and not job.cancelled:
+                    self._cancelled += 1
                 job.cancelled = True
                 self._active.discard(id(job))
                 self._cv.notify_all()
