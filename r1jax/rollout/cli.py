@@ -25,6 +25,7 @@ __all__ = ["add_serve_parser", "run_serve"]
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``serve`` sub-command to an argparse ``subparsers`` object; returns its parser."""
     from r1jax.rollout.server import TOKEN_ENV
+    from r1jax.rollout.types import RequestLimits
 
     p = subparsers.add_parser("serve", help="start a rollout server: r1jax serve --engine jax --model DIR",
                               description="Serve a policy over gRPC (rollout.proto) for the trainer.")
@@ -39,6 +40,16 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=32, help="concurrent gRPC calls")
     p.add_argument("--weight-version", type=int, default=0, help="version of the initial weights")
     p.add_argument("--max-length", type=int, default=None, help="longest prompt + generation (default: model's)")
+    d = RequestLimits()
+    g = p.add_argument_group("request limits (checked before any work: INVALID_ARGUMENT / RESOURCE_EXHAUSTED)")
+    g.add_argument("--max-n", type=int, default=d.max_n, help=f"samples per prompt (default {d.max_n})")
+    g.add_argument("--max-request-rows", type=int, default=d.max_request_rows,
+                   help=f"rows (prompts x n) per request (default {d.max_request_rows})")
+    g.add_argument("--max-request-tokens", type=int, default=d.max_request_tokens,
+                   help=f"prompt tokens + max_new_tokens summed over a request's rows (default {d.max_request_tokens})")
+    g.add_argument("--max-queued-rows", type=int, default=d.max_queued_rows,
+                   help=f"rows of admitted, unfinished requests; beyond it RESOURCE_EXHAUSTED "
+                        f"(default {d.max_queued_rows})")
     g = p.add_argument_group("jax engine")
     g.add_argument("--max-batch-rows", type=int, default=64, help="rows (prompts x n) per batch")
     g.add_argument("--decode-chunk", type=int, default=32, help="decode steps between streaming checks")
@@ -65,10 +76,18 @@ def _engine_kwargs(args) -> dict:
     return kw
 
 
+def _limits(args):
+    from r1jax.rollout.types import RequestLimits
+
+    return RequestLimits(max_n=args.max_n, max_request_rows=args.max_request_rows,
+                         max_request_tokens=args.max_request_tokens, max_queued_rows=args.max_queued_rows)
+
+
 def run_serve(args) -> int:
     """Starts the server described by ``args`` and blocks until SIGINT / SIGTERM."""
     from r1jax.rollout.engine import make_engine
     from r1jax.rollout.server import TOKEN_ENV, is_loopback, make_server
+    from r1jax.rollout.types import MAX_WEIGHT_VERSION
 
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
     token = args.token if args.token is not None else os.environ.get(TOKEN_ENV) or None
@@ -77,12 +96,24 @@ def run_serve(args) -> int:
         print(f"r1jax serve: binding {args.host!r} is not loopback: it needs --allow-remote and a token "
               f"(--token or ${TOKEN_ENV})", file=sys.stderr)
         return 2
+    # Refuse bad limits and versions before loading any model too.
+    try:
+        limits = _limits(args)
+    except ValueError as e:
+        flags = str(e).replace("limits.", "--").replace("_", "-")  # limits.max_n -> --max-n
+        print(f"r1jax serve: {flags}", file=sys.stderr)
+        return 2
+    if not 0 <= args.weight_version <= MAX_WEIGHT_VERSION:
+        print(f"r1jax serve: --weight-version must be in [0, 2**63 - 1], got {args.weight_version}", file=sys.stderr)
+        return 2
     engine = make_engine(args.engine, args.model, **_engine_kwargs(args))
     server, port = make_server(engine, args.host, args.port, token=token, allow_remote=args.allow_remote,
-                               max_workers=args.max_workers)
+                               max_workers=args.max_workers, limits=limits)
     info = engine.info()
     print(f"r1jax serve: {info.engine} engine, model {info.model_name!r} (vocab {info.vocab_size}, max length "
-          f"{info.max_length}) on {args.host}:{port}{' with token' if token else ''}", flush=True)
+          f"{info.max_length}) on {args.host}:{port}{' with token' if token else ''}; limits: max n "
+          f"{limits.max_n}, {limits.max_request_rows} rows and {limits.max_request_tokens} tokens per request, "
+          f"{limits.max_queued_rows} rows queued", flush=True)
     if args.port_file:
         tmp = f"{args.port_file}.tmp"
         with open(tmp, "w") as f:

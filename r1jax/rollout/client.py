@@ -12,12 +12,21 @@ Requests with several prompts are split into contiguous slices, one per server, 
 parallel; the random streams depend on the global prompt index (``first_prompt_index``), so the
 samples are the same however a request is split. Each slice goes to a server picked by the
 balancing policy (``round_robin`` or ``least_loaded``: fewest rows in flight from this client);
-a server that does not answer (``UNAVAILABLE``, ``DEADLINE_EXCEEDED``, ...) is skipped for a
-cool-down and the slice is retried on another one with exponential backoff. Bad requests
-(``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``) are raised at once as
+a server that does not answer (``UNAVAILABLE``, ``RESOURCE_EXHAUSTED``: its queue is full, ...) is
+skipped for a cool-down and the slice is retried on another one with exponential backoff. Bad
+requests (``INVALID_ARGUMENT``, ``FAILED_PRECONDITION``) are raised at once as
 :class:`~r1jax.rollout.types.InvalidRequestError` / :class:`~r1jax.rollout.types.PreconditionError`.
 When no server answers, :class:`~r1jax.rollout.types.UnavailableError` names every address and
 its last error.
+
+A generation call that runs out of time (``DEADLINE_EXCEEDED``) is NOT retried: the server
+cancels the abandoned work, and a retry would redo the whole request (and, on a busy server,
+queue behind it); :class:`~r1jax.rollout.types.DeadlineExceededError` says so. Control calls
+(Info, Health, weight-update steps) are retried on it as on the other transport errors.
+
+Before sending, every slice of a request is checked against ``limits`` (the servers' limits,
+:class:`~r1jax.rollout.types.RequestLimits`; the defaults match ``r1jax serve``'s), so an
+oversized request fails here with the field and both numbers, not after a round trip.
 """
 
 from __future__ import annotations
@@ -35,9 +44,9 @@ from r1jax.rollout import convert
 from r1jax.rollout import rollout_pb2 as pb
 from r1jax.rollout import rollout_pb2_grpc as pb_grpc
 from r1jax.rollout.server import MAX_MESSAGE_BYTES, TOKEN_ENV
-from r1jax.rollout.types import (EngineInfo, GenerateRequest, InvalidRequestError, NcclInit,
-                                 PreconditionError, PromptResult, RolloutError, TensorSpec,
-                                 UnavailableError)
+from r1jax.rollout.types import (DeadlineExceededError, EngineInfo, GenerateRequest, InvalidRequestError,
+                                 NcclInit, PreconditionError, PromptResult, RequestLimits, RolloutError,
+                                 TensorSpec, UnavailableError)
 from r1jax.rollout.weights import flatten_params, iter_chunks
 
 __all__ = ["RolloutClient"]
@@ -86,12 +95,14 @@ class RolloutClient:
         cooldown: seconds a server that failed is skipped (unless every server is down).
         chunk_bytes: bytes per weight chunk of the grpc transport.
         split: split multi-prompt requests across servers (False: one server per request).
+        limits: the servers' per-request limits, checked before sending (they must match the
+            servers' ``--max-n`` etc.; None: leave every check to the servers).
     """
 
     def __init__(self, addresses: str | Sequence[str], *, token: str | None = None, timeout: float = 600.0,
                  control_timeout: float = 60.0, retries: int = 3, backoff: float = 0.25, max_backoff: float = 8.0,
                  balance: str = "round_robin", cooldown: float = 5.0, chunk_bytes: int = 1 << 20,
-                 split: bool = True):
+                 split: bool = True, limits: RequestLimits | None = RequestLimits()):
         addrs = [addresses] if isinstance(addresses, str) else list(addresses)
         if not addrs:
             raise ValueError("addresses: give at least one rollout server address (host:port)")
@@ -105,6 +116,7 @@ class RolloutClient:
         self.timeout, self.control_timeout = timeout, control_timeout
         self.retries, self.backoff, self.max_backoff = retries, backoff, max_backoff
         self.balance, self.cooldown, self.chunk_bytes, self.split = balance, cooldown, chunk_bytes, split
+        self.limits = limits
         self._rr = itertools.count()
         self._lock = threading.Lock()
         self._pool = cf.ThreadPoolExecutor(max_workers=max(4, 2 * len(addrs)), thread_name_prefix="rollout-client")
@@ -150,8 +162,11 @@ class RolloutClient:
             else:
                 s.down_until = 0.0
 
-    def _call(self, fn, rows: int = 1):
-        """Runs ``fn(server)`` on a balanced server, retrying others on transport failures."""
+    def _call(self, fn, rows: int = 1, *, generation: bool = False):
+        """Runs ``fn(server)`` on a balanced server, retrying others on transport failures.
+
+        ``generation``: a ``DEADLINE_EXCEEDED`` is raised at once (DeadlineExceededError), not retried.
+        """
         tried: list[str] = []
         delay = self.backoff
         for attempt in range(self.retries + 1):
@@ -161,6 +176,11 @@ class RolloutClient:
             try:
                 return fn(s)
             except grpc.RpcError as e:
+                if generation and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
+                    raise DeadlineExceededError(
+                        f"{s.addr}: generation did not finish within timeout={self.timeout} s; the server "
+                        "cancels it and it is not retried (a retry would redo the whole request): raise "
+                        "RolloutClient(timeout=...) or send smaller requests") from None
                 if e.code() not in _RETRYABLE:
                     _raise_for(s.addr, e)
                 error = f"{e.code().name}: {e.details()}"
@@ -198,10 +218,24 @@ class RolloutClient:
         return dataclasses.replace(request, sampling=dataclasses.replace(request.sampling,
                                                                          seed=secrets.randbits(32)))
 
-    def generate(self, request: GenerateRequest) -> list[PromptResult]:
-        """All prompt groups of ``request`` in prompt order, each with its weight version."""
-        request = self._fixed_seed(request)
+    def _checked_slices(self, request: GenerateRequest) -> list[GenerateRequest]:
+        """The request's per-server slices, each checked against ``limits`` (nothing sent yet)."""
         slices = self._slices(request)
+        if self.limits is not None:
+            for r in slices:
+                self.limits.check(r)
+        return slices
+
+    def generate(self, request: GenerateRequest) -> list[PromptResult]:
+        """All prompt groups of ``request`` in prompt order, each with its weight version.
+
+        Raises:
+            InvalidRequestError: a slice over ``limits`` (before sending), or a server refused it.
+            DeadlineExceededError: a server did not finish within ``timeout`` (not retried).
+            UnavailableError: no server answered.
+        """
+        request = self._fixed_seed(request)
+        slices = self._checked_slices(request)
         futs = [self._pool.submit(self._generate_one, r) for r in slices]
         out: list[PromptResult] = []
         for f in futs:
@@ -216,7 +250,7 @@ class RolloutClient:
             resp = s.stub.Generate(msg, timeout=self.timeout, metadata=s.md)
             return [convert.result_from_pb(r) for r in resp.results]
 
-        return self._call(call, rows)
+        return self._call(call, rows, generation=True)
 
     def generate_stream(self, request: GenerateRequest) -> Iterator[PromptResult]:
         """Yields prompt groups as servers finish them (any order).
@@ -228,7 +262,7 @@ class RolloutClient:
         import queue
 
         q: queue.Queue = queue.Queue()
-        slices = self._slices(request)
+        slices = self._checked_slices(request)
         end = object()
 
         def run(r: GenerateRequest):
@@ -247,7 +281,7 @@ class RolloutClient:
                                        f"{e.code().name}: {e.details()}") from None
 
             try:
-                self._call(call, len(r.prompts) * r.sampling.n)
+                self._call(call, len(r.prompts) * r.sampling.n, generation=True)
                 q.put(end)
             except BaseException as e:  # noqa: BLE001 - handed to the consumer
                 q.put(e)

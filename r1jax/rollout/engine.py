@@ -21,8 +21,9 @@ from typing import Any, Callable, Iterator, Mapping, Sequence
 
 import numpy as np
 
-from r1jax.rollout.types import (EngineInfo, GenerateRequest, InvalidRequestError, NcclInit,
-                                 PreconditionError, PromptResult, TensorSpec, WeightChunk)
+from r1jax.rollout.types import (MAX_VERSION_STEP, MAX_WEIGHT_VERSION, EngineInfo, GenerateRequest,
+                                 InvalidRequestError, NcclInit, PreconditionError, PromptResult, TensorSpec,
+                                 WeightChunk)
 from r1jax.rollout.weights import flatten_params, iter_chunks
 from r1jax.sampling.params import check_prompts
 
@@ -139,15 +140,17 @@ class Engine(abc.ABC):
     @abc.abstractmethod
     def begin_weight_update(self, version: int, transport: str, *, nccl: NcclInit | None = None,
                             tensors: Sequence[TensorSpec] = ()) -> tuple[TensorSpec, ...]:
-        """Starts staging weight ``version`` (> the live version) over ``transport``.
+        """Starts staging weight ``version`` over ``transport``.
 
-        A new Begin abandons an update still in progress (its staged bytes are dropped).
+        ``version`` must be newer than the live one, at most ``MAX_VERSION_STEP`` (2**32) ahead of
+        it and at most 2**63 - 1 (see :meth:`VersionGate.begin`). A new Begin abandons an update
+        still in progress (its staged bytes are dropped).
 
         Returns:
             The tensors a grpc push must cover (empty when the engine cannot list them).
         Raises:
             PreconditionError: ``version`` is not newer than the live one.
-            InvalidRequestError: unsupported transport or bad NCCL parameters.
+            InvalidRequestError: a version out of bounds, unsupported transport or bad NCCL parameters.
         """
 
     @abc.abstractmethod
@@ -162,7 +165,8 @@ class Engine(abc.ABC):
             The new live version.
         Raises:
             PreconditionError: no such update in progress, or tensors missing; old weights stay live.
-            InvalidRequestError: the directory's weights do not match the model (names the tensor).
+            InvalidRequestError: the weights do not match the model, or hold NaN / inf values (names
+                the tensor); old weights stay live.
         """
 
     @abc.abstractmethod
@@ -202,6 +206,10 @@ class Engine(abc.ABC):
         """Releases threads and devices; the engine is unusable afterwards."""
 
 
+def _is_int(v) -> bool:
+    return not isinstance(v, bool) and isinstance(v, (int, np.integer))
+
+
 def _is_nested(weights) -> bool:
     return isinstance(weights, Mapping) and any(isinstance(v, (Mapping, list, tuple)) for v in weights.values())
 
@@ -214,18 +222,40 @@ class VersionGate:
     """
 
     def __init__(self, live_version: int = 0):
+        if not _is_int(live_version) or not 0 <= live_version <= MAX_WEIGHT_VERSION:
+            raise ValueError(f"weight_version: must be an int in [0, 2**63 - 1], got {live_version!r}")
         self.lock = threading.RLock()
         self.live_version = int(live_version)
         self.pending_version: int | None = None
         self.pending_transport: str | None = None
 
     def begin(self, version: int, transport: str, supported: Sequence[str]) -> None:
+        """Starts the update of ``version`` over ``transport``.
+
+        A version must be an int with ``live < version <= live + MAX_VERSION_STEP`` and
+        ``version <= MAX_WEIGHT_VERSION`` (2**63 - 1), so no update can leave the engine without a
+        version for the next one.
+
+        Raises:
+            InvalidRequestError: unsupported transport; a version that is not an int, above 2**63 - 1
+                or more than ``MAX_VERSION_STEP`` (2**32) ahead of the live one.
+            PreconditionError: ``version`` is not newer than the live version.
+        """
         if transport not in supported:
             raise InvalidRequestError(f"weight transport {transport!r} is not supported by this engine; "
                                       f"supported: {list(supported)}")
-        if isinstance(version, bool) or int(version) != version or version <= self.live_version:
+        if not _is_int(version):
+            raise InvalidRequestError(f"weight version: must be an int, got {type(version).__name__} {version!r}")
+        if version <= self.live_version:
             raise PreconditionError(f"weight version {version} is not newer than the live version "
                                     f"{self.live_version}")
+        if version > MAX_WEIGHT_VERSION:
+            raise InvalidRequestError(f"weight version {version} exceeds the largest allowed version "
+                                      f"{MAX_WEIGHT_VERSION} (2**63 - 1)")
+        if version - self.live_version > MAX_VERSION_STEP:
+            raise InvalidRequestError(f"weight version {version} is {version - self.live_version} ahead of the "
+                                      f"live version {self.live_version}; at most {MAX_VERSION_STEP} (2**32) is "
+                                      "allowed (versions count updates, e.g. the training step)")
         self.pending_version = int(version)
         self.pending_transport = transport
 

@@ -9,6 +9,7 @@ one assignment; batches already running finish on the weights they started with.
 Weight transports: ``grpc`` (validated byte chunks staged off to the side, see
 :class:`~r1jax.rollout.weights.WeightStager`) and ``safetensors`` (a Hugging Face directory read
 with :func:`r1jax.models.load_pretrained` and checked tensor by tensor against the live model).
+Every path refuses weights that hold NaN or inf values; the previous weights then stay live.
 """
 
 from __future__ import annotations
@@ -80,6 +81,7 @@ class JaxEngine(Engine):
         self._cv = threading.Condition()
         self._jobs: collections.deque[_Job] = collections.deque()
         self._active: set[int] = set()
+        self._cancelled = 0
         self._closed = False
         self._worker: threading.Thread | None = None
 
@@ -109,6 +111,13 @@ class JaxEngine(Engine):
                           transports=self.TRANSPORTS, tensors=tuple(self._specs.values()),
                           max_batch_rows=self.sampler.max_batch_rows)
 
+    @property
+    def cancelled_requests(self) -> int:
+        """Requests whose stream was closed before they finished (e.g. a gRPC client that went away
+        or ran out of time); their rows that had not started were dropped."""
+        with self._cv:
+            return self._cancelled
+
     def health(self) -> dict[str, Any]:
         with self._cv:
             queued = sum(len(rows) for j in self._jobs for _, rows in j.groups[j.next_group:])
@@ -131,6 +140,8 @@ class JaxEngine(Engine):
 
         def cancel():
             with self._cv:
+                if id(job) in self._active and not job.cancelled:
+                    self._cancelled += 1
                 job.cancelled = True
                 self._active.discard(id(job))
                 self._cv.notify_all()
@@ -264,6 +275,10 @@ class JaxEngine(Engine):
             version: the new version (> the live one).
         Returns:
             The new live version.
+        Raises:
+            InvalidRequestError: unknown tensor, wrong shape, NaN / inf values (after the cast to the
+                model's dtypes), or a version out of bounds; the previous weights stay live.
+            PreconditionError: tensors missing, a stale version, or an update being staged.
         """
         del kwargs
         flat = flatten_params(weights) if any(isinstance(v, (Mapping, list, tuple)) for v in weights.values()) \
@@ -275,9 +290,9 @@ class JaxEngine(Engine):
             self._gate.begin(version, "grpc", self.TRANSPORTS)
             try:
                 self._check_flat(flat, "update_weights")
-                new = unflatten_params(self._live[1], {n: jnp.asarray(a, dtype=self._np_dtype(n))
-                                                       for n, a in flat.items()})
-                self._swap(version, new)
+                cast = {n: jnp.asarray(a, dtype=self._np_dtype(n)) for n, a in flat.items()}
+                _require_finite(cast, f"update_weights of version {version}")
+                self._swap(version, unflatten_params(self._live[1], cast))
             finally:
                 self._gate.clear()
             return version
@@ -313,7 +328,9 @@ class JaxEngine(Engine):
                                           f"{want!r}")
         flat = flatten_params(params)
         self._check_flat(flat, f"safetensors directory {path!r}")
-        return unflatten_params(self._live[1], {n: jnp.asarray(a, dtype=self._np_dtype(n)) for n, a in flat.items()})
+        cast = {n: jnp.asarray(a, dtype=self._np_dtype(n)) for n, a in flat.items()}
+        _require_finite(cast, f"safetensors directory {path!r}")
+        return unflatten_params(self._live[1], cast)
 
     def _swap(self, version: int, params: Any) -> None:
         params = jax.block_until_ready(params)
@@ -321,3 +338,12 @@ class JaxEngine(Engine):
         self._gate.live_version = int(version)
         self._gate.clear()
         self._stager = None
+
+
+def _require_finite(flat: Mapping[str, jax.Array], what: str) -> None:
+    """Raises InvalidRequestError naming the tensors that hold NaN / inf values (checked on device)."""
+    ok = jax.device_get({n: jnp.isfinite(a).all() for n, a in flat.items() if jnp.issubdtype(a.dtype, jnp.inexact)})
+    bad = sorted(n for n, fine in ok.items() if not fine)
+    if bad:
+        raise InvalidRequestError(f"{what}: {len(bad)} tensor(s) hold NaN / inf values: {bad[:8]}; refused, the "
+                                  "previous weights stay live")

@@ -2,8 +2,19 @@
 
 No JAX here (the vLLM engine's process imports this module). Errors map to status codes:
 :class:`~r1jax.rollout.types.InvalidRequestError` -> ``INVALID_ARGUMENT``,
-:class:`~r1jax.rollout.types.PreconditionError` -> ``FAILED_PRECONDITION``, anything else ->
+:class:`~r1jax.rollout.types.PreconditionError` -> ``FAILED_PRECONDITION``,
+:class:`~r1jax.rollout.types.ResourceExhaustedError` -> ``RESOURCE_EXHAUSTED``, anything else ->
 ``INTERNAL``; the message names the field / prompt / tensor at fault and the server keeps serving.
+
+Limits: every Generate / GenerateStream request is checked against the server's
+:class:`~r1jax.rollout.types.RequestLimits` before any work (``max_n``, ``max_request_rows``,
+``max_request_tokens`` -> ``INVALID_ARGUMENT``), then admitted only if the rows of the requests
+admitted and not yet finished stay within ``max_queued_rows`` (else ``RESOURCE_EXHAUSTED``).
+
+Cancellation: when a call ends early (the client went away, cancelled, or its deadline passed),
+gRPC runs the call's termination callback, which closes the engine's result stream; the engine
+then drops the request's groups that have not started and stops its running batch at the next
+decode chunk if nothing else in it is wanted. Unary and streaming calls both do this.
 
 Security: the server binds loopback by default. Binding any other address requires
 ``allow_remote=True`` AND a shared token, which an interceptor checks on every call (metadata
@@ -24,8 +35,8 @@ import grpc
 from r1jax.rollout import convert
 from r1jax.rollout import rollout_pb2 as pb
 from r1jax.rollout import rollout_pb2_grpc as pb_grpc
-from r1jax.rollout.engine import Engine
-from r1jax.rollout.types import RolloutError
+from r1jax.rollout.engine import Engine, ResultStream
+from r1jax.rollout.types import GenerateRequest, RequestLimits, ResourceExhaustedError, RolloutError
 
 __all__ = ["RolloutServicer", "TokenInterceptor", "make_server", "is_loopback", "TOKEN_ENV",
            "MAX_MESSAGE_BYTES"]
@@ -36,6 +47,7 @@ TOKEN_ENV = "R1JAX_ROLLOUT_TOKEN"
 MAX_MESSAGE_BYTES = 256 << 20
 _CODES = {"INVALID_ARGUMENT": grpc.StatusCode.INVALID_ARGUMENT,
           "FAILED_PRECONDITION": grpc.StatusCode.FAILED_PRECONDITION,
+          "RESOURCE_EXHAUSTED": grpc.StatusCode.RESOURCE_EXHAUSTED,
           "UNAVAILABLE": grpc.StatusCode.UNAVAILABLE}
 
 
@@ -46,44 +58,75 @@ def _abort(context, exc: BaseException):
     context.abort(grpc.StatusCode.INTERNAL, f"{type(exc).__name__}: {exc}")
 
 
-class RolloutServicer(pb_grpc.RolloutServicer):
-    """Implements the ``Rollout`` service of ``rollout.proto`` over an :class:`Engine`."""
+def _close_on_termination(context, stream: ResultStream) -> None:
+    """Closes ``stream`` when the call ends: a vanished, cancelled or timed-out client then stops
+    the engine's work for it (closing unblocks the handler thread at once)."""
+    if not context.add_callback(stream.close):
+        stream.close()  # the call had already ended
 
-    def __init__(self, engine: Engine):
+
+class RolloutServicer(pb_grpc.RolloutServicer):
+    """Implements the ``Rollout`` service of ``rollout.proto`` over an :class:`Engine`.
+
+    Args:
+        engine: the engine to serve.
+        limits: bounds on the work of one request and on the rows admitted at once (default
+            :class:`~r1jax.rollout.types.RequestLimits`).
+    """
+
+    def __init__(self, engine: Engine, limits: RequestLimits | None = None):
         self.engine = engine
+        self.limits = limits if limits is not None else RequestLimits()
         self._active = 0
+        self._admitted_rows = 0
         self._lock = threading.Lock()
 
-    def _enter(self):
+    def _admit(self, request: pb.GenerateRequest) -> tuple[GenerateRequest, int]:
+        """Converts and checks a request against the limits; reserves its rows. Returns both."""
+        req = convert.request_from_pb(request)
+        rows = self.limits.check(req)
         with self._lock:
+            if self._admitted_rows + rows > self.limits.max_queued_rows:
+                raise ResourceExhaustedError(
+                    f"server busy: {self._admitted_rows} rows admitted and not finished + {rows} requested "
+                    f"exceeds the limit max_queued_rows = {self.limits.max_queued_rows}; retry later")
+            self._admitted_rows += rows
             self._active += 1
+        return req, rows
 
-    def _exit(self):
+    def _release(self, rows: int) -> None:
         with self._lock:
+            self._admitted_rows -= rows
             self._active -= 1
 
     def Generate(self, request, context):
-        self._enter()
+        rows, stream = None, None
         try:
-            req = convert.request_from_pb(request)
-            results = self.engine.generate(req)
+            req, rows = self._admit(request)
+            stream = self.engine.generate_stream(req)  # validates
+            _close_on_termination(context, stream)
+            results = list(stream)
+            if not context.is_active():
+                return pb.GenerateResponse()  # cancelled: the stream was closed, nobody reads this
+            results.sort(key=lambda r: r.prompt_index)
             return pb.GenerateResponse(results=[convert.result_to_pb(r) for r in results])
         except Exception as e:  # noqa: BLE001 - every error becomes a status code
             _abort(context, e)
         finally:
-            self._exit()
+            if stream is not None:
+                stream.close()
+            if rows is not None:
+                self._release(rows)
 
     def GenerateStream(self, request, context) -> Iterator[pb.PromptResult]:
-        self._enter()
-        stream = None
+        rows, stream = None, None
         try:
             try:
-                stream = self.engine.generate_stream(convert.request_from_pb(request))  # validates
+                req, rows = self._admit(request)
+                stream = self.engine.generate_stream(req)  # validates
             except Exception as e:  # noqa: BLE001
                 _abort(context, e)
-            # A vanished client cancels the RPC: closing the engine's stream unblocks this
-            # thread at once and drops the groups that have not started.
-            context.add_callback(stream.close)
+            _close_on_termination(context, stream)
             while True:
                 try:
                     item = next(stream)
@@ -97,7 +140,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         finally:
             if stream is not None:
                 stream.close()
-            self._exit()
+            if rows is not None:
+                self._release(rows)
 
     def BeginWeightUpdate(self, request, context):
         try:
@@ -206,7 +250,8 @@ def is_loopback(host: str) -> bool:
 
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
-                allow_remote: bool = False, max_workers: int = 32) -> tuple[grpc.Server, int]:
+                allow_remote: bool = False, max_workers: int = 32,
+                limits: RequestLimits | None = None) -> tuple[grpc.Server, int]:
     """Builds and starts a rollout server.
 
     Args:
@@ -216,6 +261,9 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token
         token: shared secret required in every call's metadata (``authorization: Bearer <token>``).
         allow_remote: must be True to bind a non-loopback address.
         max_workers: gRPC handler threads (concurrent calls).
+        limits: bounds on each Generate request and on the rows admitted at once (default
+            :class:`~r1jax.rollout.types.RequestLimits`: ``max_n`` 256, ``max_request_rows`` 16384,
+            ``max_request_tokens`` 2**25, ``max_queued_rows`` 65536).
 
     Returns:
         ``(server, bound_port)``; stop it with ``server.stop(grace)``.
@@ -236,7 +284,7 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
-    pb_grpc.add_RolloutServicer_to_server(RolloutServicer(engine), server)
+    pb_grpc.add_RolloutServicer_to_server(RolloutServicer(engine, limits), server)
     bind = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
     bound = server.add_insecure_port(f"{bind}:{port}")
     if bound == 0:

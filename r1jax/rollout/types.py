@@ -17,7 +17,8 @@ from r1jax.sampling.params import Sample, SamplingParams
 __all__ = [
     "GenerateRequest", "PromptResult", "EngineInfo", "TensorSpec", "WeightChunk", "NcclInit",
     "Transport", "TRANSPORTS", "RolloutError", "InvalidRequestError", "PreconditionError",
-    "UnavailableError", "Sample", "SamplingParams",
+    "UnavailableError", "ResourceExhaustedError", "DeadlineExceededError", "RequestLimits",
+    "MAX_WEIGHT_VERSION", "MAX_VERSION_STEP", "Sample", "SamplingParams",
 ]
 
 Transport = Literal["grpc", "safetensors", "nccl"]
@@ -50,6 +51,87 @@ class UnavailableError(RolloutError, ConnectionError):
     """No rollout server answered (after retries); the message names every address tried."""
 
     code = "UNAVAILABLE"
+
+
+class ResourceExhaustedError(RolloutError):
+    """The server is busy: admitting the request would exceed its queue (``max_queued_rows``).
+    Maps to gRPC ``RESOURCE_EXHAUSTED``; the same request may succeed later."""
+
+    code = "RESOURCE_EXHAUSTED"
+
+
+class DeadlineExceededError(RolloutError, TimeoutError):
+    """A generation call did not finish within the client's timeout (``DEADLINE_EXCEEDED``).
+
+    The server cancels the abandoned work; the client does not retry it (a retry would redo the
+    whole request and could queue a second copy behind the first)."""
+
+    code = "DEADLINE_EXCEEDED"
+
+
+# Weight versions are integers in [0, MAX_WEIGHT_VERSION] (they fit a signed 64-bit int), and a new
+# version may be at most MAX_VERSION_STEP ahead of the live one: versions count updates (the
+# trainer uses its step), and a huge jump (e.g. 2**64 - 1) would leave no version for later updates.
+MAX_WEIGHT_VERSION = 2**63 - 1
+MAX_VERSION_STEP = 2**32
+
+
+@dataclasses.dataclass(frozen=True)
+class RequestLimits:
+    """Bounds on the work one Generate request may ask of a rollout server.
+
+    A row is one sample to generate (a prompt x one of its ``n`` samples). The server checks every
+    request against these before doing any work (``INVALID_ARGUMENT`` for a request over a
+    per-request limit, ``RESOURCE_EXHAUSTED`` when its queue is full); the client checks the
+    per-request limits before sending.
+
+    Attributes:
+        max_n: samples per prompt (``sampling.n``).
+        max_request_rows: rows per request (prompts x ``n``).
+        max_request_tokens: tokens per request, prompt tokens + ``max_new_tokens`` summed over
+            rows (what the request may hold in the KV cache and send back).
+        max_queued_rows: rows of the requests a server has admitted and not finished yet
+            (running or waiting); at least ``max_request_rows``.
+    """
+
+    max_n: int = 256
+    max_request_rows: int = 16384
+    max_request_tokens: int = 1 << 25
+    max_queued_rows: int = 65536
+
+    def __post_init__(self):
+        for f in dataclasses.fields(self):
+            v = getattr(self, f.name)
+            if isinstance(v, bool) or not isinstance(v, (int, np.integer)) or v < 1:
+                raise ValueError(f"limits.{f.name}: must be an int >= 1, got {v!r}")
+        if self.max_queued_rows < self.max_request_rows:
+            raise ValueError(f"limits.max_queued_rows ({self.max_queued_rows}) must be >= "
+                             f"limits.max_request_rows ({self.max_request_rows}): a request that may be "
+                             "sent must fit the queue")
+
+    def check(self, request: "GenerateRequest") -> int:
+        """Checks ``request`` against the per-request limits (cheap: no prompt is read).
+
+        Returns:
+            The request's rows (prompts x ``n``).
+        Raises:
+            InvalidRequestError: naming the field, the request's number and the limit.
+        """
+        s = request.sampling
+        n, prompts = int(s.n), len(request.prompts)
+        if n > self.max_n:
+            raise InvalidRequestError(f"sampling.n: {n} exceeds the limit max_n = {self.max_n}")
+        rows = prompts * n
+        if rows > self.max_request_rows:
+            raise InvalidRequestError(f"prompts x sampling.n: {prompts} x {n} = {rows} rows exceeds the limit "
+                                      f"max_request_rows = {self.max_request_rows}")
+        prompt_tokens = sum(len(p) for p in request.prompts)
+        tokens = n * (prompt_tokens + prompts * int(s.max_new_tokens))
+        if tokens > self.max_request_tokens:
+            raise InvalidRequestError(
+                f"request tokens: n {n} x ({prompt_tokens} prompt tokens + {prompts} prompts x max_new_tokens "
+                f"{s.max_new_tokens}) = {tokens} exceeds the limit max_request_tokens = {self.max_request_tokens}")
+        return rows
 
 
 @dataclasses.dataclass(frozen=True, eq=False)

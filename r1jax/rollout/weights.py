@@ -9,7 +9,8 @@ Staging: :class:`WeightStager` receives byte chunks (grpc transport), validates 
 against the expected :class:`~r1jax.rollout.types.TensorSpec` (unknown name, wrong shape or
 dtype, out-of-range offset all raise :class:`~r1jax.rollout.types.InvalidRequestError` naming the
 tensor) and tracks which bytes of which tensor have arrived, so a commit with missing tensors is
-refused (:class:`~r1jax.rollout.types.PreconditionError`) before anything goes live.
+refused (:class:`~r1jax.rollout.types.PreconditionError`) before anything goes live, and so is a
+commit whose tensors hold NaN or inf values (:class:`~r1jax.rollout.types.InvalidRequestError`).
 """
 
 from __future__ import annotations
@@ -21,7 +22,17 @@ import numpy as np
 from r1jax.rollout.types import InvalidRequestError, PreconditionError, TensorSpec, WeightChunk, dtype_itemsize
 
 __all__ = ["flatten_params", "unflatten_params", "tensor_specs", "iter_chunks", "WeightStager",
-           "numpy_dtype"]
+           "numpy_dtype", "count_nonfinite"]
+
+# A float is NaN or +-inf exactly when all its exponent bits are set (float8_e4m3fn has no
+# infinities; its NaN is S.1111.111). Read from the raw bits, so bfloat16 and float8 need no
+# ml_dtypes (the vLLM process lacks it): {dtype: (unsigned view, mask)}, non-finite iff bits & mask == mask.
+_NONFINITE_BITS = {
+    "float64": (np.uint64, 0x7FF0_0000_0000_0000), "float32": (np.uint32, 0x7F80_0000),
+    "float16": (np.uint16, 0x7C00), "bfloat16": (np.uint16, 0x7F80),
+    "float8_e5m2": (np.uint8, 0x7C), "float8_e4m3fn": (np.uint8, 0x7F),
+}
+_SCAN_ELEMENTS = 1 << 22  # bounds the temporary memory of a scan
 
 
 def flatten_params(tree: Any, prefix: str = "") -> dict[str, Any]:
@@ -83,6 +94,29 @@ def iter_chunks(name: str, array: Any, version: int, chunk_bytes: int) -> Iterat
         return
     for off in range(0, len(data), chunk_bytes):
         yield WeightChunk(version, name, shape, dtype, off, bytes(data[off:off + chunk_bytes]))
+
+
+def count_nonfinite(data: bytes | bytearray | memoryview, dtype: str) -> tuple[int, int]:
+    """Counts the NaN / inf values of a tensor given as its C-order bytes (native byte order).
+
+    Args:
+        data: the tensor's bytes.
+        dtype: its wire dtype name; non-float dtypes hold no non-finite values.
+    Returns:
+        ``(count, flat index of the first one)``; ``(0, -1)`` when every value is finite.
+    """
+    kind = _NONFINITE_BITS.get(dtype)
+    if kind is None:
+        return 0, -1
+    uint, mask = kind[0], kind[0](kind[1])
+    bits = np.frombuffer(data, dtype=uint)
+    count, first = 0, -1
+    for lo in range(0, bits.size, _SCAN_ELEMENTS):
+        bad = np.flatnonzero((bits[lo:lo + _SCAN_ELEMENTS] & mask) == mask)
+        if bad.size and first < 0:
+            first = lo + int(bad[0])
+        count += int(bad.size)
+    return count, first
 
 
 class WeightStager:
@@ -173,15 +207,35 @@ class WeightStager:
         if self.expected is None and not self._buffers:
             raise PreconditionError(f"commit of weight version {self.version} refused: no tensors were pushed")
 
+    def check_finite(self) -> None:
+        """Raises InvalidRequestError naming the first staged tensor that holds NaN or inf values."""
+        for name, spec in self._specs.items():
+            count, first = count_nonfinite(self._buffers[name], spec.dtype)
+            if count:
+                raise InvalidRequestError(f"commit of weight version {self.version} refused: tensor {name!r} "
+                                          f"holds {count} NaN / inf value(s) (the first at flat index {first}); "
+                                          "the previous weights stay live")
+
     def arrays(self) -> dict[str, np.ndarray]:
-        """The staged tensors as numpy arrays (zero-copy views of the staging buffers)."""
+        """The staged tensors as numpy arrays (zero-copy views of the staging buffers).
+
+        Raises:
+            PreconditionError: tensors missing (see :meth:`check_complete`).
+            InvalidRequestError: a tensor holds NaN or inf values (see :meth:`check_finite`).
+        """
         self.check_complete()
+        self.check_finite()
         return {n: np.frombuffer(self._buffers[n], dtype=numpy_dtype(s.dtype)).reshape(s.shape)
                 for n, s in self._specs.items()}
 
     def raw(self) -> dict[str, tuple[TensorSpec, bytearray]]:
-        """``{name: (spec, bytes)}`` of the staged tensors (for engines that decode bytes themselves)."""
+        """``{name: (spec, bytes)}`` of the staged tensors (for engines that decode bytes themselves).
+
+        Raises:
+            PreconditionError / InvalidRequestError: as :meth:`arrays`.
+        """
         self.check_complete()
+        self.check_finite()
         return {n: (self._specs[n], self._buffers[n]) for n in self._specs}
 
 

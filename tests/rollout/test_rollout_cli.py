@@ -11,7 +11,7 @@ import pytest
 
 from r1jax.rollout.cli import add_serve_parser, run_serve
 from r1jax.rollout.client import RolloutClient
-from r1jax.rollout.types import GenerateRequest
+from r1jax.rollout.types import GenerateRequest, InvalidRequestError, RequestLimits
 from r1jax.sampling import SamplingParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -31,6 +31,24 @@ def test_serve_flags_and_defaults():
     assert args.engine == "vllm" and args.allow_remote and args.token == "t" and args.tensor_parallel_size == 2
     with pytest.raises(SystemExit):
         _parse("--engine", "tpu", "--model", "m")
+    d = RequestLimits()
+    assert (args.max_n, args.max_request_rows, args.max_request_tokens, args.max_queued_rows) == \
+        (d.max_n, d.max_request_rows, d.max_request_tokens, d.max_queued_rows)
+    args = _parse("--model", "m", "--max-n", "8", "--max-request-rows", "64", "--max-request-tokens", "4096",
+                  "--max-queued-rows", "128")
+    assert (args.max_n, args.max_request_rows, args.max_request_tokens, args.max_queued_rows) == (8, 64, 4096, 128)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (("--max-n", "0"), "--max-n: must be an int >= 1, got 0"),
+    (("--max-request-rows", "64", "--max-queued-rows", "8"),
+     "--max-queued-rows (8) must be >= --max-request-rows (64): a request that may be sent must fit the queue"),
+    (("--weight-version", "-1"), "--weight-version must be in [0, 2**63 - 1], got -1"),
+    (("--weight-version", str(2**63)), f"--weight-version must be in [0, 2**63 - 1], got {2**63}"),
+])
+def test_bad_limits_and_versions_are_refused_before_loading_anything(capsys, argv, message):
+    assert run_serve(_parse("--model", "/nonexistent", *argv)) == 2
+    assert capsys.readouterr().err.strip() == f"r1jax serve: {message}"
 
 
 def test_remote_bind_is_refused_before_loading_anything(monkeypatch, capsys):
@@ -49,7 +67,8 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
     port_file = tmp_path / "port"
     proc = subprocess.Popen(
         [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),
-         "--port", "0", "--port-file", str(port_file), "--max-batch-rows", "8", "--weight-version", "5"],
+         "--port", "0", "--port-file", str(port_file), "--max-batch-rows", "8", "--weight-version", "5",
+         "--max-n", "4"],
         cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
     try:
         deadline = time.monotonic() + 120
@@ -63,9 +82,13 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
             assert (info.engine, info.vocab_size, info.max_length, info.weight_version) == ("jax", 64, 64, 5)
             greedy = SamplingParams(temperature=0.0, max_new_tokens=8)
             res = c.generate(GenerateRequest(prompts, greedy))
+        with RolloutClient(addr, limits=None) as c:  # the server process applies its --max-n
+            with pytest.raises(InvalidRequestError, match=r"sampling\.n: 5 exceeds the limit max_n = 4"):
+                c.generate(GenerateRequest(prompts, SamplingParams(n=5, max_new_tokens=8)))
         assert tokens(res) == reference(0, prompts, greedy) and {r.weight_version for r in res} == {5}
     finally:
         proc.send_signal(signal.SIGTERM)
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "jax engine" in out and f"127.0.0.1:{port_file.read_text()}" in out
+    assert "limits: max n 4, 16384 rows and 33554432 tokens per request, 65536 rows queued" in out

@@ -14,7 +14,8 @@ from r1jax.rollout import convert
 from r1jax.rollout.engine import ResultStream, VersionGate
 from r1jax.rollout.types import (EngineInfo, GenerateRequest, InvalidRequestError, PreconditionError,
                                  PromptResult, TensorSpec, WeightChunk)
-from r1jax.rollout.weights import WeightStager, flatten_params, iter_chunks, tensor_specs, unflatten_params
+from r1jax.rollout.weights import (WeightStager, count_nonfinite, flatten_params, iter_chunks, tensor_specs,
+                                   unflatten_params)
 from r1jax.sampling import Sample, SamplingParams
 
 ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
@@ -102,6 +103,76 @@ def test_stager_refuses_bad_chunks_and_incomplete_commits():
         free.add(WeightChunk(1, "model.x", (3,), "bfloat16", 2, b"\0" * 2))
     with pytest.raises(InvalidRequestError, match="unknown dtype 'float3'"):
         free.add(WeightChunk(1, "model.y", (2,), "float3", 0, b"\0" * 2))
+
+
+@pytest.mark.parametrize("dtype", ["float64", "float32", "float16", "bfloat16", "float8_e5m2", "float8_e4m3fn"])
+def test_count_nonfinite_reads_every_float_dtype_from_its_bits(dtype):
+    import ml_dtypes
+
+    dt = np.dtype(getattr(ml_dtypes, dtype, None) or dtype)
+    finfo = ml_dtypes.finfo(dt)
+    values = np.array([0.0, -0.0, 1.5, -2.0, float(finfo.max), -float(finfo.max), float(finfo.smallest_subnormal),
+                       np.nan, np.inf, -np.inf, -np.nan], np.float64)
+    with np.errstate(over="ignore", invalid="ignore"):
+        a = values.astype(dt)
+    # The oracle: numpy's isfinite on the values widened to float64.
+    bad = np.flatnonzero(~np.isfinite(a.astype(np.float64)))
+    assert bad.size >= 3  # NaN, -NaN and (where the dtype has them) the infinities
+    assert count_nonfinite(a.tobytes(), dtype) == (bad.size, int(bad[0]))
+    assert count_nonfinite(a[:7].tobytes(), dtype) == (0, -1)
+
+
+def test_count_nonfinite_scans_large_tensors_in_blocks_and_ignores_integers():
+    a = np.zeros((1 << 22) + 9, np.float16)
+    a[(1 << 22) + 2] = np.inf
+    assert count_nonfinite(a.tobytes(), "float16") == (1, (1 << 22) + 2)
+    a[7] = np.nan
+    assert count_nonfinite(memoryview(a.tobytes()), "float16") == (2, 7)
+    assert count_nonfinite(np.full(4, -1, np.int32).tobytes(), "int32") == (0, -1)
+
+
+def test_stager_refuses_to_hand_out_non_finite_weights():
+    import ml_dtypes
+
+    good = np.ones(6, ml_dtypes.bfloat16)
+    bad = good.copy()
+    bad[4] = np.inf
+    for getter in ("arrays", "raw"):
+        st = WeightStager(2, tensor_specs({"a": good, "b": bad}))
+        for n, arr in (("a", good), ("b", bad)):
+            for c in iter_chunks(n, arr, 2, chunk_bytes=4):
+                st.add(c)
+        with pytest.raises(InvalidRequestError, match=r"version 2 refused: tensor 'b' holds 1 NaN / inf value\(s\) "
+                                                      r"\(the first at flat index 4\); the previous weights stay live"):
+            getattr(st, getter)()
+    free = WeightStager(3, None)  # the vLLM engine's stager checks the same
+    free.add(WeightChunk(3, "model.w", (2,), "float32", 0, np.array([1.0, np.nan], np.float32).tobytes()))
+    with pytest.raises(InvalidRequestError, match="tensor 'model.w' holds 1 NaN"):
+        free.raw()
+
+
+def test_version_gate_bounds_versions():
+    gate = VersionGate(5)
+    with pytest.raises(InvalidRequestError, match=r"weight version 4294967302 is 4294967297 ahead of the live "
+                                                  r"version 5; at most 4294967296 \(2\*\*32\)"):
+        gate.begin(5 + 2**32 + 1, "grpc", ("grpc",))
+    for v in (2**63, 2**64 - 1):
+        with pytest.raises(InvalidRequestError, match=rf"weight version {v} exceeds the largest allowed version "
+                                                      r"9223372036854775807"):
+            gate.begin(v, "grpc", ("grpc",))
+    with pytest.raises(InvalidRequestError, match="must be an int, got float 6.5"):
+        gate.begin(6.5, "grpc", ("grpc",))
+    with pytest.raises(InvalidRequestError, match="must be an int, got bool True"):
+        gate.begin(True, "grpc", ("grpc",))
+    assert gate.pending_version is None  # nothing refused was begun
+    gate.begin(5 + 2**32, "grpc", ("grpc",))
+    assert gate.pending_version == 5 + 2**32
+    top = VersionGate(2**63 - 1)  # the largest live version: no newer one exists, and that is said
+    with pytest.raises(PreconditionError, match="not newer"):
+        top.begin(2**63 - 1, "grpc", ("grpc",))
+    for bad in (-1, 2**63, 1.0):
+        with pytest.raises(ValueError, match=r"weight_version: must be an int in \[0, 2\*\*63 - 1\]"):
+            VersionGate(bad)
 
 
 def test_version_gate_orders_updates():
