@@ -14,7 +14,11 @@ answer part of the time. The rule-based rewards (accuracy + format) of GRPO can 
 is what the demo measures. Held-out problems (``data.heldout_fraction``) never appear here.
 
 Run ``python experiments/pretrain_base.py --out r1jax/assets/tiny_base`` (10-35 minutes on 2 CPU
-cores, depending on load) to remake the checkpoint that ships in the repository.
+cores, depending on load) to remake the checkpoint that ships in the repository. It is an ordinary
+SFT run over r1jax's train state (:func:`r1jax.train.steps.make_sft_update`, the registered ``nll``
+loss) with orbax checkpoints every ``--checkpoint-every`` steps under ``--run-dir``: run the same
+command again after an interruption and it resumes (each step's batch depends only on the seed and
+the step, so a resumed run trains on the same data).
 """
 
 from __future__ import annotations
@@ -35,8 +39,10 @@ from r1jax.data.batching import pad_sequences
 from r1jax.data.templates import encode_prompt, format_r1_zero
 from r1jax.data.tokenizer import build_char_tokenizer
 from r1jax.models import ModelConfig, init_params, save_pretrained
-from r1jax.train.config import KernelConfig, OptimConfig
-from r1jax.train.steps import SFTBatch, make_optimizer, make_sft_step
+from r1jax.train.checkpoint import Checkpointer
+from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
+from r1jax.train.state import Hyper, init_state, make_optimizer
+from r1jax.train.steps import SFTBatch, make_sft_update
 
 # The demo's data section (the demo config must agree: same task, difficulty and template).
 DATA = dict(task="arithmetic", difficulty=2, operations=["+"], template="plain", num_train=200_000, seed=0)
@@ -73,6 +79,8 @@ def main(argv=None) -> int:
     ap.add_argument("--p-format", type=float, default=0.6)
     ap.add_argument("--p-wrong", type=float, default=0.35)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--run-dir", default="runs/pretrain_base", help="checkpoints (resumed when present)")
+    ap.add_argument("--checkpoint-every", type=int, default=200)
     args = ap.parse_args(argv)
 
     tokenizer = build_char_tokenizer(CHARS)
@@ -87,26 +95,35 @@ def main(argv=None) -> int:
     optim = from_dict(OptimConfig, dict(lr=args.lr, warmup_steps=100, schedule="constant", b2=0.99,
                                         weight_decay=0.01, grad_clip=1.0))
     tx = make_optimizer(optim)
-    params = init_params(model_cfg, jax.random.PRNGKey(args.seed))
-    opt_state = tx.init(params)
-    step_fn = make_sft_step(model_cfg, from_dict(KernelConfig, {"logprob_backend": "reference"}), tx)
+    state = init_state(init_params(model_cfg, jax.random.PRNGKey(args.seed)), tx, jax.random.PRNGKey(args.seed))
+    update = make_sft_update(model_cfg, from_dict(KernelConfig, {"logprob_backend": "reference"}), tx)
+    hp = Hyper.from_config(AlgoConfig())
+    checkpointer = Checkpointer(pathlib.Path(args.run_dir) / "checkpoints", keep=2)
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state = restored[1]
+        print(f"resuming from step {int(state.step)} of {checkpointer.directory}")
 
-    rng = np.random.default_rng(args.seed)
     length = 64
     t0 = time.time()
-    for step in range(args.steps):
+    for step in range(int(state.step), args.steps):
+        rng = np.random.default_rng([args.seed, step])
         idx = rng.integers(len(dataset), size=args.batch)
         examples = [dataset[int(i)] for i in idx]
         prompts = [encode_prompt(e, tokenizer, data_cfg.template) for e in examples]
         completions = [tokenizer.encode(document(e, rng, args.p_format, args.p_wrong), add_special_tokens=False)
                        + [tokenizer.eos_id] for e in examples]
         tb = pad_sequences(prompts, completions, tokenizer.pad_id, length=length)
-        loss_mask = tb.loss_mask[:, 1:]
         batch = SFTBatch(tokens=jnp.asarray(tb.tokens), attention_mask=jnp.asarray(tb.attention_mask),
-                         loss_mask=jnp.asarray(loss_mask), denominator=jnp.float32(loss_mask.sum()))
-        params, opt_state, metrics = step_fn(params, opt_state, batch)
-        if step % 100 == 0 or step == args.steps - 1:
+                         loss_mask=jnp.asarray(tb.loss_mask[:, 1:]))
+        state, metrics = update(state, batch, hp)
+        done = step + 1
+        if step % 100 == 0 or done == args.steps:
             print(f"step {step:5d}  loss {float(metrics['loss']):.4f}  {time.time() - t0:6.1f}s", flush=True)
+        if done % args.checkpoint_every == 0 or done == args.steps:
+            checkpointer.save(done, state, {"script": "experiments/pretrain_base.py"})
+    checkpointer.close()
+    params = state.params
 
     out = pathlib.Path(args.out)
     save_pretrained(params, model_cfg, out)

@@ -38,6 +38,7 @@ __all__ = [
     "from_dict",
     "to_dict",
     "load_config",
+    "read_config",
     "apply_overrides",
     "parse_overrides",
     "save_config",
@@ -70,14 +71,17 @@ def field(
     Args:
       default: the default value (immutable: use tuples, not lists).
       ge, gt, le, lt: inclusive / exclusive bounds for numbers (and for each item of a tuple).
-      choices: the allowed values.
+      choices: the allowed values, or a function returning them when the config is checked (the
+        names of a registry, so that entries registered by ``run.imports`` are allowed).
       help: one line shown by ``describe`` and in error messages.
       default_factory: as in ``dataclasses.field`` (e.g. a nested config class).
 
     Returns:
       A ``dataclasses.Field``.
     """
-    meta = {_META: dict(ge=ge, gt=gt, le=le, lt=lt, choices=tuple(choices) if choices else None, help=help)}
+    if choices is not None and not callable(choices):
+        choices = tuple(choices)
+    meta = {_META: dict(ge=ge, gt=gt, le=le, lt=lt, choices=choices or None, help=help)}
     if default_factory is not dataclasses.MISSING:
         return dataclasses.field(default_factory=default_factory, metadata=meta)
     if isinstance(default, (list, dict, set)):
@@ -182,14 +186,15 @@ class _FrozenDict(dict):
 
 def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
     items = value if isinstance(value, tuple) else (value,)
+    choices = _choices(meta)
     for v in items:
-        if meta.get("choices") is not None and v not in meta["choices"]:
-            allowed = ", ".join(map(repr, meta["choices"]))
+        if choices is not None and v not in choices:
+            allowed = ", ".join(map(repr, choices))
             raise ConfigError(f"{key}: {v!r} is not allowed; allowed: {allowed}")
         if not isinstance(v, (int, float)) or isinstance(v, bool):
             continue
-        if isinstance(v, float) and math.isnan(v):
-            raise ConfigError(f"{key}: NaN is not allowed")
+        if isinstance(v, float) and not math.isfinite(v):
+            raise ConfigError(f"{key}: {v!r} is not allowed; numbers must be finite (NaN and inf are rejected)")
         for name, ok, sym in (
             ("ge", lambda a, b: a >= b, ">="),
             ("gt", lambda a, b: a > b, ">"),
@@ -199,6 +204,11 @@ def _check_bounds(value: Any, meta: Mapping[str, Any], key: str) -> None:
             bound = meta.get(name)
             if bound is not None and not ok(v, bound):
                 raise ConfigError(f"{key}: {v!r} is out of range; must be {sym} {bound}")
+
+
+def _choices(meta: Mapping[str, Any]) -> tuple | None:
+    choices = meta.get("choices")
+    return tuple(choices()) if callable(choices) else choices
 
 
 def validate_fields(obj: Any, prefix: str = "") -> None:
@@ -332,6 +342,29 @@ def _deep_copy(data: Mapping[str, Any]) -> dict[str, Any]:
     return {k: _deep_copy(v) if isinstance(v, Mapping) else v for k, v in data.items()}
 
 
+def read_config(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> dict[str, Any]:
+    """The nested mapping of a YAML config file with dotted overrides applied (not yet validated).
+
+    Raises:
+      ConfigError: missing or unreadable file (named), YAML syntax error (file and line), a
+        malformed override.
+    """
+    data: Any = {}
+    if path is not None:
+        p = pathlib.Path(path)
+        if not p.is_file():
+            raise ConfigError(f"config file not found: {p}")
+        try:
+            data = yaml.safe_load(p.read_text()) or {}
+        except yaml.YAMLError as e:
+            mark = getattr(e, "problem_mark", None)
+            where = f":{mark.line + 1}" if mark is not None else ""
+            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+        if not isinstance(data, Mapping):
+            raise ConfigError(f"{p}: the top of a config must be a mapping of sections")
+    return apply_overrides(data, overrides)
+
+
 def load_config(cls: type[T], path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> T:
     """Reads a YAML config file, applies dotted overrides and validates.
 
@@ -347,20 +380,7 @@ def load_config(cls: type[T], path: str | pathlib.Path | None, overrides: Sequen
       ConfigError: missing or unreadable file (named), YAML syntax error (file and line), or
         any invalid key or value (the dotted key named).
     """
-    data: Any = {}
-    if path is not None:
-        p = pathlib.Path(path)
-        if not p.is_file():
-            raise ConfigError(f"config file not found: {p}")
-        try:
-            data = yaml.safe_load(p.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f":{mark.line + 1}" if mark is not None else ""
-            raise ConfigError(f"{p}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
-        if not isinstance(data, Mapping):
-            raise ConfigError(f"{p}: the top of a config must be a mapping of sections")
-    return from_dict(cls, apply_overrides(data, overrides))
+    return from_dict(cls, read_config(path, overrides))
 
 
 def save_config(config: Any, path: str | pathlib.Path) -> pathlib.Path:
@@ -389,8 +409,8 @@ def describe(cls: type, prefix: str = "") -> list[str]:
         meta = f.metadata.get(_META) or {}
         default = f.default if f.default is not dataclasses.MISSING else "(required)"
         limits = [f"{k} {meta[k]}" for k in ("ge", "gt", "le", "lt") if meta.get(k) is not None]
-        if meta.get("choices"):
-            limits.append("one of " + "/".join(map(str, meta["choices"])))
+        if _choices(meta):
+            limits.append("one of " + "/".join(map(str, _choices(meta))))
         extra = f" [{'; '.join(limits)}]" if limits else ""
         lines.append(f"{key}: {_type_name(tp)} = {default!r}{extra}  {meta.get('help', '')}".rstrip())
     return lines

@@ -9,11 +9,11 @@ The per-token GRPO maths has ONE home, :mod:`r1jax.algos`:
   ``log r = ref_logp - logp`` clamped to ``[-log_ratio_clamp, log_ratio_clamp]``, the estimate
   optionally clamped to ``[-kl_clamp, kl_clamp]``.
 
-The fused Pallas kernel (:mod:`r1jax_kernels.pallas_logprobs`) must evaluate them inside the
-kernel, on a block of tokens, right after the log-probs are known, so :func:`terms_core` restates
-those formulas elementwise in plain ``jnp`` (no masks, no checks: kernel-safe). It is tested equal
-to the ``r1jax.algos`` functions applied to reference log-probs (``tests/kernels``). Change the
-maths in ``r1jax.algos`` first, then here.
+The non-fused backends call those functions (:func:`grpo_terms_from_logprobs`). Only the fused
+Pallas kernel (:mod:`r1jax_kernels.pallas_logprobs`), which must evaluate them inside the kernel on a
+block of tokens right after the log-probs are known, uses :func:`terms_core`: the same formulas
+restated elementwise in plain ``jnp`` (no masks, no checks: kernel-safe), tested equal to
+``r1jax.algos`` (``tests/kernels``). Change the maths in ``r1jax.algos`` first, then here.
 """
 
 from __future__ import annotations
@@ -23,9 +23,11 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 
+from r1jax import algos
+from r1jax.algos import DEFAULT_LOG_RATIO_CLAMP
+
 Array = jax.Array
 
-DEFAULT_LOG_RATIO_CLAMP = 20.0  # as r1jax.algos.losses / r1jax.algos.kl
 NUM_HPARAMS = 8  # packed hyper-parameter vector (padded to a power of 2 for the GPU kernel)
 
 
@@ -93,8 +95,8 @@ def grpo_terms_from_logprobs(logp: Any, old_logp: Any, ref_logp: Any, advantages
                              kl_clamp: Any = None) -> tuple[Array, Array, Array, Array, Array]:
     """``(ratio, policy_loss, k1, k2, k3)`` from per-token log-probs (unmasked, float32).
 
-    The elementwise epilogue of :func:`r1jax_kernels.grpo_token_terms` for the non-fused
-    backends; the same formulas run inside the Pallas kernel.
+    The elementwise epilogue of :func:`r1jax_kernels.grpo_token_terms` for the non-fused backends:
+    :func:`r1jax.algos.clipped_surrogate_loss` and :func:`r1jax.algos.kl_estimate` themselves.
 
     Args:
       logp: ``[...]`` current log-probs (differentiable).
@@ -112,6 +114,10 @@ def grpo_terms_from_logprobs(logp: Any, old_logp: Any, ref_logp: Any, advantages
       "Approximating KL Divergence"; Yu et al. 2025, "DAPO", arXiv 2503.14476, eq. 10.
     """
     logp = jnp.asarray(logp, jnp.float32)
-    f = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), logp.shape)
-    hp = pack_hparams(eps_low, eps_high, dual_clip, log_ratio_clamp, kl_clamp)
-    return terms_from_packed(logp, f(old_logp), f(ref_logp), f(advantages), hp)
+    shape = logp.shape
+    rows = lambda x: jnp.broadcast_to(jnp.asarray(x, jnp.float32), shape).reshape(1, -1)  # noqa: E731
+    out = algos.clipped_surrogate_loss(rows(logp), rows(old_logp), rows(advantages), eps_low=eps_low,
+                                       eps_high=eps_high, dual_clip=dual_clip, log_ratio_clamp=log_ratio_clamp)
+    kl = [algos.kl_estimate(rows(logp), rows(ref_logp), kind=kind, log_ratio_clamp=log_ratio_clamp, clamp=kl_clamp)
+          for kind in ("k1", "k2", "k3")]
+    return tuple(x.reshape(shape) for x in (out.ratio, out.loss, *kl))

@@ -216,6 +216,7 @@ def grpo_token_terms(hidden: Any, lm_head: Any, targets: Any, old_logp: Any, ref
             blocks=_pallas_blocks(pallas_blocks, chunk_size, backend), interpret=interpret)
     logp, entropy = token_logprobs(hidden, lm_head, targets, temperature=temperature,
                                    return_entropy=True, backend=which, chunk_size=chunk_size)
-    terms = _terms.terms_from_packed(logp, arrays["old_logp"], arrays["ref_logp"],
-                                     arrays["advantages"], hp)
+    terms = _terms.grpo_terms_from_logprobs(logp, arrays["old_logp"], arrays["ref_logp"], arrays["advantages"],
+                                            eps_low=eps_low, eps_high=eps_high, dual_clip=dual_clip,
+                                            log_ratio_clamp=log_ratio_clamp, kl_clamp=kl_clamp)
     return _terms.TokenTerms(logp, entropy, *terms)

@@ -16,29 +16,36 @@ of valid tokens. A typical GRPO step::
     loss = aggregate_loss(per_token, mask, "token_mean", denominator=den)     # per micro-batch
 """
 
-from r1jax.algos.advantages import (ADVANTAGE_ESTIMATORS, GROUP_ADVANTAGE_ESTIMATORS,
-                                    STD_SCALINGS, broadcast_to_tokens, drgrpo_advantages,
-                                    grpo_advantages, last_token_values, process_advantages,
-                                    reinforce_pp_advantages, rloo_advantages)
+from r1jax.algos._common import DEFAULT_LOG_RATIO_CLAMP
+from r1jax.algos.advantages import (GROUP_ADVANTAGE_ESTIMATORS, STD_SCALINGS, broadcast_to_tokens,
+                                    drgrpo_advantages, grpo_advantages, last_token_values,
+                                    process_advantages, reinforce_pp_advantages, rloo_advantages,
+                                    whiten)
 from r1jax.algos.aggregation import (AGGREGATION_MODES, aggregate_loss, loss_denominator,
                                      loss_numerator)
 from r1jax.algos.gae import GAE_METHODS, GaeOutput, discounted_returns, gae_advantages
 from r1jax.algos.importance import (IS_LEVELS, IS_MODES, ImportanceWeights,
                                     truncated_is_weights)
 from r1jax.algos.kl import KL_ESTIMATORS, k1, k2, k3, kl_estimate, kl_penalty_rewards
-from r1jax.algos.losses import (POLICY_LOSSES, PolicyLossOutput, ValueLossOutput,
+from r1jax.algos.estimators import (ADVANTAGES, AdvantageInputs, AdvantageOutput,
+                                    register_advantage)
+from r1jax.algos.losses import (POLICY_LOSSES, PolicyLossOutput, ValueLossOutput, cispo_loss,
                                 clipped_surrogate_loss, clipped_value_loss, entropy_from_logits,
-                                gspo_loss, policy_gradient_loss)
+                                gspo_loss, nll_loss, policy_gradient_loss, register_policy_loss)
+from r1jax.algos.registry import Registry
 from r1jax.algos.shaping import apply_overlong_penalty, dynamic_sampling_mask, overlong_penalty
 
 __all__ = [
     # advantages
-    "ADVANTAGE_ESTIMATORS", "GROUP_ADVANTAGE_ESTIMATORS", "STD_SCALINGS",
+    "GROUP_ADVANTAGE_ESTIMATORS", "STD_SCALINGS",
     "grpo_advantages", "drgrpo_advantages", "rloo_advantages", "process_advantages",
-    "reinforce_pp_advantages", "broadcast_to_tokens", "last_token_values",
+    "reinforce_pp_advantages", "broadcast_to_tokens", "last_token_values", "whiten",
+    # registries (what a config names)
+    "Registry", "ADVANTAGES", "AdvantageInputs", "AdvantageOutput", "register_advantage",
+    "POLICY_LOSSES", "register_policy_loss", "DEFAULT_LOG_RATIO_CLAMP",
     "GAE_METHODS", "GaeOutput", "gae_advantages", "discounted_returns",
     # policy / value losses
-    "POLICY_LOSSES", "PolicyLossOutput", "clipped_surrogate_loss", "gspo_loss",
+    "PolicyLossOutput", "clipped_surrogate_loss", "gspo_loss", "cispo_loss", "nll_loss",
     "policy_gradient_loss", "ValueLossOutput", "clipped_value_loss", "entropy_from_logits",
     # importance sampling
     "IS_LEVELS", "IS_MODES", "ImportanceWeights", "truncated_is_weights",

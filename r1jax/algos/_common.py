@@ -16,6 +16,9 @@ import numpy as np
 Array = jax.Array
 ArrayLike = Any  # jax.typing.ArrayLike plus Python scalars; kept loose for readability.
 
+DEFAULT_LOG_RATIO_CLAMP = 20.0
+"""The bound on every log-ratio before ``exp`` (policy ratios, KL estimators, importance weights)."""
+
 
 def f32(x: ArrayLike, name: str) -> Array:
     """Returns ``x`` as a float32 array; raises TypeError naming ``name`` for non-numeric input."""

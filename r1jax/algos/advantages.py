@@ -219,10 +219,33 @@ def reinforce_pp_advantages(token_rewards: ArrayLike, mask: ArrayLike | None = N
     check_range("eps", eps, ge=0.0)
     valid = mask_or_ones(mask, token_rewards.shape)
     returns = _gae.discounted_returns(token_rewards, valid, gamma=gamma, segment_ids=segment_ids)
-    all_axes = (0, 1)
-    shifted = _shifted(returns, valid, all_axes)
-    centred = shifted - _masked_mean(shifted, valid, all_axes)
-    return masked_where(valid, safe_div(centred, _masked_std(returns, valid, all_axes, 0) + eps))
+    return whiten(returns, valid, eps=eps)
+
+
+def whiten(x: ArrayLike, mask: ArrayLike | None = None, *, eps: ArrayLike = 1e-8) -> Array:
+    """``(x - mean) / (std + eps)`` over every valid entry (population std); 0 at masked entries.
+
+    PPO's advantage whitening (per rollout batch) and REINFORCE++'s global normalisation.
+
+    Args:
+      x: any shape, e.g. ``[B, T]`` per-token advantages.
+      mask: optional bool of the same shape.
+      eps: added to the std (traceable).
+
+    Returns:
+      float32, same shape; all 0 when the valid entries are all equal.
+
+    References:
+      Andrychowicz et al. 2021, "What Matters In On-Policy Reinforcement Learning?",
+      arXiv 2006.05990, §3.5 (per-batch advantage normalisation).
+    """
+    x = f32(x, "x")
+    check_range("eps", eps, ge=0.0)
+    valid = mask_or_ones(mask, x.shape)
+    axes = tuple(range(x.ndim))
+    shifted = _shifted(x, valid, axes)
+    centred = shifted - _masked_mean(shifted, valid, axes)
+    return masked_where(valid, safe_div(centred, _masked_std(x, valid, axes, 0) + eps))
 
 
 def last_token_values(values: ArrayLike, mask: ArrayLike) -> Array:
@@ -277,13 +300,5 @@ GROUP_ADVANTAGE_ESTIMATORS = {
     "drgrpo": drgrpo_advantages,
     "rloo": rloo_advantages,
 }
-"""Outcome estimators by name, all ``fn(rewards[num_groups, G], mask=None, **kw) -> [num_groups, G]``."""
-
-ADVANTAGE_ESTIMATORS = {
-    **GROUP_ADVANTAGE_ESTIMATORS,
-    "process": process_advantages,          # (step_rewards, step_mask, token_mask) -> [N, G, T]
-    "reinforce_pp": reinforce_pp_advantages,  # (token_rewards, mask) -> [B, T]
-    "gae": _gae.gae_advantages,              # (rewards, values, mask) -> GaeOutput
-}
-"""Every advantage estimator by name. Signatures differ by input kind (see each function);
-the outcome ones are also in :data:`GROUP_ADVANTAGE_ESTIMATORS`."""
+"""Outcome estimators by name, all ``fn(rewards[num_groups, G], mask=None, **kw) -> [num_groups, G]``.
+The token-level estimators the trainer selects by name are :data:`r1jax.algos.ADVANTAGES`."""

@@ -20,14 +20,13 @@ from typing import Literal, NamedTuple
 import jax
 import jax.numpy as jnp
 
-from r1jax.algos._common import (Array, ArrayLike, check_choice, check_range, check_rank,
+from r1jax.algos._common import (DEFAULT_LOG_RATIO_CLAMP, Array, ArrayLike, check_choice, check_range, check_rank,
                                  check_shape, f32, mask_or_ones, masked_where, safe_div)
 
 IsLevel = Literal["token", "sequence", "geometric"]
 IsMode = Literal["truncate", "mask"]
 IS_LEVELS: tuple[str, ...] = ("token", "sequence", "geometric")
 IS_MODES: tuple[str, ...] = ("truncate", "mask")
-DEFAULT_LOG_RATIO_CLAMP = 20.0
 
 
 class ImportanceWeights(NamedTuple):
@@ -38,7 +37,7 @@ class ImportanceWeights(NamedTuple):
     raw: Array      # the uncapped weight (diagnostic).
 
 
-def truncated_is_weights(trainer_logp: ArrayLike, rollout_logp: ArrayLike,
+def truncated_is_weights(trainer_logp: ArrayLike, sampler_logp: ArrayLike,
                          mask: ArrayLike | None = None, *, cap: ArrayLike = 2.0,
                          level: IsLevel = "token", mode: IsMode = "truncate",
                          log_ratio_clamp: ArrayLike = DEFAULT_LOG_RATIO_CLAMP
@@ -48,7 +47,7 @@ def truncated_is_weights(trainer_logp: ArrayLike, rollout_logp: ArrayLike,
     Args:
       trainer_logp: ``[B, T]`` log-probs of the sampled tokens recomputed by the trainer with
         the weights that generated them (the ``old_logp`` of the policy loss).
-      rollout_logp: ``[B, T]`` log-probs reported by the rollout engine.
+      sampler_logp: ``[B, T]`` log-probs reported by the rollout engine.
       mask: optional bool ``[B, T]`` of valid tokens.
       cap: ``C`` (traceable), > 0. A weight exactly equal to ``C`` is kept as is.
       level: static; ``"token"``, ``"sequence"`` (product over the sequence) or ``"geometric"``
@@ -73,10 +72,10 @@ def truncated_is_weights(trainer_logp: ArrayLike, rollout_logp: ArrayLike,
     check_range("log_ratio_clamp", log_ratio_clamp, gt=0.0)
     trainer_logp = jax.lax.stop_gradient(f32(trainer_logp, "trainer_logp"))
     check_rank(trainer_logp, 2, "trainer_logp", "[B, T]")
-    rollout_logp = jax.lax.stop_gradient(f32(rollout_logp, "rollout_logp"))
-    check_shape(rollout_logp, trainer_logp.shape, "rollout_logp")
+    sampler_logp = jax.lax.stop_gradient(f32(sampler_logp, "sampler_logp"))
+    check_shape(sampler_logp, trainer_logp.shape, "sampler_logp")
     mask = mask_or_ones(mask, trainer_logp.shape)
-    log_ratio = masked_where(mask, trainer_logp - rollout_logp)
+    log_ratio = masked_where(mask, trainer_logp - sampler_logp)
     if level != "token":
         log_ratio = jnp.sum(log_ratio, axis=-1, keepdims=True)
         if level == "geometric":

@@ -17,12 +17,11 @@ from typing import Callable, Literal
 
 import jax.numpy as jnp
 
-from r1jax.algos._common import (Array, ArrayLike, check_choice, check_range, check_rank,
+from r1jax.algos._common import (DEFAULT_LOG_RATIO_CLAMP, Array, ArrayLike, check_choice, check_range, check_rank,
                                  check_shape, f32, mask_or_ones, masked_where)
 from r1jax.algos.advantages import last_token_values
 
 KlKind = Literal["k1", "k2", "k3"]
-DEFAULT_LOG_RATIO_CLAMP = 20.0
 
 
 def k1(log_ratio: Array) -> Array:

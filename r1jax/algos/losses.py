@@ -26,10 +26,10 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from r1jax.algos._common import (Array, ArrayLike, check_range, check_rank, f32, mask_or_ones,
+from r1jax.algos.registry import Registry
+from r1jax.algos._common import (DEFAULT_LOG_RATIO_CLAMP, Array, ArrayLike, check_range, check_rank, f32, mask_or_ones,
                                  masked_where, safe_div)
 
-DEFAULT_LOG_RATIO_CLAMP = 20.0
 
 
 class PolicyLossOutput(NamedTuple):
@@ -40,6 +40,14 @@ class PolicyLossOutput(NamedTuple):
     clipped_low: Array   # 1.0 where A < 0 and ratio < 1 - eps_low (clipped, no gradient).
     clipped_high: Array  # 1.0 where A > 0 and ratio > 1 + eps_high (clipped, no gradient).
     dual_clipped: Array  # 1.0 where A < 0 and ratio > dual_clip (clipped, no gradient).
+
+
+POLICY_LOSSES = Registry("policy loss")
+"""Policy losses by name: ``fn(logp, old_logp, advantages, mask, **keywords) -> PolicyLossOutput``.
+
+``POLICY_LOSSES[name]`` is the function; the trainer passes the keyword-only parameters it declares
+(``eps_low``, ``eps_high``, ``dual_clip``, ``log_ratio_clamp``, ...) from its hyper-parameters."""
+register_policy_loss = POLICY_LOSSES.register
 
 
 def _token_inputs(logp, old_logp, advantages, mask):
@@ -95,6 +103,7 @@ def _clipped_output(ratio, adv, mask, eps_low, eps_high, dual_clip) -> PolicyLos
     )
 
 
+@register_policy_loss("clip")
 def clipped_surrogate_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
                            mask: ArrayLike | None = None, *, eps_low: ArrayLike = 0.2,
                            eps_high: ArrayLike | None = None, dual_clip: ArrayLike | None = None,
@@ -137,6 +146,7 @@ def clipped_surrogate_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: Arr
     return _clipped_output(ratio, adv, mask, eps_low, eps_high, dual_clip)
 
 
+@register_policy_loss("gspo")
 def gspo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
               mask: ArrayLike | None = None, *, eps_low: ArrayLike = 3e-4,
               eps_high: ArrayLike | None = 4e-4,
@@ -178,6 +188,7 @@ def gspo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
     return _clipped_output(ratio, adv, mask, eps_low, eps_high, None)
 
 
+@register_policy_loss("pg")
 def policy_gradient_loss(logp: ArrayLike, old_logp: ArrayLike | None, advantages: ArrayLike,
                          mask: ArrayLike | None = None, *,
                          log_ratio_clamp: ArrayLike = DEFAULT_LOG_RATIO_CLAMP) -> PolicyLossOutput:
@@ -209,12 +220,82 @@ def policy_gradient_loss(logp: ArrayLike, old_logp: ArrayLike | None, advantages
     )
 
 
-POLICY_LOSSES = {
-    "clip": clipped_surrogate_loss,
-    "gspo": gspo_loss,
-    "pg": policy_gradient_loss,
-}
-"""Policy losses by name; each is ``fn(logp, old_logp, advantages, mask=None, **hparams)``."""
+@register_policy_loss("cispo")
+def cispo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
+               mask: ArrayLike | None = None, *, eps_low: ArrayLike = 1.0,
+               eps_high: ArrayLike | None = 2.0,
+               log_ratio_clamp: ArrayLike = DEFAULT_LOG_RATIO_CLAMP) -> PolicyLossOutput:
+    """CISPO: REINFORCE weighted by a clipped, stop-gradient importance ratio.
+
+    ``loss_t = -sg(clip(rho_t, 1 - eps_low, 1 + eps_high)) * A_t * logp_t`` with
+    ``rho_t = exp(logp_t - old_logp_t)``. Unlike PPO's clipped surrogate, a clipped token keeps
+    its gradient (only its weight is bounded), so rare tokens with large ratios still learn.
+
+    Args:
+      logp: ``[B, T]`` current log-probs (differentiated).
+      old_logp: ``[B, T]`` behaviour log-probs (constant).
+      advantages: ``[B]`` or ``[B, T]`` (constant).
+      mask: optional bool ``[B, T]`` of valid tokens.
+      eps_low, eps_high: the IS-weight clip range (traceable); MiniMax-M1 leaves the lower bound
+        open (``eps_low = 1``: weight floor 0) and tunes only ``eps_high``. ``eps_high`` None
+        means ``eps_low``.
+      log_ratio_clamp: bound on the log-ratio before ``exp`` (traceable).
+
+    Returns:
+      :class:`PolicyLossOutput`; ``clipped_low`` / ``clipped_high`` mark tokens whose WEIGHT was
+      clipped (their gradient is kept).
+
+    References:
+      MiniMax 2025, "MiniMax-M1: Scaling Test-Time Compute Efficiently with Lightning Attention",
+      arXiv 2506.13585, §3.1, eq. 4-5 (CISPO objective, clipped IS weight).
+    """
+    eps_high = eps_low if eps_high is None else eps_high
+    check_range("eps_low", eps_low, ge=0.0)
+    check_range("eps_high", eps_high, ge=0.0)
+    check_range("log_ratio_clamp", log_ratio_clamp, gt=0.0)
+    logp, old_logp, adv, mask = _token_inputs(logp, old_logp, advantages, mask)
+    log_ratio = jnp.clip(masked_where(mask, logp - old_logp), -log_ratio_clamp, log_ratio_clamp)
+    ratio = jax.lax.stop_gradient(jnp.exp(log_ratio))
+    low, high = 1.0 - eps_low, 1.0 + eps_high
+    weight = jnp.clip(ratio, low, high)
+    zeros = jnp.zeros(logp.shape, jnp.float32)
+    return PolicyLossOutput(
+        loss=masked_where(mask, -weight * adv * masked_where(mask, logp)),
+        ratio=masked_where(mask, ratio),
+        clipped_low=((ratio < low) & mask).astype(jnp.float32),
+        clipped_high=((ratio > high) & mask).astype(jnp.float32),
+        dual_clipped=zeros,
+    )
+
+
+@register_policy_loss("nll")
+def nll_loss(logp: ArrayLike, old_logp: ArrayLike | None, advantages: ArrayLike,
+             mask: ArrayLike | None = None) -> PolicyLossOutput:
+    """Supervised fine-tuning as a policy loss: ``loss_t = -logp_t`` (advantages ignored).
+
+    SFT (cold start, rejection-sampling SFT, distillation, pre-training) runs through the same
+    update machinery as RL with this loss.
+
+    Args:
+      logp: ``[B, T]`` log-probs of the target tokens (differentiated).
+      old_logp, advantages: ignored (the policy-loss signature).
+      mask: optional bool ``[B, T]`` of trained tokens.
+
+    Returns:
+      :class:`PolicyLossOutput` with ratio 1 and no clipping.
+
+    References:
+      DeepSeek-AI 2025, "DeepSeek-R1", arXiv 2501.12948, §2.3.1 / §3.2 (cold-start SFT) and §2.3.3
+      (rejection sampling and supervised fine-tuning): maximum likelihood of the completion tokens.
+    """
+    del old_logp, advantages
+    logp = f32(logp, "logp")
+    check_rank(logp, 2, "logp", "[B, T]")
+    mask = mask_or_ones(mask, logp.shape)
+    zeros = jnp.zeros(logp.shape, jnp.float32)
+    return PolicyLossOutput(loss=masked_where(mask, -logp), ratio=mask.astype(jnp.float32),
+                            clipped_low=zeros, clipped_high=zeros, dual_clipped=zeros)
+
 
 
 class ValueLossOutput(NamedTuple):

@@ -4,7 +4,7 @@
 * Majority voting and cons@k (DeepSeek-R1 reports cons@64): :func:`majority_vote`,
   :func:`majority_correct`, :func:`cons_at_k`.
 * Confidence intervals for accuracies over seeds and problems: :func:`t_interval`,
-  :func:`welch_interval`, :func:`wilson_interval` (Student-t quantiles without SciPy:
+  :func:`welch_interval`, :func:`wilson_interval` (Student-t quantiles from scipy.stats:
   :func:`t_quantile`, :func:`t_cdf`).
 * Response length and reflection-word statistics: :func:`length_stats`,
   :func:`reflection_counts`, :func:`reflection_stats`, :data:`REFLECTION_WORDS`.

@@ -76,6 +76,10 @@ class MeshConfig:
     data: int = field(-1, help="data-parallel replicas (-1: all remaining devices)")
     fsdp: int = field(1, help="fully-sharded data parallel (parameters split over it)")
     tensor: int = field(1, help="tensor (Megatron) parallel")
+    coordinator: str | None = field(None, help="multi-host: host:port of process 0 (jax.distributed); "
+                                              "None: R1JAX_COORDINATOR or single host")
+    num_processes: int | None = field(None, ge=1, help="multi-host: number of processes (R1JAX_NUM_PROCESSES)")
+    process_id: int | None = field(None, ge=0, help="multi-host: this process's rank (R1JAX_PROCESS_ID)")
 
     def __post_init__(self):
         self.check()

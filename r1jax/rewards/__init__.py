@@ -102,8 +102,10 @@ _BUILTINS = (  # (name, function, description, default per-sample timeout or Non
     ("code_tests", code_tests, "share in [0, 1] of test cases the program passes in the sandbox", 120.0),
 )
 
+_ACCURACY = ("math_accuracy", "countdown", "multiple_choice", "code_tests")  # rewards that score correctness
 for _name, _fn, _desc, _timeout in _BUILTINS:
-    register_reward(_name, _fn, description=_desc, default_timeout_s=_timeout, overwrite=True)
+    register_reward(_name, _fn, description=_desc, default_timeout_s=_timeout, accuracy=_name in _ACCURACY,
+                    overwrite=True)
 for _name, _desc in (
     ("helpfulness", "external: helpfulness reward-model score (pairwise-trained), passed as precomputed"),
     ("safety", "external: safety reward-model score (pointwise-trained), passed as precomputed"),

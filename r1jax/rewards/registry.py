@@ -35,6 +35,8 @@ class RewardSpec:
       kind: ``"rule"`` (fn runs in the worker pool) or ``"external"`` (scores supplied by the caller).
       default_timeout_s: per-sample timeout for this reward when the component does not set one
         (None: ``RewardConfig.timeout_s``). The code reward needs more than a math check.
+      accuracy: the reward says whether the answer is correct (1 = correct): evaluation reports it as
+        accuracy, pass@k and cons@k.
     """
 
     name: str
@@ -42,6 +44,7 @@ class RewardSpec:
     description: str
     kind: Literal["rule", "external"] = "rule"
     default_timeout_s: float | None = None
+    accuracy: bool = False
 
 
 _REGISTRY: dict[str, RewardSpec] = {}
@@ -53,6 +56,7 @@ def register_reward(
     *,
     description: str,
     default_timeout_s: float | None = None,
+    accuracy: bool = False,
     overwrite: bool = False,
 ) -> Any:
     """Registers a rule-based reward function under ``name``; usable as a decorator.
@@ -62,6 +66,7 @@ def register_reward(
       fn: ``fn(prompt, completion, reference) -> float``; picklable (module-level).
       description: one line shown by :func:`list_rewards`.
       default_timeout_s: its per-sample timeout when a component does not set one.
+      accuracy: it scores correctness (1 = correct); evaluation reports it as accuracy / pass@k / cons@k.
       overwrite: allow replacing an existing entry (otherwise a duplicate name is an error).
 
     Returns:
@@ -72,7 +77,8 @@ def register_reward(
     """
     if fn is None:
         return lambda f: register_reward(
-            name, f, description=description, default_timeout_s=default_timeout_s, overwrite=overwrite
+            name, f, description=description, default_timeout_s=default_timeout_s, accuracy=accuracy,
+            overwrite=overwrite,
         )
     if not callable(fn):
         raise TypeError(f"reward {name!r}: {fn!r} is not callable")
@@ -88,7 +94,7 @@ def register_reward(
             "reward %r is defined in __main__: reward workers are fresh interpreters and cannot import "
             "it (it will score 0 with an error); move it to an importable module, or use num_workers=0", name,
         )
-    _add(RewardSpec(name, fn, description, "rule", default_timeout_s), overwrite)
+    _add(RewardSpec(name, fn, description, "rule", default_timeout_s, accuracy), overwrite)
     return fn
 
 

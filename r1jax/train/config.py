@@ -9,9 +9,15 @@ Every value is checked when the config is loaded, before any work starts.
 from __future__ import annotations
 
 import dataclasses
+import hashlib
+import importlib
+import importlib.util
 import pathlib
+import sys
+from typing import Any, Mapping, Sequence
 
-from r1jax.config import ConfigError, field
+from r1jax import algos
+from r1jax.config import ConfigError, field, from_dict, read_config
 from r1jax.data import DataConfig
 from r1jax.models import ModelConfig
 from r1jax.models.sharding import MeshConfig
@@ -19,11 +25,8 @@ from r1jax.rewards import RewardConfig, get_reward, list_rewards
 
 __all__ = [
     "AlgoConfig", "OptimConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
-    "ModelSection", "KernelConfig", "ExperimentConfig",
+    "ModelSection", "KernelConfig", "ExperimentConfig", "load_experiment", "import_user_modules",
 ]
-
-LOSS_AGGREGATIONS = ("token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm", "seq_mean_token_sum")
-
 
 @dataclasses.dataclass(frozen=True)
 class AlgoConfig:
@@ -32,34 +35,42 @@ class AlgoConfig:
     Defaults are GRPO as in DeepSeekMath / DeepSeek-R1: group-normalised outcome advantages,
     symmetric clip 0.2, KL to the reference in the loss with the k3 estimator, seq-mean-token-mean
     aggregation. The variants are switches: Dr.GRPO = ``std_scaling: none`` +
-    ``loss_agg: seq_mean_token_sum_norm``; DAPO = ``clip_eps_high: 0.28`` + ``loss_agg: token_mean``
+    ``loss_agg: seq_mean_token_sum_norm``; DAPO = ``eps_high: 0.28`` + ``loss_agg: token_mean``
     + ``dynamic_sampling: true`` + ``overlong_buffer > 0`` + ``kl_coef: 0``; GSPO = ``policy_loss: gspo``;
-    RLOO / REINFORCE++ = ``advantage: rloo | reinforce_pp``.
+    CISPO = ``policy_loss: cispo``; RLOO / REINFORCE++ = ``advantage: rloo | reinforce_pp``.
+
+    ``advantage`` and ``policy_loss`` name entries of the registries :data:`r1jax.algos.ADVANTAGES`
+    and :data:`r1jax.algos.POLICY_LOSSES` (modules listed in ``run.imports`` may add entries).
+    Every number here is a traced hyper-parameter of the update (:class:`r1jax.train.state.Hyper`),
+    except the counts and switches that shape the computation.
     """
 
     name: str = field("grpo", choices=("grpo", "ppo"), help="grpo: no critic; ppo: critic + GAE")
-    advantage: str = field(
-        "grpo", choices=("grpo", "rloo", "reinforce_pp", "gae"),
-        help="advantage estimator (ppo needs gae; gae needs ppo)")
+    advantage: str = field("grpo", choices=lambda: algos.ADVANTAGES.names(),
+                           help="advantage estimator (r1jax.algos.ADVANTAGES; ppo needs one with a critic)")
     std_scaling: str = field(
-        "group", choices=("group", "batch", "none"),
+        "group", choices=algos.STD_SCALINGS,
         help="GRPO: divide by the group std, the batch std, or not at all (Dr.GRPO)")
-    policy_loss: str = field("clip", choices=("clip", "gspo", "pg"), help="surrogate objective")
-    clip_eps_low: float = field(0.2, gt=0.0, lt=1.0, help="ε_low of the clipped ratio")
-    clip_eps_high: float = field(0.2, gt=0.0, help="ε_high (DAPO clip-higher: 0.28)")
+    std_ddof: int = field(0, ge=0, le=1, help="GRPO std: 0 population (DeepSeekMath), 1 unbiased (TRL, verl)")
+    whiten_advantages: bool = field(True, help="PPO: normalise GAE advantages over the batch (as verl and TRL)")
+    policy_loss: str = field("clip", choices=lambda: algos.POLICY_LOSSES.names(),
+                             help="surrogate objective (r1jax.algos.POLICY_LOSSES)")
+    eps_low: float = field(0.2, gt=0.0, le=1.0, help="ε_low: ratio floor 1 - ε_low (CISPO: of the IS weight)")
+    eps_high: float = field(0.2, gt=0.0, help="ε_high: ratio ceiling 1 + ε_high (DAPO clip-higher: 0.28)")
     dual_clip: float | None = field(None, gt=1.0, help="dual-clip constant c (Ye et al. 2020), None = off")
-    loss_agg: str = field("seq_mean_token_mean", choices=LOSS_AGGREGATIONS, help="loss aggregation")
-    kl_coef: float = field(0.001, ge=0.0, help="β: KL-to-reference weight (in the loss for GRPO, in the reward for PPO)")
-    kl_estimator: str = field("k3", choices=("k1", "k2", "k3"), help="KL estimator (Schulman 2020)")
+    loss_agg: str = field("seq_mean_token_mean", choices=algos.AGGREGATION_MODES, help="loss aggregation")
+    kl_coef: float = field(0.001, ge=0.0, help="β: KL-to-reference weight (in the loss for GRPO, in the reward for "
+                                              "PPO / REINFORCE++); 0 = no reference model at all")
+    kl_estimator: str = field("k3", choices=tuple(algos.KL_ESTIMATORS), help="KL estimator (Schulman 2020)")
     kl_clamp: float | None = field(10.0, gt=0.0, help="clamp of the per-token KL estimate, None = off")
-    logratio_clamp: float = field(20.0, gt=0.0, help="clamp of log-ratios before exp")
+    log_ratio_clamp: float = field(algos.DEFAULT_LOG_RATIO_CLAMP, gt=0.0, help="clamp of log-ratios before exp")
     ref_update_every: int = field(400, ge=0, help="reference ← policy every N steps (paper: 400); 0 = never")
     entropy_coef: float = field(0.0, ge=0.0, help="entropy bonus weight")
     num_epochs: int = field(1, ge=1, help="μ: optimisation passes over each rollout batch")
     num_minibatches: int = field(1, ge=1, help="optimizer steps per pass (the batch is split)")
     num_microbatches: int = field(1, ge=1, help="gradient-accumulation splits of each mini-batch (exact)")
     # PPO
-    gamma: float = field(1.0, ge=0.0, le=1.0, help="PPO discount γ")
+    gamma: float = field(1.0, ge=0.0, le=1.0, help="discount γ (PPO, REINFORCE++)")
     gae_lambda: float = field(0.95, ge=0.0, le=1.0, help="PPO GAE λ")
     value_coef: float = field(0.5, ge=0.0, help="PPO value-loss weight")
     value_clip: float | None = field(0.2, gt=0.0, help="PPO value clipping range, None = off")
@@ -69,15 +80,35 @@ class AlgoConfig:
     overlong_buffer: int = field(0, ge=0, help="DAPO soft overlong punishment buffer (tokens); 0 = off")
     overlong_penalty: float = field(1.0, ge=0.0, help="DAPO overlong penalty at the hard limit")
     # rollout / trainer mismatch
-    tis: str = field("off", choices=("off", "token", "sequence"), help="truncated importance sampling level")
+    tis: str = field("off", choices=("off",) + algos.IS_LEVELS, help="truncated importance sampling level")
     tis_cap: float = field(2.0, gt=0.0, help="TIS cap C")
-    tis_mode: str = field("truncate", choices=("truncate", "mask"), help="clip weights at C, or mask tokens above C")
+    tis_mode: str = field("truncate", choices=algos.IS_MODES, help="clip weights at C, or mask tokens above C")
 
     def check(self) -> None:
-        if self.name == "ppo" and self.advantage not in ("gae",):
-            raise ConfigError(f"algo.advantage: ppo uses 'gae', got {self.advantage!r}")
-        if self.name == "grpo" and self.advantage == "gae":
-            raise ConfigError("algo.advantage: 'gae' needs a critic; set algo.name: ppo")
+        needs_critic = algos.ADVANTAGES.entry(self.advantage).meta["needs_critic"]
+        if self.name == "ppo" and not needs_critic:
+            raise ConfigError(f"algo.advantage: ppo trains a critic; {self.advantage!r} uses none (use 'gae')")
+        if self.name == "grpo" and needs_critic:
+            raise ConfigError(f"algo.advantage: {self.advantage!r} needs a critic; set algo.name: ppo")
+
+    @property
+    def needs_critic(self) -> bool:
+        return self.name == "ppo"
+
+    @property
+    def kl_in_reward(self) -> bool:
+        """The estimator puts the KL penalty into the token rewards (PPO, REINFORCE++)."""
+        return bool(algos.ADVANTAGES.entry(self.advantage).meta["kl_in_reward"])
+
+    @property
+    def uses_reference(self) -> bool:
+        """A static switch: a reference model exists and its log-probs are computed only when β > 0."""
+        return self.kl_coef > 0
+
+    @property
+    def passes(self) -> int:
+        """Optimizer steps per rollout batch."""
+        return self.num_epochs * self.num_minibatches
 
 
 @dataclasses.dataclass(frozen=True)
@@ -152,6 +183,10 @@ class RunConfig:
     steps: int = field(100, ge=0, help="RL steps")
     tensorboard: bool = field(True, help="write TensorBoard event files")
     progress: bool = field(True, help="progress bar in the terminal")
+    imports: tuple[str, ...] = field((), help="modules or .py files imported before the config is checked "
+                                            "(to register losses, advantage estimators, rewards)")
+    max_skipped_in_a_row: int = field(5, ge=1, help="stop the run after this many consecutive skipped "
+                                                   "(non-finite) updates")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,3 +244,53 @@ class ExperimentConfig:
                 raise ConfigError(f"{key}: directory not found: {path}")
         if self.model.path is None and self.model.tokenizer is None:
             raise ConfigError("model.tokenizer: a random model (model.path unset) needs a tokenizer directory")
+
+
+def import_user_modules(names: Sequence[str], key: str = "run.imports") -> None:
+    """Imports each module name or ``.py`` file of ``names`` (what ``run.imports`` lists).
+
+    A file is imported once per resolved path (as module ``r1jax_user_<stem>_<hash>``), so a loss it
+    registers is registered once however often a config naming it is loaded.
+
+    Raises:
+      ConfigError: naming ``key[i]`` and the module or file that cannot be imported.
+    """
+    for i, name in enumerate(names):
+        where = f"{key}[{i}]"
+        if not isinstance(name, str) or not name:
+            raise ConfigError(f"{where}: expected a module name or a .py file, got {name!r}")
+        if name.endswith(".py"):
+            path = pathlib.Path(name).resolve()
+            if not path.is_file():
+                raise ConfigError(f"{where}: file not found: {name}")
+            module_name = f"r1jax_user_{path.stem}_{hashlib.sha1(str(path).encode()).hexdigest()[:8]}"
+            if module_name in sys.modules:
+                continue
+            spec = importlib.util.spec_from_file_location(module_name, path)
+            module = importlib.util.module_from_spec(spec)
+            sys.modules[module_name] = module
+            try:
+                spec.loader.exec_module(module)
+            except Exception as e:
+                del sys.modules[module_name]
+                raise ConfigError(f"{where}: importing {name} failed: {type(e).__name__}: {e}") from e
+        else:
+            try:
+                importlib.import_module(name)
+            except ImportError as e:
+                raise ConfigError(f"{where}: cannot import module {name!r}: {e}") from e
+
+
+def load_experiment(path: str | pathlib.Path | None, overrides: Sequence[str] = ()) -> ExperimentConfig:
+    """Reads an experiment config, imports its ``run.imports`` and then validates it.
+
+    The imports come first so that a loss, advantage estimator or reward they register is an
+    allowed value of the config keys that name it.
+    """
+    data = read_config(path, overrides)
+    run = data.get("run") or {}
+    imports: Any = run.get("imports", ()) if isinstance(run, Mapping) else ()
+    if isinstance(imports, str) or not isinstance(imports, Sequence):
+        raise ConfigError(f"run.imports: expected a list of modules or .py files, got {imports!r}")
+    import_user_modules(imports)
+    return from_dict(ExperimentConfig, data)

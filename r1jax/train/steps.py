@@ -1,17 +1,16 @@
-"""Pure train steps: ``step(state, batch, hparams) -> (state, metrics)``.
+"""The pure updates: ``update(state, batch, hp) -> (state, metrics)``, one jitted call each.
 
-The state is a pytree (:class:`TrainState`); the batch is a pytree of arrays (:class:`RLBatch`);
-``hparams`` are the traced numbers (:class:`Hyper`), so sweeping β, ε or the temperature never
-recompiles. Static choices (loss variant, aggregation, estimator, kernel backend) come from the
-frozen configs captured when the step is built.
+:func:`make_rl_update` builds the whole RL algorithm after sampling and scoring: reward shaping
+and dynamic sampling, the old-policy / reference / critic forwards it needs (decided at trace
+time), advantages through the registry :data:`r1jax.algos.ADVANTAGES`, then ``num_epochs ×
+num_minibatches`` optimizer steps as a ``lax.scan`` over a ``jax.random.permutation`` of the rows,
+the step counter and the reference refresh. :func:`make_sft_update` runs supervised fine-tuning
+through the same optimizer step with the registered ``nll`` loss.
 
-One optimizer step consumes one mini-batch. The mini-batch is split into ``num_microbatches``
-micro-batches whose gradients are summed in a ``lax.scan``; every loss is aggregated with the
-mini-batch's global denominator (``RLBatch.denominator``), so the summed gradient equals the
-unsplit one (split invariance, :mod:`r1jax.algos.aggregation`).
-
-A non-finite loss or gradient skips the update (parameters and optimizer state unchanged) and is
-reported in ``metrics["skipped"]``.
+Every optimizer step splits its mini-batch into ``num_microbatches`` micro-batches whose gradients
+are summed in a scan; losses use the mini-batch's global denominator, so the sum equals the unsplit
+gradient (split invariance, :mod:`r1jax.algos.aggregation`). An optimizer step whose loss, gradient,
+new parameters or new optimizer state is non-finite is skipped (state unchanged) and counted.
 """
 
 from __future__ import annotations
@@ -24,109 +23,77 @@ import optax
 
 from r1jax import algos
 from r1jax.models import ModelConfig, forward, lm_head_weight, value
-from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
-from r1jax_kernels import grpo_token_terms, token_logprobs
+from r1jax.train.config import AlgoConfig, KernelConfig
+from r1jax.train.state import Hyper, TrainState
+from r1jax_kernels import grpo_token_terms, sharded_token_logprobs, token_logprobs
 
 Params = Any
 
-__all__ = [
-    "TrainState", "RLBatch", "Hyper", "make_optimizer", "policy_logprobs", "make_logprob_fn",
-    "make_value_fn", "make_train_step", "grpo_loss", "ppo_policy_loss", "critic_loss",
-    "SFTBatch", "sft_loss", "make_sft_step",
-]
+__all__ = ["Rollout", "SFTBatch", "policy_logprobs", "critic_values", "make_rl_update", "make_sft_update",
+           "STATIC_HPARAMS"]
+
+STATIC_HPARAMS = ("std_scaling", "std_ddof", "whiten_advantages")
+"""Keyword options of the registered functions that are static (shape or control flow): from AlgoConfig."""
 
 
-class TrainState(NamedTuple):
-    """Everything that changes during training (a pytree; checkpointed whole).
+class Rollout(NamedTuple):
+    """A scored rollout batch: P prompts × G samples, rows prompt-major (row = p * G + g).
 
-    ``critic_params`` / ``critic_opt_state`` are empty dicts for GRPO.
+    Arrays named ``[B, T-1]`` are aligned with the targets ``tokens[:, 1:]``.
     """
 
-    step: jax.Array              # int32 scalar: RL steps completed
-    params: Params               # the policy
-    opt_state: Any
-    ref_params: Params           # the KL reference, refreshed every algo.ref_update_every steps
-    critic_params: Params
-    critic_opt_state: Any
-    key: jax.Array               # uint32[2] PRNG key
-    skipped: jax.Array           # int32 scalar: updates skipped for non-finite loss / gradient
+    tokens: jax.Array          # [B, T] int32: prompt + completion, right-padded
+    attention_mask: jax.Array  # [B, T] bool: real (non-pad) tokens
+    loss_mask: jax.Array       # [B, T-1] bool: completion tokens
+    sampler_logp: jax.Array    # [B, T-1] float32: what the rollout engine reported
+    rewards: jax.Array         # [P, G] float32: total reward of each sample
+    lengths: jax.Array         # [P, G] float32: completion lengths in tokens
 
 
-class RLBatch(NamedTuple):
-    """One mini-batch of N sequences (prompt + completion, right-padded to T).
-
-    Arrays named ``[N, T-1]`` are aligned with the targets ``tokens[:, 1:]``.
-    """
-
-    tokens: jax.Array        # [N, T] int32
-    attention_mask: jax.Array  # [N, T] bool: real (non-pad) tokens
-    loss_mask: jax.Array     # [N, T-1] bool: completion tokens that are trained on
-    advantages: jax.Array    # [N, T-1] float32
-    old_logp: jax.Array      # [N, T-1] float32: behaviour policy (the trainer's weights at rollout)
-    ref_logp: jax.Array      # [N, T-1] float32: the reference policy
-    sampler_logp: jax.Array  # [N, T-1] float32: what the rollout engine reported
-    old_values: jax.Array    # [N, T-1] float32 (PPO; zeros for GRPO)
-    returns: jax.Array       # [N, T-1] float32 (PPO; zeros for GRPO)
-    denominator: jax.Array   # float32 scalar: the WHOLE mini-batch's loss denominator
-    num_tokens: jax.Array    # float32 scalar: the WHOLE mini-batch's trained tokens (for diagnostics)
+class SFTBatch(NamedTuple):
+    tokens: jax.Array          # [N, T] int32
+    attention_mask: jax.Array  # [N, T] bool
+    loss_mask: jax.Array       # [N, T-1] bool: targets that are trained on (the completion)
 
 
-class Hyper(NamedTuple):
-    """Traced hyper-parameters of a step."""
+class _Rows(NamedTuple):
+    """What one optimizer step reads, per row (sliced by the mini-batch permutation)."""
 
-    kl_coef: jax.Array
-    eps_low: jax.Array
-    eps_high: jax.Array
-    temperature: jax.Array
-    entropy_coef: jax.Array
-    value_coef: jax.Array
-
-    @classmethod
-    def from_config(cls, algo: AlgoConfig, temperature: float) -> "Hyper":
-        f = lambda x: jnp.asarray(x, jnp.float32)  # noqa: E731
-        return cls(f(algo.kl_coef), f(algo.clip_eps_low), f(algo.clip_eps_high), f(temperature),
-                   f(algo.entropy_coef), f(algo.value_coef))
-
-
-def make_optimizer(optim: OptimConfig, lr_scale: float = 1.0, total_steps: int | None = None
-                   ) -> optax.GradientTransformation:
-    """AdamW with warm-up, optional cosine decay and global-norm clipping.
-
-    Args:
-      optim: the optimiser config.
-      lr_scale: multiplies ``optim.lr`` (the PPO critic's ``critic_lr_scale``).
-      total_steps: optimizer steps of the whole run; the cosine schedule decays to 0 over them.
-    """
-    lr = optim.lr * lr_scale
-    if optim.schedule == "cosine":
-        if total_steps is None:
-            raise ValueError("make_optimizer: the cosine schedule needs total_steps (optimizer steps of the run)")
-        warmup = max(optim.warmup_steps, 1)
-        schedule = optax.warmup_cosine_decay_schedule(0.0, lr, warmup, max(total_steps, warmup + 1))
-    elif optim.warmup_steps:
-        schedule = optax.join_schedules(
-            [optax.linear_schedule(0.0, lr, optim.warmup_steps), optax.constant_schedule(lr)],
-            [optim.warmup_steps])
-    else:
-        schedule = optax.constant_schedule(lr)
-    chain = [optax.clip_by_global_norm(optim.grad_clip)] if optim.grad_clip else []
-    chain.append(optax.adamw(schedule, b1=optim.b1, b2=optim.b2, eps=optim.eps, weight_decay=optim.weight_decay))
-    return optax.chain(*chain)
+    tokens: jax.Array
+    attention_mask: jax.Array
+    loss_mask: jax.Array
+    advantages: jax.Array
+    sampler_logp: jax.Array
+    old_logp: jax.Array | None     # None: on-policy single pass, old = stop_gradient(logp)
+    ref_logp: jax.Array | None     # None: no KL term in the loss
+    old_values: jax.Array | None   # None: no critic
+    returns: jax.Array | None
 
 
 # ------------------------------------------------------------------------------------------------
-# Log-probs and values of a batch.
+# Log-probs and values.
 
 
 def policy_logprobs(params: Params, model: ModelConfig, kernels: KernelConfig, tokens: jax.Array,
-                    attention_mask: jax.Array, temperature: jax.Array, *, entropy: bool = False):
+                    attention_mask: jax.Array, temperature: jax.Array, *, entropy: bool = False,
+                    mesh: jax.sharding.Mesh | None = None):
     """Per-target log-probs ``[N, T-1]`` (and entropies) of ``tokens[:, 1:]`` under ``params``.
 
-    The same "processed" log-probs as the sampler: ``log_softmax(logits / temperature)``.
+    The same "processed" log-probs as the sampler: ``log_softmax(logits / temperature)``. On a mesh
+    with a tensor axis > 1 the vocabulary is sharded over it (vocabulary-parallel log-softmax).
     """
     hidden = forward(params, model, tokens, attention_mask=attention_mask)
-    return token_logprobs(hidden[:, :-1], lm_head_weight(params, model), tokens[:, 1:],
-                          temperature=temperature, return_entropy=entropy, **_kernel_kwargs(kernels))
+    head, targets = lm_head_weight(params, model), tokens[:, 1:]
+    if mesh is not None and mesh.shape.get("tensor", 1) > 1 and _vocab_shardable(mesh, model, targets):
+        return sharded_token_logprobs(hidden[:, :-1], head, targets, mesh=mesh, temperature=temperature,
+                                      return_entropy=entropy, chunk_size=kernels.chunk_size)
+    return token_logprobs(hidden[:, :-1], head, targets, temperature=temperature, return_entropy=entropy,
+                          **_kernel_kwargs(kernels))
+
+
+def _vocab_shardable(mesh, model: ModelConfig, targets) -> bool:
+    rows = mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    return model.vocab_size % mesh.shape["tensor"] == 0 and targets.size % rows == 0
 
 
 def _kernel_kwargs(kernels: KernelConfig) -> dict:
@@ -143,237 +110,267 @@ def critic_values(critic_params: Params, model: ModelConfig, tokens: jax.Array,
     return value(critic_params, model, hidden[:, :-1])
 
 
-def make_logprob_fn(model: ModelConfig, kernels: KernelConfig) -> Callable:
-    """A jitted ``(params, tokens, attention_mask, temperature) -> logp [N, T-1]``."""
-    return jax.jit(lambda p, t, m, temp: policy_logprobs(p, model, kernels, t, m, temp))
-
-
-def make_value_fn(model: ModelConfig) -> Callable:
-    """A jitted ``(critic_params, tokens, attention_mask) -> values [N, T-1]``."""
-    return jax.jit(lambda p, t, m: critic_values(p, model, t, m))
-
-
 # ------------------------------------------------------------------------------------------------
-# Losses: pure functions of (params, batch, hparams) returning (scalar, metric numerators).
+# The optimizer step shared by every update.
 
 
-def _policy_objective(logp, batch: RLBatch, hp: Hyper, algo: AlgoConfig):
-    """The per-token policy loss (surrogate, times TIS weights when enabled) and diagnostics."""
-    mask = batch.loss_mask
-    if algo.policy_loss == "clip":
-        out = algos.clipped_surrogate_loss(
-            logp, batch.old_logp, batch.advantages, mask, eps_low=hp.eps_low, eps_high=hp.eps_high,
-            dual_clip=algo.dual_clip, log_ratio_clamp=algo.logratio_clamp)
-    elif algo.policy_loss == "gspo":
-        out = algos.gspo_loss(logp, batch.old_logp, batch.advantages, mask, eps_low=hp.eps_low,
-                              eps_high=hp.eps_high, log_ratio_clamp=algo.logratio_clamp)
-    else:
-        out = algos.policy_gradient_loss(logp, batch.old_logp, batch.advantages, mask)
-    return _tis_weighted(out.loss, batch, algo), out
-
-
-def _tis_weighted(per_token, batch: RLBatch, algo: AlgoConfig):
-    """The policy loss times the truncated importance weights π_trainer/π_sampler (when enabled)."""
-    if algo.tis == "off":
-        return per_token
-    return per_token * algos.truncated_is_weights(
-        batch.old_logp, batch.sampler_logp, batch.loss_mask, cap=algo.tis_cap, level=algo.tis, mode=algo.tis_mode,
-        log_ratio_clamp=algo.logratio_clamp).weights
-
-
-def _token_sum(x, mask, algo: AlgoConfig, denominator):
-    """Aggregates a per-token quantity exactly like the loss (split-invariant)."""
-    return algos.loss_numerator(x, mask, algo.loss_agg) / denominator
-
-
-def _token_mean(x, batch: RLBatch):
+def _token_mean(x, mask, num_tokens):
     """A diagnostic's mean over the mini-batch's trained tokens (split-invariant)."""
-    return algos.loss_numerator(x, batch.loss_mask, "token_mean") / batch.num_tokens
+    return algos.loss_numerator(x, mask, "token_mean") / num_tokens
 
 
-def _diagnostics(out, ent, batch: RLBatch) -> dict:
-    return {
-        "policy_loss": _token_mean(out.loss, batch),
-        "entropy": _token_mean(ent, batch),
-        "clip_frac/low": _token_mean(out.clipped_low, batch),
-        "clip_frac/high": _token_mean(out.clipped_high, batch),
-        "ratio": _token_mean(out.ratio, batch),
-    }
-
-
-def grpo_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig,
-              kernels: KernelConfig):
-    """GRPO's loss (DeepSeekMath eq. 3): clipped surrogate + β·KL(π‖π_ref) − entropy bonus.
-
-    Returns:
-      ``(loss, metrics)``: metrics are micro-batch contributions that sum to the mini-batch value.
-    """
-    if kernels.fused:
-        logp, ent, per_token, kl, out = _fused_grpo_terms(params, batch, hp, model=model, algo=algo, kernels=kernels)
-    else:
-        logp, ent = policy_logprobs(params, model, kernels, batch.tokens, batch.attention_mask,
-                                    hp.temperature, entropy=True)
-        per_token, out = _policy_objective(logp, batch, hp, algo)
-        kl = algos.kl_estimate(logp, batch.ref_logp, batch.loss_mask, kind=algo.kl_estimator,
-                               log_ratio_clamp=algo.logratio_clamp, clamp=algo.kl_clamp)
-    if algo.advantage != "reinforce_pp":  # REINFORCE++ has its KL in the token rewards already
-        per_token = per_token + hp.kl_coef * kl
-    per_token = per_token - hp.entropy_coef * ent
-    loss = _token_sum(per_token, batch.loss_mask, algo, batch.denominator)
-    return loss, {"loss": loss, "kl_ref": _token_mean(kl, batch), **_diagnostics(out, ent, batch)}
-
-
-def _fused_grpo_terms(params, batch: RLBatch, hp: Hyper, *, model, algo, kernels):
-    """The GRPO per-token terms from one fused pass over the vocabulary (r1jax_kernels)."""
-    hidden = forward(params, model, batch.tokens, attention_mask=batch.attention_mask)
-    terms = grpo_token_terms(
-        hidden[:, :-1], lm_head_weight(params, model), batch.tokens[:, 1:], batch.old_logp, batch.ref_logp,
-        batch.advantages, temperature=hp.temperature, eps_low=hp.eps_low, eps_high=hp.eps_high,
-        dual_clip=algo.dual_clip, log_ratio_clamp=algo.logratio_clamp, kl_clamp=algo.kl_clamp,
-        **_kernel_kwargs(kernels))
-    mask = batch.loss_mask
-    per_token = _tis_weighted(jnp.where(mask, terms.policy_loss, 0.0), batch, algo)
-    kl = jnp.where(mask, {"k1": terms.k1, "k2": terms.k2, "k3": terms.k3}[algo.kl_estimator], 0.0)
-    # Diagnostics only (no gradient): clip fractions from the one home of the surrogate.
-    out = algos.clipped_surrogate_loss(jax.lax.stop_gradient(terms.logp), batch.old_logp, batch.advantages, mask,
-                                       eps_low=hp.eps_low, eps_high=hp.eps_high, dual_clip=algo.dual_clip,
-                                       log_ratio_clamp=algo.logratio_clamp)
-    return terms.logp, terms.entropy, per_token, kl, out
-
-
-def ppo_policy_loss(params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig,
-                    kernels: KernelConfig):
-    """PPO's actor loss: the clipped surrogate on GAE advantages (the KL is in the reward)."""
-    logp, ent = policy_logprobs(params, model, kernels, batch.tokens, batch.attention_mask,
-                                hp.temperature, entropy=True)
-    per_token, out = _policy_objective(logp, batch, hp, algo)
-    per_token = per_token - hp.entropy_coef * ent
-    loss = _token_sum(per_token, batch.loss_mask, algo, batch.denominator)
-    return loss, {"loss": loss, **_diagnostics(out, ent, batch)}
-
-
-def critic_loss(critic_params: Params, batch: RLBatch, hp: Hyper, *, model: ModelConfig, algo: AlgoConfig):
-    """PPO's clipped value loss, weighted by ``value_coef``."""
-    values = critic_values(critic_params, model, batch.tokens, batch.attention_mask)
-    out = algos.clipped_value_loss(values, batch.old_values, batch.returns, batch.loss_mask, clip=algo.value_clip)
-    vloss = _token_mean(out.loss, batch)
-    return hp.value_coef * vloss, {"value_loss": vloss}
-
-
-# ------------------------------------------------------------------------------------------------
-# The step.
-
-
-def _split_micro(batch: RLBatch, m: int) -> RLBatch:
-    def split(x):
-        if x.ndim == 0:
-            return jnp.broadcast_to(x, (m,))
-        return x.reshape((m, x.shape[0] // m) + x.shape[1:])
-
-    return jax.tree.map(split, batch)
-
-
-def _accumulated_grad(loss_fn, params, batch: RLBatch, hp: Hyper, m: int):
-    """Sum over micro-batches of ``(grad, metrics)`` in a scan: exact given global denominators."""
+def _accumulated_grad(loss_fn, params, rows, m: int):
+    """Sum over ``m`` micro-batches of ``(grad, metrics)`` in a scan: exact given global denominators."""
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if m == 1:
-        return grad_fn(params, batch, hp)
-    micro = _split_micro(batch, m)
+        return grad_fn(params, rows)
+    micro = jax.tree.map(lambda x: x.reshape((m, x.shape[0] // m) + x.shape[1:]), rows)
 
     def body(acc, mb):
-        g, mets = grad_fn(params, mb, hp)
-        return jax.tree.map(jnp.add, acc, (g, mets)), None
+        return jax.tree.map(jnp.add, acc, grad_fn(params, mb)), None
 
-    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro), hp))
+    zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro)))
     total, _ = jax.lax.scan(body, zeros, micro)
     return total
 
 
-def _finite(tree) -> jax.Array:
-    leaves = [jnp.all(jnp.isfinite(x)) for x in jax.tree.leaves(tree)]
+def _finite(*trees) -> jax.Array:
+    leaves = [jnp.all(jnp.isfinite(x)) for t in trees for x in jax.tree.leaves(t)
+              if jnp.issubdtype(x.dtype, jnp.inexact)]
     return jnp.all(jnp.stack(leaves)) if leaves else jnp.array(True)
 
 
-def _apply(tx, grads, opt_state, params, ok):
+def _proposed(tx, grads, opt_state, params, lr_scale):
     updates, new_opt = tx.update(grads, opt_state, params)
-    new_params = optax.apply_updates(params, updates)
-    keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)  # noqa: E731
-    return keep(new_params, params), keep(new_opt, opt_state)
+    updates = jax.tree.map(lambda u: u * lr_scale, updates)
+    return optax.apply_updates(params, updates), new_opt
 
 
-def make_train_step(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig,
-                    tx: optax.GradientTransformation, critic_tx: optax.GradientTransformation | None = None,
-                    *, jit: bool = True) -> Callable[[TrainState, RLBatch, Hyper], tuple[TrainState, dict]]:
-    """Builds ``step(state, batch, hparams) -> (state, metrics)`` for ``algo.name`` (grpo | ppo).
+def _select(ok, new, old):
+    return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+
+def _optimizer_step(state: TrainState, rows, hp: Hyper, *, policy_loss, tx, m: int,
+                    critic_loss=None, critic_tx=None) -> tuple[TrainState, dict]:
+    """One optimizer step of the policy (and critic) on a mini-batch; skipped when anything is non-finite."""
+    grads, metrics = _accumulated_grad(policy_loss, state.params, rows, m)
+    params, opt_state = _proposed(tx, grads, state.opt_state, state.params, hp.lr_scale)
+    ok = _finite(grads, metrics["loss"], params, opt_state)
+    metrics["grad_norm"] = optax.tree.norm(grads)
+    critic_params, critic_opt = state.critic_params, state.critic_opt_state
+    if critic_loss is not None:  # one decision for actor and critic: both update or neither
+        cgrads, cmetrics = _accumulated_grad(critic_loss, critic_params, rows, m)
+        critic_params, critic_opt = _proposed(critic_tx, cgrads, critic_opt, critic_params, hp.lr_scale)
+        ok = ok & _finite(cgrads, cmetrics["value_loss"], critic_params, critic_opt)
+        metrics.update(cmetrics, critic_grad_norm=optax.tree.norm(cgrads))
+        critic_params = _select(ok, critic_params, state.critic_params)
+        critic_opt = _select(ok, critic_opt, state.critic_opt_state)
+    bad = 1 - ok.astype(jnp.int32)
+    metrics["skipped"] = bad.astype(jnp.float32)
+    return state.replace(
+        params=_select(ok, params, state.params), opt_state=_select(ok, opt_state, state.opt_state),
+        critic_params=critic_params, critic_opt_state=critic_opt, skipped=state.skipped + bad,
+        skipped_in_a_row=(state.skipped_in_a_row + 1) * bad), metrics
+
+
+def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_minibatches: int):
+    """``num_epochs`` passes of ``num_minibatches`` optimizer steps, as one ``lax.scan``.
+
+    Each pass visits the rows in a fresh ``jax.random.permutation`` (in order when there is one
+    mini-batch); a mini-batch without a trained token takes no optimizer step (``lax.cond``).
+    Metrics are averaged over the steps taken; ``skipped`` is their sum.
+    """
+    n = rows.tokens.shape[0]
+    key, *pass_keys = jax.random.split(state.key, num_epochs + 1)
+    if num_minibatches == 1:
+        order = jnp.tile(jnp.arange(n), (num_epochs, 1))
+    else:
+        order = jax.vmap(lambda k: jax.random.permutation(k, n))(jnp.stack(pass_keys))
+    index = order.reshape(num_epochs * num_minibatches, n // num_minibatches)
+    like = jax.eval_shape(step_fn, state, jax.tree.map(lambda x: x[index[0]], rows))[1]
+
+    def body(state, idx):
+        mb = jax.tree.map(lambda x: x[idx], rows)
+        ran = jnp.any(mb.loss_mask)
+        skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), like))  # noqa: E731
+        state, metrics = jax.lax.cond(ran, step_fn, skip, state, mb)
+        return state, (metrics, ran)
+
+    state, (metrics, ran) = jax.lax.scan(body, state.replace(key=key), index)
+    count = jnp.maximum(jnp.sum(ran), 1).astype(jnp.float32)
+    out = {k: jnp.sum(v * ran) / count for k, v in metrics.items()}
+    out["skipped"] = jnp.sum(metrics["skipped"])
+    out["optimizer_steps"] = jnp.sum(ran).astype(jnp.float32)
+    return state, out
+
+
+# ------------------------------------------------------------------------------------------------
+# RL.
+
+
+def _hparams(hp: Hyper, algo: AlgoConfig) -> dict:
+    """The keyword namespace of the registered functions: traced numbers plus static options."""
+    return {**hp.as_dict(), **{k: getattr(algo, k) for k in STATIC_HPARAMS}}
+
+
+def _policy_terms(params, rows: _Rows, hp: Hyper, *, model, algo: AlgoConfig, kernels, mesh):
+    """Per-token log-probs, entropy, policy loss output and KL of a micro-batch."""
+    hpd = _hparams(hp, algo)
+    if kernels.fused:
+        hidden = forward(params, model, rows.tokens, attention_mask=rows.attention_mask)
+        old = rows.old_logp  # the fused kernel takes the behaviour log-probs as an input (always computed)
+        ref = rows.ref_logp if rows.ref_logp is not None else old
+        terms = grpo_token_terms(
+            hidden[:, :-1], lm_head_weight(params, model), rows.tokens[:, 1:], old, ref, rows.advantages,
+            temperature=hp.temperature, eps_low=hp.eps_low, eps_high=hp.eps_high, dual_clip=hp.dual_clip,
+            log_ratio_clamp=hp.log_ratio_clamp, kl_clamp=hp.kl_clamp, **_kernel_kwargs(kernels))
+        logp, ent = terms.logp, terms.entropy
+        out = algos.clipped_surrogate_loss(jax.lax.stop_gradient(logp), old, rows.advantages, rows.loss_mask,
+                                           eps_low=hp.eps_low, eps_high=hp.eps_high, dual_clip=hp.dual_clip,
+                                           log_ratio_clamp=hp.log_ratio_clamp)
+        out = out._replace(loss=jnp.where(rows.loss_mask, terms.policy_loss, 0.0))
+        kl = jnp.where(rows.loss_mask, getattr(terms, algo.kl_estimator), 0.0)
+        return logp, ent, old, out, kl
+    logp, ent = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, hp.temperature,
+                                entropy=True, mesh=mesh)
+    old = jax.lax.stop_gradient(logp) if rows.old_logp is None else rows.old_logp
+    out = algos.POLICY_LOSSES.call(algo.policy_loss, logp, old, rows.advantages, rows.loss_mask, hparams=hpd)
+    kl = jnp.zeros_like(logp)
+    if rows.ref_logp is not None:
+        kl = algos.kl_estimate(logp, rows.ref_logp, rows.loss_mask, kind=algo.kl_estimator,
+                               log_ratio_clamp=hp.log_ratio_clamp, clamp=hp.kl_clamp)
+    return logp, ent, old, out, kl
+
+
+def _rl_losses(algo: AlgoConfig, model: ModelConfig, kernels: KernelConfig, mesh, den, num_tokens):
+    """The policy and critic loss functions of one mini-batch (its global denominators closed over)."""
+
+    def policy_loss(params, rows: _Rows, hp: Hyper):
+        logp, ent, old, out, kl = _policy_terms(params, rows, hp, model=model, algo=algo, kernels=kernels, mesh=mesh)
+        mask = rows.loss_mask
+        per_token = out.loss
+        if algo.tis != "off":  # the trainer-vs-sampler mismatch: weights pi_trainer / pi_sampler, capped
+            per_token = per_token * algos.truncated_is_weights(
+                old, rows.sampler_logp, mask, cap=hp.tis_cap, level=algo.tis, mode=algo.tis_mode,
+                log_ratio_clamp=hp.log_ratio_clamp).weights
+        if not algo.kl_in_reward:
+            per_token = per_token + hp.kl_coef * kl
+        per_token = per_token - hp.entropy_coef * ent
+        loss = algos.loss_numerator(per_token, mask, algo.loss_agg) / den
+        mean = lambda x: _token_mean(x, mask, num_tokens)  # noqa: E731
+        sampler_kl = algos.kl_estimate(rows.sampler_logp, old, mask, kind="k3")
+        return loss, {"loss": loss, "policy_loss": mean(out.loss), "kl_ref": mean(kl), "entropy": mean(ent),
+                      "clip_frac/low": mean(out.clipped_low), "clip_frac/high": mean(out.clipped_high),
+                      "ratio": mean(out.ratio), "trainer_sampler_kl": mean(sampler_kl)}
+
+    def critic_loss(critic_params, rows: _Rows, hp: Hyper):
+        values = critic_values(critic_params, model, rows.tokens, rows.attention_mask)
+        out = algos.clipped_value_loss(values, rows.old_values, rows.returns, rows.loss_mask, clip=hp.value_clip)
+        vloss = _token_mean(out.loss, rows.loss_mask, num_tokens)
+        return hp.value_coef * vloss, {"value_loss": vloss}
+
+    return policy_loss, critic_loss
+
+
+def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, tx: optax.GradientTransformation,
+                   critic_tx: optax.GradientTransformation | None = None, *, max_new_tokens: int,
+                   mesh: jax.sharding.Mesh | None = None, jit: bool = True
+                   ) -> Callable[[TrainState, Rollout, Hyper], tuple[TrainState, dict]]:
+    """Builds ``update(state, rollout, hp) -> (state, metrics)``: the whole RL algorithm after scoring.
+
+    Decided at trace time from the static config: the old-policy forward runs only when the rows
+    are visited more than once, the estimator needs behaviour log-probs or the fused kernel takes
+    them as an input (otherwise
+    ``old_logp = stop_gradient(logp)``); the reference forward only when β > 0
+    (``algo.uses_reference``); the critic only for estimators that need one.
 
     Args:
       model, algo, kernels: static configs.
-      tx: the policy optimizer; critic_tx: the critic's (PPO).
-      jit: return the jitted step (state buffers donated).
+      tx: the policy optimizer; critic_tx: the critic's (estimators with ``needs_critic``).
+      max_new_tokens: the generation budget (the ``seq_mean_token_sum_norm`` denominator, DAPO's limit).
+      mesh: the device mesh (vocabulary-parallel log-probs when its tensor axis is > 1).
+      jit: return the jitted update (the state is donated); False gives the plain function (to vmap).
 
     Returns:
-      The step function. ``metrics`` hold the mini-batch's loss terms, ``grad_norm`` and
-      ``skipped`` (1.0 when a non-finite loss or gradient skipped the update).
+      The update. Its metrics: the loss terms averaged over the optimizer steps taken, ``grad_norm``,
+      ``skipped`` (optimizer steps skipped), ``skipped_in_a_row``, ``optimizer_steps``,
+      ``groups_kept_frac`` and, for PPO, ``value_loss`` / ``critic_grad_norm``.
     """
-    m = algo.num_microbatches
-    if algo.name == "grpo":
-        policy_fn = lambda p, b, h: grpo_loss(p, b, h, model=model, algo=algo, kernels=kernels)  # noqa: E731
-    else:
-        policy_fn = lambda p, b, h: ppo_policy_loss(p, b, h, model=model, algo=algo, kernels=kernels)  # noqa: E731
-        value_fn = lambda p, b, h: critic_loss(p, b, h, model=model, algo=algo)  # noqa: E731
+    if algo.needs_critic and critic_tx is None:
+        raise ValueError(f"make_rl_update: algo.advantage {algo.advantage!r} needs a critic optimizer")
+    algos.POLICY_LOSSES.check_keywords(algo.policy_loss, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
+    algos.ADVANTAGES.check_keywords(algo.advantage, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
+    need_old = algo.passes > 1 or algo.kl_in_reward or kernels.fused
+    logp_fn = lambda p, r, hp: jax.lax.stop_gradient(  # noqa: E731
+        policy_logprobs(p, model, kernels, r.tokens, r.attention_mask, hp.temperature, mesh=mesh))
 
-    def step(state: TrainState, batch: RLBatch, hp: Hyper):
-        grads, metrics = _accumulated_grad(policy_fn, state.params, batch, hp, m)
-        ok = _finite(grads) & jnp.isfinite(metrics["loss"])
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        critic_params, critic_opt_state = state.critic_params, state.critic_opt_state
-        if algo.name == "ppo":  # one decision for actor and critic: both update or neither
-            cgrads, cmetrics = _accumulated_grad(value_fn, critic_params, batch, hp, m)
-            ok = ok & _finite(cgrads) & jnp.isfinite(cmetrics["value_loss"])
-            metrics.update(cmetrics)
-            metrics["critic_grad_norm"] = optax.tree.norm(cgrads)
-            critic_params, critic_opt_state = _apply(critic_tx, cgrads, critic_opt_state, critic_params, ok)
-        params, opt_state = _apply(tx, grads, state.opt_state, state.params, ok)
-        metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
-        new_state = state._replace(params=params, opt_state=opt_state, critic_params=critic_params,
-                                   critic_opt_state=critic_opt_state,
-                                   skipped=state.skipped + (1 - ok.astype(jnp.int32)))
-        return new_state, metrics
+    def update(state: TrainState, rollout: Rollout, hp: Hyper):
+        num_prompts, group = rollout.rewards.shape
+        rewards = rollout.rewards.astype(jnp.float32)
+        if algo.overlong_buffer:
+            rewards = rewards + hp.overlong_penalty * algos.overlong_penalty(
+                rollout.lengths, max_len=max_new_tokens, cache_len=algo.overlong_buffer)
+        keep = jnp.ones((num_prompts, group), bool)
+        if algo.dynamic_sampling:
+            keep = jnp.broadcast_to(algos.dynamic_sampling_mask(rewards)[:, None], keep.shape)
+        mask = rollout.loss_mask & keep.reshape(-1)[:, None]
+        old_logp = logp_fn(state.params, rollout, hp) if need_old else None
+        ref_logp = logp_fn(state.ref_params, rollout, hp) if algo.uses_reference else None
+        values = (jax.lax.stop_gradient(critic_values(state.critic_params, model, rollout.tokens,
+                                                      rollout.attention_mask)) if algo.needs_critic else None)
+        adv = algos.ADVANTAGES.call(
+            algo.advantage, algos.AdvantageInputs(rewards, keep, mask, old_logp, ref_logp, values),
+            hparams=_hparams(hp, algo))
+        rows = _Rows(rollout.tokens, rollout.attention_mask, mask, jax.lax.stop_gradient(adv.advantages),
+                     rollout.sampler_logp, old_logp, None if algo.kl_in_reward else ref_logp,
+                     values, adv.returns if algo.needs_critic else None)
 
-    return jax.jit(step, donate_argnums=(0,)) if jit else step
+        def step_fn(state, mb: _Rows):
+            den = jnp.maximum(algos.loss_denominator(mb.loss_mask, algo.loss_agg, max_len=max_new_tokens), 1.0)
+            num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)
+            policy_loss, critic_loss = _rl_losses(algo, model, kernels, mesh, den, num_tokens)
+            return _optimizer_step(
+                state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=algo.num_microbatches,
+                critic_loss=(lambda p, r: critic_loss(p, r, hp)) if algo.needs_critic else None, critic_tx=critic_tx)
+
+        state, metrics = _over_minibatches(state, rows, step_fn, num_epochs=algo.num_epochs,
+                                           num_minibatches=algo.num_minibatches)
+        step = state.step + 1
+        if algo.uses_reference and algo.ref_update_every:
+            refresh = step % algo.ref_update_every == 0
+            state = state.replace(ref_params=_select(refresh, state.params, state.ref_params))
+        metrics.update(groups_kept_frac=jnp.mean(keep[:, 0].astype(jnp.float32)),
+                       skipped_in_a_row=state.skipped_in_a_row.astype(jnp.float32))
+        return state.replace(step=step), metrics
+
+    return jax.jit(update, donate_argnums=(0,)) if jit else update
 
 
 # ------------------------------------------------------------------------------------------------
 # Supervised fine-tuning (cold start, rejection-sampling SFT, distillation, base-model pre-training).
 
 
-class SFTBatch(NamedTuple):
-    tokens: jax.Array          # [N, T] int32
-    attention_mask: jax.Array  # [N, T] bool
-    loss_mask: jax.Array       # [N, T-1] bool: targets that are trained on (the completion)
-    denominator: jax.Array     # float32 scalar: loss-mask tokens of the WHOLE mini-batch
+def make_sft_update(model: ModelConfig, kernels: KernelConfig, tx: optax.GradientTransformation, *,
+                    num_minibatches: int = 1, num_microbatches: int = 1, jit: bool = True
+                    ) -> Callable[[TrainState, SFTBatch, Hyper], tuple[TrainState, dict]]:
+    """``update(state, batch, hp) -> (state, metrics)``: token-mean NLL (the registered ``nll`` loss)
+    of the masked targets at temperature 1, ``num_minibatches`` optimizer steps over the batch."""
 
+    def step_fn(state, mb: SFTBatch, hp: Hyper):
+        num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)
 
-def sft_loss(params: Params, batch: SFTBatch, hp: Hyper, *, model: ModelConfig, kernels: KernelConfig):
-    """Token-mean negative log-likelihood of the masked targets (temperature 1)."""
-    del hp
-    logp = policy_logprobs(params, model, kernels, batch.tokens, batch.attention_mask, jnp.float32(1.0))
-    nll = algos.loss_numerator(-logp, batch.loss_mask, "token_mean") / batch.denominator
-    return nll, {"loss": nll}
+        def loss_fn(params, rows: SFTBatch):
+            logp = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, jnp.float32(1.0))
+            out = algos.POLICY_LOSSES["nll"](logp, None, None, rows.loss_mask)
+            nll = algos.loss_numerator(out.loss, rows.loss_mask, "token_mean") / num_tokens
+            return nll, {"loss": nll}
 
+        return _optimizer_step(state, mb, hp, policy_loss=loss_fn, tx=tx, m=num_microbatches)
 
-def make_sft_step(model: ModelConfig, kernels: KernelConfig, tx: optax.GradientTransformation,
-                  num_microbatches: int = 1, *, jit: bool = True):
-    """``step(params, opt_state, batch) -> (params, opt_state, metrics)`` for supervised training."""
-    loss_fn = lambda p, b, h: sft_loss(p, b, h, model=model, kernels=kernels)  # noqa: E731
-    hp = None
+    def update(state: TrainState, batch: SFTBatch, hp: Hyper):
+        state, metrics = _over_minibatches(state, batch, lambda s, mb: step_fn(s, mb, hp), num_epochs=1,
+                                           num_minibatches=num_minibatches)
+        metrics["skipped_in_a_row"] = state.skipped_in_a_row.astype(jnp.float32)
+        return state.replace(step=state.step + 1), metrics
 
-    def step(params, opt_state, batch: SFTBatch):
-        grads, metrics = _accumulated_grad(loss_fn, params, batch, hp, num_microbatches)
-        ok = _finite(grads) & jnp.isfinite(metrics["loss"])
-        metrics["grad_norm"] = optax.tree.norm(grads)
-        metrics["skipped"] = 1.0 - ok.astype(jnp.float32)
-        params, opt_state = _apply(tx, grads, opt_state, params, ok)
-        return params, opt_state, metrics
-
-    return jax.jit(step, donate_argnums=(0, 1)) if jit else step
+    return jax.jit(update, donate_argnums=(0,)) if jit else update

@@ -8,7 +8,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1jax import algos
-from r1jax.algos import (ADVANTAGE_ESTIMATORS, GROUP_ADVANTAGE_ESTIMATORS, broadcast_to_tokens,
+from r1jax.algos import (ADVANTAGES, GROUP_ADVANTAGE_ESTIMATORS, broadcast_to_tokens,
                          drgrpo_advantages, grpo_advantages, last_token_values,
                          process_advantages, reinforce_pp_advantages, rloo_advantages)
 
@@ -268,8 +268,11 @@ def test_registries_name_the_functions():
     assert GROUP_ADVANTAGE_ESTIMATORS["grpo"] is grpo_advantages
     assert GROUP_ADVANTAGE_ESTIMATORS["drgrpo"] is drgrpo_advantages
     assert GROUP_ADVANTAGE_ESTIMATORS["rloo"] is rloo_advantages
-    assert set(ADVANTAGE_ESTIMATORS) == {"grpo", "drgrpo", "rloo", "process", "reinforce_pp", "gae"}
-    assert ADVANTAGE_ESTIMATORS["gae"] is algos.gae_advantages
+    assert set(ADVANTAGES) == {"grpo", "drgrpo", "rloo", "reinforce_pp", "gae"}
+    assert ADVANTAGES.entry("gae").meta == {"needs_critic": True, "kl_in_reward": True}
+    assert ADVANTAGES.entry("grpo").meta == {"needs_critic": False, "kl_in_reward": False}
+    with pytest.raises(KeyError, match=r"unknown advantage estimator 'ppo'; registered: grpo, drgrpo"):
+        ADVANTAGES["ppo"]
     rewards = np.array([[0.0, 1.0, 1.0]])
     for name, fn in GROUP_ADVANTAGE_ESTIMATORS.items():
         assert jax.eval_shape(fn, rewards).shape == (1, 3), name

@@ -13,11 +13,11 @@ from r1jax.algos import (apply_overlong_penalty, dynamic_sampling_mask, overlong
 SETTINGS = settings(max_examples=20, deadline=None)
 
 
-def np_is_weights(trainer_logp, rollout_logp, mask, cap, level, mode):
+def np_is_weights(trainer_logp, sampler_logp, mask, cap, level, mode):
     weights, capped = np.zeros(mask.shape), np.zeros(mask.shape)
     for b in range(mask.shape[0]):
         valid = [t for t in range(mask.shape[1]) if mask[b, t]]
-        diffs = {t: float(trainer_logp[b, t]) - float(rollout_logp[b, t]) for t in valid}
+        diffs = {t: float(trainer_logp[b, t]) - float(sampler_logp[b, t]) for t in valid}
         for t in valid:
             if level == "token":
                 w = np.exp(diffs[t])
@@ -124,7 +124,7 @@ def test_bad_inputs_name_the_field():
         truncated_is_weights(x, x, mode="clip")
     with pytest.raises(ValueError, match="cap"):
         truncated_is_weights(x, x, cap=0.0)
-    with pytest.raises(ValueError, match="rollout_logp"):
+    with pytest.raises(ValueError, match="sampler_logp"):
         truncated_is_weights(x, x[:, :1])
     with pytest.raises(ValueError, match="cache_len"):
         overlong_penalty(np.array([3]), max_len=4, cache_len=8)

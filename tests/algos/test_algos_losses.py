@@ -8,7 +8,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1jax.algos import (POLICY_LOSSES, aggregate_loss, clipped_surrogate_loss, clipped_value_loss,
+from r1jax.algos import (POLICY_LOSSES, cispo_loss, nll_loss, aggregate_loss, clipped_surrogate_loss, clipped_value_loss,
                          entropy_from_logits, gspo_loss, policy_gradient_loss)
 
 SETTINGS = settings(max_examples=15, deadline=None)
@@ -223,8 +223,8 @@ def test_log_ratio_is_clamped_and_padding_never_leaks():
         assert np.all(np.isfinite(out.loss)) and np.all(np.isfinite(grad)), name
         np.testing.assert_array_equal(np.asarray(grad)[0, 2:], 0.0, err_msg=name)
         np.testing.assert_array_equal(np.asarray(out.loss)[0, 2:], 0.0, err_msg=name)
-        np.testing.assert_allclose(out.ratio[0, 1], np.exp(np.float32(20.0)), rtol=1e-6,
-                                   err_msg=name)
+        if name != "nll":  # supervised: no ratio
+            np.testing.assert_allclose(out.ratio[0, 1], np.exp(np.float32(20.0)), rtol=1e-6, err_msg=name)
     small = jax.jit(clipped_surrogate_loss)(logp, old, adv, mask, log_ratio_clamp=1.0)
     np.testing.assert_allclose(small.ratio[0, 1], np.e, rtol=1e-6)
 
@@ -274,8 +274,8 @@ def test_policy_gradient_matches_numpy():
     per_seq = jax.jit(policy_gradient_loss)(logp, None, adv[:, 0], mask)
     np.testing.assert_allclose(per_seq.loss, np.where(mask, -adv[:, :1] * logp, 0), rtol=1e-6)
     np.testing.assert_array_equal(per_seq.ratio, mask.astype(np.float32))
-    assert POLICY_LOSSES == {"clip": clipped_surrogate_loss, "gspo": gspo_loss,
-                             "pg": policy_gradient_loss}
+    assert dict(POLICY_LOSSES) == {"clip": clipped_surrogate_loss, "gspo": gspo_loss, "pg": policy_gradient_loss,
+                                   "cispo": cispo_loss, "nll": nll_loss}
 
 
 # ----------------------------------------------------------------------------- value, entropy
@@ -343,3 +343,26 @@ def test_bad_inputs_name_the_field():
         clipped_value_loss(logp, logp, logp, clip=-1.0)
     with pytest.raises(ValueError, match="temperature"):
         entropy_from_logits(logp, 0.0)
+
+
+# ----------------------------------------------------------------------------- CISPO
+
+
+def test_cispo_equals_a_float64_reference_in_value_and_gradient():
+    rng = np.random.default_rng(5)
+    logp = (rng.normal(size=(3, 6)) - 1.5).astype(np.float32)
+    old = (logp + rng.normal(size=(3, 6)) * 0.4).astype(np.float32)
+    adv = rng.normal(size=(3,)).astype(np.float32)
+    mask = rng.random((3, 6)) > 0.2
+    eps_low, eps_high = 0.9, 0.25
+    ratio = np.exp(logp.astype(np.float64) - old)
+    weight = np.clip(ratio, 1 - eps_low, 1 + eps_high)
+    expected_loss = np.where(mask, -weight * adv[:, None] * logp, 0.0)
+    expected_grad = np.where(mask, -weight * adv[:, None], 0.0)  # the weight is a constant: d/dlogp = -w A
+    out = jax.jit(lambda *a: cispo_loss(*a, eps_low=eps_low, eps_high=eps_high))(logp, old, adv, mask)
+    np.testing.assert_allclose(out.loss, expected_loss, rtol=1e-5, atol=1e-6)
+    grad = per_token_grad(lambda *a: cispo_loss(*a, eps_low=eps_low, eps_high=eps_high), logp, old, adv, mask)
+    np.testing.assert_allclose(grad, expected_grad, rtol=1e-5, atol=1e-6)
+    np.testing.assert_array_equal(out.clipped_high, (ratio > 1 + eps_high) & mask)
+    assert out.clipped_high.sum() > 0  # the case exercises the clip, and clipped tokens keep their gradient
+    assert np.all(np.asarray(grad)[np.asarray(out.clipped_high, bool)] != 0)

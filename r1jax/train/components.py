@@ -1,0 +1,82 @@
+"""``build(cfg)``: the shared components every stage uses, made once, each only when asked for.
+
+RL, SFT, evaluation and (later) reward-model training and sampling stages are functions over one
+:class:`~r1jax.train.state.TrainState` and these components. ``r1jax eval`` asks for the model,
+tokenizer, held-out set and rewards only: no optimizer, no training data, no run directory.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from typing import Any
+
+import jax
+import numpy as np
+
+from r1jax.config import ConfigError
+from r1jax.data import make_dataset
+from r1jax.data.tokenizer import load_tokenizer
+from r1jax.models import ModelConfig, init_params, load_pretrained
+from r1jax.models.sharding import make_mesh, maybe_initialize_distributed, shard_params
+from r1jax.rewards import RewardScorer
+from r1jax.train.config import ExperimentConfig
+
+__all__ = ["Components", "build"]
+
+
+@dataclasses.dataclass
+class Components:
+    """What ``build`` made; parts that were not asked for are None."""
+
+    tokenizer: Any
+    model_cfg: ModelConfig
+    params: Any                       # the initial policy (on the mesh when there is one)
+    mesh: jax.sharding.Mesh | None
+    train_set: Any = None
+    eval_set: Any = None
+    scorer: RewardScorer | None = None
+
+    def close(self) -> None:
+        if self.scorer is not None:
+            self.scorer.close()
+
+
+def _mesh(cfg: ExperimentConfig) -> jax.sharding.Mesh | None:
+    """The device mesh of ``cfg.mesh``, or None on a single device (fixed sizes whose product is
+    smaller than the device count use the first devices)."""
+    devices = jax.devices()
+    if -1 not in cfg.mesh.sizes:
+        devices = devices[: int(np.prod(cfg.mesh.sizes))]
+    return None if len(devices) == 1 else make_mesh(cfg.mesh, devices)
+
+
+def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True, rewards: bool = True) -> Components:
+    """Makes the components of ``cfg``.
+
+    Args:
+      cfg: the validated experiment config.
+      train: load the training split.
+      evaluation: load the held-out split.
+      rewards: start the reward scorer (its worker processes).
+
+    Raises:
+      ConfigError: a tokenizer larger than the model's vocabulary; data errors (named file and line).
+    """
+    maybe_initialize_distributed(cfg.mesh.coordinator, cfg.mesh.num_processes, cfg.mesh.process_id)
+    tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
+    if cfg.model.path is not None:
+        params, model_cfg = load_pretrained(cfg.model.path)
+    else:
+        model_cfg = cfg.model.config
+        params = init_params(model_cfg, jax.random.fold_in(jax.random.PRNGKey(cfg.run.seed), 1))
+    if tokenizer.vocab_size > model_cfg.vocab_size:
+        raise ConfigError(f"model.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's "
+                          f"vocab_size {model_cfg.vocab_size}")
+    mesh = _mesh(cfg)
+    if mesh is not None:
+        params = shard_params(params, mesh)
+    return Components(
+        tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh,
+        train_set=make_dataset(cfg.data, "train") if train else None,
+        eval_set=make_dataset(cfg.data, "eval") if evaluation else None,
+        scorer=RewardScorer(cfg.reward) if rewards else None)

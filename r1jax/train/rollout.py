@@ -1,0 +1,179 @@
+"""Where the trainer's samples come from, and how a scored rollout becomes the update's input.
+
+``rollout.mode: embedded`` is a function call: :class:`EmbeddedSampler` runs the JAX sampler on
+the params it is given (the train state's own, on device), so there is nothing to push and
+nothing held between steps. ``rollout.mode: remote`` talks to ``r1jax serve`` / vLLM servers
+(:class:`RemoteSampler`): every new policy is pushed as the next weight version (gRPC chunks or
+a safetensors directory) and samples report the version that produced them.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import pathlib
+import shutil
+from typing import Any, Sequence
+
+import jax
+import numpy as np
+
+from r1jax.data.batching import pad_sequences
+from r1jax.data.templates import encode_prompts, render_prompt
+from r1jax.rewards import RewardScorer, get_reward
+from r1jax.models import ModelConfig, save_pretrained
+from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
+from r1jax.sampling.sampler import Sampler
+from r1jax.train.config import ExperimentConfig, RolloutConfig
+from r1jax.train.steps import Rollout
+
+__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "LENGTH_MULTIPLE", "Episodes",
+           "sample_and_score", "step_seed"]
+
+LENGTH_MULTIPLE = 8
+"""Rows are padded to a multiple of this many tokens (shapes, and so compiles, repeat; XLA on CPU
+runs a multiple of 8 no slower than any shorter length)."""
+
+
+class EmbeddedSampler:
+    """In-process sampling: ``generate(params, prompts, sampling, first_index)`` on any params."""
+
+    def __init__(self, model: ModelConfig, max_batch_rows: int = 64):
+        self.sampler = Sampler(model, max_batch_rows=max_batch_rows)
+        self.weight_version = 0
+
+    def generate(self, params, prompts: Sequence[Sequence[int]], sampling: SamplingParams, first_index: int
+                 ) -> tuple[list[list[Sample]], list[int]]:
+        """``sampling.n`` samples per prompt (``[P][n]``) and the weight version of each prompt's samples."""
+        samples = self.sampler.generate(params, prompts, sampling, first_prompt_index=first_index)
+        return samples, [self.weight_version] * len(prompts)
+
+    def push(self, params) -> None:
+        """The next policy: embedded sampling reads the params it is given, so only the version moves."""
+        del params
+        self.weight_version += 1
+
+    def close(self) -> None:
+        pass
+
+
+class RemoteSampler:
+    """Rollout servers over gRPC; the trainer's policy is pushed to them as versioned weights.
+
+    Args:
+      config: the rollout section (servers, token, timeout, transport).
+      model: the architecture (to write safetensors directories).
+      weights_dir: where the safetensors transport writes ``v<version>`` directories (servers read them).
+      weight_version: the trainer's last pushed version; servers may serve a newer one (they outlive
+        trainers), and pushes continue after the newest.
+    """
+
+    def __init__(self, config: RolloutConfig, model: ModelConfig, weights_dir: pathlib.Path, weight_version: int = 0):
+        from r1jax.rollout.client import RolloutClient  # noqa: PLC0415 - grpc only when used
+
+        self.config, self.model, self.weights_dir = config, model, weights_dir.resolve()
+        self.client = RolloutClient(list(config.servers), timeout=config.timeout_s, token=config.token)
+        live = [h["weight_version"] for h in self.client.health().values() if h]
+        self.weight_version = max([weight_version, *live])
+
+    def generate(self, params, prompts, sampling: SamplingParams, first_index: int):
+        del params  # the servers sample with the last pushed weights
+        results = sorted(self.client.generate(GenerateRequest(prompts, sampling, first_prompt_index=first_index)),
+                         key=lambda r: r.prompt_index)
+        return [list(r.samples) for r in results], [r.weight_version for r in results]
+
+    def push(self, params) -> None:
+        """Makes ``params`` the servers' live weights as the next version (atomic on their side)."""
+        version = self.weight_version + 1
+        if self.config.weight_transport == "safetensors":
+            directory = self.weights_dir / f"v{version}"
+            save_pretrained(jax.device_get(params), self.model, directory)
+            self.client.update_weights_from_dir(str(directory), version)
+            shutil.rmtree(self.weights_dir / f"v{self.weight_version}", ignore_errors=True)
+        else:
+            self.client.update_weights(jax.device_get(params), version=version)
+        self.weight_version = version
+
+    def close(self) -> None:
+        self.client.close()
+
+
+def make_sampler(config: RolloutConfig, model: ModelConfig, run_dir: pathlib.Path, weight_version: int = 0):
+    """The sampler of ``config.mode`` ("embedded" or "remote")."""
+    if config.mode == "embedded":
+        sampler = EmbeddedSampler(model, max_batch_rows=max(64, config.prompts_per_step * config.group_size))
+        sampler.weight_version = weight_version
+        return sampler
+    return RemoteSampler(config, model, run_dir / "weights", weight_version)
+
+
+def assemble_rollout(prompts: Sequence[np.ndarray], samples: Sequence[Sequence[Sample]], rewards: np.ndarray,
+                     pad_id: int, *, length: int | None = None) -> Rollout:
+    """The update's input (NumPy arrays) from prompts, their samples ``[P][G]`` and rewards ``[P, G]``.
+
+    Rows are prompt + completion, right-padded to a multiple of :data:`LENGTH_MULTIPLE` (or exactly
+    ``length``, for runs whose shapes must not change, e.g. vmapped ablation arms).
+    """
+    group = len(samples[0])
+    rows_p = [p for p in prompts for _ in range(group)]
+    rows_c = [s.token_ids for grp in samples for s in grp]
+    tb = pad_sequences(rows_p, rows_c, pad_id, multiple_of=LENGTH_MULTIPLE, length=length,
+                       token_values={"sampler_logp": [s.logprobs for grp in samples for s in grp]})
+    lengths = np.array([[len(s) for s in grp] for grp in samples], np.float32)
+    return Rollout(tokens=tb.tokens, attention_mask=tb.attention_mask, loss_mask=tb.loss_mask[:, 1:],
+                   sampler_logp=tb.values["sampler_logp"][:, 1:].astype(np.float32),
+                   rewards=np.asarray(rewards, np.float32), lengths=lengths)
+
+
+def step_seed(run_seed: int, step: int, salt: int = 0) -> int:
+    """A sampling seed that depends only on (run seed, step): resumed runs sample the same."""
+    return int(np.random.SeedSequence([run_seed, step, salt]).generate_state(1)[0])
+
+
+@dataclasses.dataclass
+class Episodes:
+    """Sampled and scored completions of P prompts × n samples."""
+
+    prompts: list[np.ndarray]       # token ids of each rendered prompt
+    samples: list[list[Sample]]     # [P][n]
+    versions: list[int]             # weight version that produced each prompt's samples
+    texts: list[str]                # decoded completions, prompt-major
+    rewards: np.ndarray             # [P, n] total reward
+    components: dict[str, np.ndarray]  # {reward name: [P, n]}
+    correct: np.ndarray | None      # [P, n] bool by the accuracy reward(s) (None: no accuracy reward)
+    failures: int                   # rewards that raised, timed out or were non-finite
+
+    @property
+    def lengths(self) -> np.ndarray:
+        return np.array([[len(s) for s in grp] for grp in self.samples], np.float32)
+
+    @property
+    def truncated(self) -> np.ndarray:
+        return np.array([[s.finish_reason == "length" for s in grp] for grp in self.samples])
+
+
+def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardScorer, params, examples, *,
+                     n: int, temperature: float, seed: int, first_index: int, step: int) -> Episodes:
+    """Samples ``n`` completions per example with ``params`` and scores them with the configured rewards.
+
+    Rewards see the rendered prompt (a template may open ``<think>``; the language reward detects the
+    target language from it). A sample is correct when every accuracy reward (``RewardSpec.accuracy``)
+    of the config scores it above 0.5.
+    """
+    data, ro = cfg.data, cfg.rollout
+    prompts = encode_prompts(examples, tokenizer, data.template, system_prompt=data.system_prompt)
+    sampling = SamplingParams(temperature=temperature, top_p=ro.top_p, top_k=ro.top_k,
+                              max_new_tokens=ro.max_new_tokens, stop_token_ids=tokenizer.eos_ids, n=n, seed=seed)
+    samples, versions = sampler.generate(params, prompts, sampling, first_index)
+    texts = [tokenizer.decode(s.token_ids) for grp in samples for s in grp]
+    rendered = [render_prompt(e, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
+                for e in examples]
+    result = scorer.score(prompts=[r for r in rendered for _ in range(n)], completions=texts,
+                          references=[e["reference"] for e in examples for _ in range(n)],
+                          step=step, total_steps=cfg.run.steps)
+    shape = (len(examples), n)
+    comps = {k: np.asarray(v, np.float32).reshape(shape) for k, v in result.components.items()}
+    acc = [v for k, v in comps.items() if get_reward(k).accuracy]
+    return Episodes(prompts=list(prompts), samples=samples, versions=list(versions), texts=texts,
+                    rewards=np.asarray(result.total, np.float32).reshape(shape), components=comps,
+                    correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
+                    failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())))
