@@ -35,7 +35,8 @@ What a program can still do: choose the values it hands back, as any program doe
 them. A check whose operands are *all* computed in the sandbox (``f(2) == f(1) + 1``, no literal
 side) is therefore only as strong as the sandbox's own evaluation: a program that tampers with the
 harness in its process (through ``gc`` or frames) can make both sides report the same text. A
-literal side never enters the sandbox, so such tampering cannot supply it.
+literal side never enters the sandbox, so such tampering cannot supply it; setup statements do run
+there (``expected = 5`` then ``assert f() == expected`` compares two sandbox values).
 
 Reference: a list of tests, or a mapping ``{"tests": [...], "time_limit_s": float,
 "memory_mb": int}`` (limits optional: per test, CPU seconds and address space; the wall clock is
