@@ -35,10 +35,13 @@ import re
 from typing import Any, Mapping
 
 from r1jax.rewards.parsing import extract_tag, full_response
+from r1jax.rewards.scan import single_pass
 
 __all__ = ["countdown", "evaluate_countdown_expression", "CountdownError"]
 
 _MAX_LEN = 512
+# "x" between numbers: single-pass (r1jax.rewards.scan), possessive blank runs.
+_TIMES = re.compile(r"(?<=[\d)])\s*+[xX]\s*+(?=[\d(])")
 _TRANSLATE = str.maketrans({"×": "*", "÷": "/", "−": "-", "–": "-", "·": "*"})
 
 
@@ -70,7 +73,7 @@ def evaluate_countdown_expression(expr: str) -> tuple[fractions.Fraction, list[i
       CountdownError: not a legal expression (syntax, a forbidden node, division by zero, too long).
     """
     expr = expr.translate(_TRANSLATE)
-    expr = re.sub(r"(?<=[\d)])\s*[xX]\s*(?=[\d(])", "*", expr)
+    expr = _TIMES.sub("*", single_pass(expr))
     if len(expr) > _MAX_LEN:
         raise CountdownError(f"expression longer than {_MAX_LEN} characters")
     try:

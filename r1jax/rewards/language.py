@@ -36,6 +36,7 @@ import re
 from typing import Any, Mapping
 
 from r1jax.rewards.parsing import extract_think
+from r1jax.rewards.scan import Scanner, charge, single_pass
 
 __all__ = ["count_words_by_language", "detect_language", "language_consistency", "language_consistency_for"]
 
@@ -46,17 +47,62 @@ _EN = "A-Za-z\u00c0-\u00d6\u00d8-\u00f6\u00f8-\u024f"  # Latin letters; × (D7) 
 _RU = "\u0400-\u04ff"
 _AR = "\u0600-\u06ff"
 _KNOWN = _ZH + _JA + _KO + _EN + _RU + _AR
+# Single-pass (r1jax.rewards.scan): each alternative is one character or a possessive run.
 _WORD = re.compile(
-    rf"(?P<zh>[{_ZH}])|(?P<ja>[{_JA}])|(?P<ko>[{_KO}]+)|(?P<en>[{_EN}]+)|(?P<ru>[{_RU}]+)|(?P<ar>[{_AR}]+)"
-    rf"|(?P<other>(?:(?![{_KNOWN}])[^\W\d_])+)"
+    rf"(?P<zh>[{_ZH}])|(?P<ja>[{_JA}])|(?P<ko>[{_KO}]++)|(?P<en>[{_EN}]++)|(?P<ru>[{_RU}]++)|(?P<ar>[{_AR}]++)"
+    rf"|(?P<other>(?:(?![{_KNOWN}])[^\W\d_])++)"
 )
-_MATH = re.compile(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+", re.DOTALL)
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]++")
+_MATH_CLOSE = {"$$": "$$", "$": "$", "\\(": "\\)", "\\[": "\\]"}
+
+
+def _math_spans(text: str) -> list[tuple[int, int]]:
+    r"""Spans of mathematics: ``$$..$$``, ``$..$``, ``\(..\)``, ``\[..\]`` and ``\commands``.
+
+    The matches of ``re.finditer(r"\$\$.*?\$\$|\$.*?\$|\\\(.*?\\\)|\\\[.*?\\\]|\\[A-Za-z]+", text,
+    re.DOTALL)``, found in linear time: at each ``$`` or backslash, the first alternative that has
+    a closing delimiter after it wins (an unclosed ``$$`` is an empty ``$..$``).
+    """
+    scanner = Scanner(text)
+    spans, pos = [], 0
+    while True:
+        dollar, backslash = scanner.find("$", pos), scanner.find("\\", pos)
+        if dollar < 0 and backslash < 0:
+            return spans
+        at = dollar if backslash < 0 or 0 <= dollar < backslash else backslash
+        end = -1
+        for opening in ("$$", "$") if at == dollar else ("\\(", "\\["):
+            if text.startswith(opening, at):
+                close = scanner.find(_MATH_CLOSE[opening], at + len(opening))
+                if close >= 0:
+                    end = close + len(_MATH_CLOSE[opening])
+                    break
+        if end < 0 and at == backslash:
+            command = _LATEX_COMMAND.match(text, at)
+            if command is not None:
+                charge(command.end() - at)
+                end = command.end()
+        if end < 0:
+            pos = at + 1
+        else:
+            spans.append((at, end))
+            pos = end
+
+
+def _strip_math(text: str) -> str:
+    """``text`` with each mathematics span (:func:`_math_spans`) replaced by a space."""
+    parts, pos = [], 0
+    for start, end in _math_spans(text):
+        parts += [text[pos:start], " "]
+        pos = end
+    parts.append(text[pos:])
+    return "".join(parts)
 
 
 def count_words_by_language(text: str) -> collections.Counter:
     """Number of words per language code in ``text`` (see the module docstring for the rules)."""
     counts: collections.Counter = collections.Counter()
-    for m in _WORD.finditer(_MATH.sub(" ", text)):
+    for m in _WORD.finditer(single_pass(_strip_math(text))):
         counts[m.lastgroup] += 1
     return counts
 

@@ -30,6 +30,7 @@ import re
 from typing import Any, Mapping
 
 from r1jax.rewards.parsing import extract_final_answer
+from r1jax.rewards.scan import single_pass
 
 __all__ = ["math_accuracy", "math_answers_equal", "reference_answer"]
 
@@ -64,9 +65,10 @@ def reference_answer(reference: Any) -> str:
     raise TypeError(f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}")
 
 
+# Single-pass regexes (r1jax.rewards.scan): literals and possessive runs.
 _DELIMITED = re.compile(r"\$|\\\(|\\\[|\\boxed")
-_LATEX_COMMAND = re.compile(r"\\[A-Za-z]+")
-_PROSE_WORD = re.compile(r"[A-Za-z]{3,}")
+_LATEX_COMMAND = re.compile(r"\\[A-Za-z]++")
+_PROSE_WORD = re.compile(r"[A-Za-z]{3,}+")
 
 
 def _parse(text: str) -> list:
@@ -82,10 +84,10 @@ def _parse(text: str) -> list:
     text = text.strip()
     if not text:
         return []
-    if _DELIMITED.search(text):
+    if _DELIMITED.search(single_pass(text)):
         return parse(text, parsing_timeout=None)
     wrapped = f"${text}$"
-    prose = _PROSE_WORD.search(_LATEX_COMMAND.sub(" ", text)) is not None
+    prose = _PROSE_WORD.search(single_pass(_LATEX_COMMAND.sub(" ", single_pass(text)))) is not None
     for candidate in ((text, wrapped) if prose else (wrapped, text)):
         out = parse(candidate, parsing_timeout=None)
         if out:

@@ -19,24 +19,27 @@ import re
 from typing import Any, Mapping
 
 from r1jax.rewards.parsing import extract_boxed, extract_tag, full_response
+from r1jax.rewards.scan import single_pass
 
 __all__ = ["multiple_choice", "extract_choice"]
 
 _LETTERS = "ABCDEFGHIJ"
-_STRIP = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*)\}")
+# Single-pass regexes (r1jax.rewards.scan): every run is possessive.
+_STRIP = re.compile(r"\\(?:text|textbf|mathrm|mathbf)\{([^{}]*+)\}")
 # A leading letter must be closed by punctuation or stand alone: "A total of 5" is not option A.
-_LEADING = re.compile(rf"^[\s(\[*]*([{_LETTERS}])(?:[)\].:,*]|\s*$)")
-_PHRASE = re.compile(rf"(?i:answer)\s*(?:(?i:is)|:)\s*:?\s*[\s(\[*]*([{_LETTERS}])(?![A-Za-z])")
+_LEADING = re.compile(rf"^[\s(\[*]*+([{_LETTERS}])(?:[)\].:,*]|\s*+$)")
+# "answer", blanks, "is" or ":", then blanks, at most one colon first, and brackets or stars.
+_PHRASE = re.compile(rf"(?i:answer)\s*+(?:(?i:is)|:)(?:\s*+:)?+[\s(\[*]*+([{_LETTERS}])(?![A-Za-z])")
 
 
 def _letter(span: str) -> str | None:
-    span = _STRIP.sub(r"\1", span).strip().strip("$").strip()
+    span = _STRIP.sub(r"\1", single_pass(span)).strip().strip("$").strip()
     if len(span) == 1 and span.upper() in _LETTERS:
         return span.upper()
-    m = _LEADING.match(span)
+    m = _LEADING.match(single_pass(span))
     if m:
         return m.group(1)
-    found = _PHRASE.findall(span)
+    found = _PHRASE.findall(single_pass(span))
     return found[-1].upper() if found else None
 
 
@@ -53,7 +56,7 @@ def extract_choice(prompt: str, completion: str) -> str | None:
         letter = _letter(boxed)
         if letter is not None:
             return letter
-    found = _PHRASE.findall(text)
+    found = _PHRASE.findall(single_pass(text))
     return found[-1].upper() if found else None
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 
 import re
 
+from r1jax.rewards.scan import Scanner, charge, single_pass
+
 __all__ = [
     "full_response",
     "find_last_boxed",
@@ -18,11 +20,14 @@ __all__ = [
     "extract_think",
     "extract_final_answer",
     "extract_code",
+    "tag_spans",
 ]
 
 _THINK_OPEN = "<think>"
-
-_TAG_RES: dict[str, re.Pattern[str]] = {}
+# Single-pass regexes (see r1jax.rewards.scan): possessive runs, nothing re-read.
+_BOX_COMMAND = re.compile(r"\\(?:boxed|fbox)\b\s*+")
+_BARE_TOKEN = re.compile(r"[^\s$]++")
+_FENCE_LANGUAGE = re.compile(r"[ \t]*+([A-Za-z0-9_+-]*+)")
 
 
 def full_response(prompt: str, completion: str) -> str:
@@ -44,10 +49,10 @@ def find_last_boxed(text: str) -> tuple[int, int] | None:
     r"""Span (start, end) of the content of the last ``\boxed{...}`` (or ``\fbox{...}``), braces balanced.
 
     Also accepts the brace-less ``\boxed 5`` form (the content is the next token). Returns None when
-    there is no box or its braces never close.
+    there is no box or its braces never close. Linear time.
     """
     best = None
-    for m in re.finditer(r"\\(?:boxed|fbox)\b\s*", text):
+    for m in _BOX_COMMAND.finditer(single_pass(text)):
         best = m
     if best is None:
         return None
@@ -64,13 +69,16 @@ def find_last_boxed(text: str) -> tuple[int, int] | None:
             elif c == "}":
                 depth -= 1
                 if depth == 0:
+                    charge(j - i)
                     return i + 1, j
             j += 1
+        charge(j - i)
         return None
-    m = re.match(r"[^\s$]+", text[i:])
+    m = _BARE_TOKEN.match(text, i)
     if m is None:
         return None
-    return i, i + m.end()
+    charge(m.end() - i)
+    return i, m.end()
 
 
 def extract_boxed(text: str) -> str | None:
@@ -79,18 +87,42 @@ def extract_boxed(text: str) -> str | None:
     return None if span is None else text[span[0] : span[1]].strip()
 
 
-def _tag_re(tag: str) -> re.Pattern[str]:
-    if tag not in _TAG_RES:
-        _TAG_RES[tag] = re.compile(rf"<{tag}>(.*?)</{tag}>", re.DOTALL)
-    return _TAG_RES[tag]
+def tag_spans(text: str, tag: str) -> list[tuple[int, int]]:
+    """Content spans (start, end) of the complete ``<tag>...</tag>`` blocks of ``text``, in order.
+
+    A block runs from a ``<tag>`` to the first ``</tag>`` after it; the next block is looked for
+    after that closing tag (the matches of ``re.findall("<tag>(.*?)</tag>", text, re.DOTALL)``,
+    found in linear time).
+
+    Args:
+      text: the text searched.
+      tag: the tag name, e.g. ``"answer"``.
+
+    Returns:
+      A list of (start, end) index pairs; empty when there is no complete block.
+    """
+    opening, closing = f"<{tag}>", f"</{tag}>"
+    scanner = Scanner(text)
+    spans, pos = [], 0
+    while True:
+        start = scanner.find(opening, pos)
+        if start < 0:
+            break
+        end = scanner.find(closing, start + len(opening))
+        if end < 0:  # no later opening tag can be closed either
+            break
+        spans.append((start + len(opening), end))
+        pos = end + len(closing)
+    return spans
 
 
 def extract_tag(text: str, tag: str, *, last: bool = True) -> str | None:
     """Content of the last (or first) complete ``<tag>...</tag>`` block, stripped; None if absent."""
-    found = _tag_re(tag).findall(text)
-    if not found:
+    spans = tag_spans(text, tag)
+    if not spans:
         return None
-    return (found[-1] if last else found[0]).strip()
+    start, end = spans[-1] if last else spans[0]
+    return text[start:end].strip()
 
 
 def extract_think(prompt: str, completion: str) -> str | None:
@@ -113,7 +145,32 @@ def extract_final_answer(prompt: str, completion: str) -> str | None:
     return extract_boxed(text)
 
 
-_FENCE_RE = re.compile(r"```[ \t]*([A-Za-z0-9_+-]*)[^\n]*\n(.*?)```", re.DOTALL)
+_PYTHON_LANGUAGES = ("python", "py", "python3", "")
+
+
+def _fenced_blocks(text: str) -> list[tuple[str, str]]:
+    """(language, body) of each fenced block: ````` ```lang ...\\n body ``` `````, left to right.
+
+    The language is the run of ``[A-Za-z0-9_+-]`` after the fence and optional blanks; the rest of
+    the fence's line is ignored; the body runs to the next ````` ``` `````. Linear time.
+    """
+    scanner = Scanner(text)
+    blocks, pos = [], 0
+    while True:
+        fence = scanner.find("```", pos)
+        if fence < 0:
+            break
+        newline = scanner.find("\n", fence + 3)
+        if newline < 0:
+            break
+        close = scanner.find("```", newline + 1)
+        if close < 0:  # a later fence would have to close after this same point: none does
+            break
+        language = _FENCE_LANGUAGE.match(text, fence + 3, newline)
+        charge(language.end() - fence - 3)
+        blocks.append((language.group(1), text[newline + 1 : close]))
+        pos = close + 3
+    return blocks
 
 
 def extract_code(prompt: str, completion: str) -> str | None:
@@ -126,7 +183,7 @@ def extract_code(prompt: str, completion: str) -> str | None:
     text = full_response(prompt, completion)
 
     def last_block(s: str) -> str | None:
-        blocks = [body for lang, body in _FENCE_RE.findall(s) if lang.lower() in ("python", "py", "python3", "")]
+        blocks = [body for lang, body in _fenced_blocks(s) if lang.lower() in _PYTHON_LANGUAGES]
         return blocks[-1] if blocks else None
 
     answer = extract_tag(text, "answer")

@@ -49,12 +49,12 @@ Which protection rests on which mechanism:
 - **Huge output** - the host keeps at most ``max_output_bytes`` of stdout and of stderr, then
   kills the run.
 - **Leaking the environment / file descriptors** - a minimal environment, ``python -I`` (no
-  ``PYTHON*`` variables, no user site-packages), only fds 0-2 (plus, on request, a private pipe at
-  fd 3) inherited.
+  ``PYTHON*`` variables, no user site-packages), only fds 0-2 inherited.
 
 Not contained in any mode: CPU time spent before the limits trip (at most ``cpu_time_s x
-max_processes``); world-readable files under ``/etc`` (``namespaces``); a program that introspects
-the test harness's frames to forge the "all tests ran" token (see :mod:`r1jax.rewards.code_exec`).
+max_processes``); world-readable files under ``/etc`` (``namespaces``). Nothing a program does in
+here decides a test's verdict: :mod:`r1jax.rewards.code_exec` compares the values it reports with
+expected values that never enter the sandbox.
 """
 
 from __future__ import annotations
@@ -245,16 +245,7 @@ if pid == 0:
         os.lseek(fd, 0, os.SEEK_SET)
         os.dup2(fd, 0)
         os.close(fd)
-        secret = p.get("secret")
-        if secret is not None:
-            r, w = os.pipe()
-            os.write(w, secret.encode())
-            os.close(w)
-            if r != 3:
-                os.dup2(r, 3)
-                os.close(r)
-            os.set_inheritable(3, True)
-        os.closerange(4 if secret is not None else 3, 1 << 16)
+        os.closerange(3, 1 << 16)
         if uid is not None:
             os.setgroups([])
             os.setresgid(uid, uid, uid)
@@ -332,7 +323,6 @@ def _pdeathsig_prefix() -> list[str]:
 
 def _launch(
     source_files: Mapping[str, str], argv: list[str], stdin: str, limits: SandboxLimits, mode: str,
-    secret: str | None = None,
 ) -> SandboxResult:
     python = os.path.realpath(limits.python) if limits.python else _python_executable()
     root = os.geteuid() == 0
@@ -352,7 +342,6 @@ def _launch(
         "workdir": workdir,
         "files": dict(source_files),
         "stdin": stdin,
-        "secret": secret,
         "python": python,
         "argv": argv,
         "env": {"PATH": "/usr/local/bin:/usr/bin:/bin", "HOME": workdir or "/sandbox", "TMPDIR": "/tmp",
@@ -600,7 +589,6 @@ def run_python(
     stdin: str = "",
     limits: SandboxLimits = SandboxLimits(),
     files: Mapping[str, str] | None = None,
-    secret: str | None = None,
     main: str = "main.py",
 ) -> SandboxResult:
     """Runs a Python program in the sandbox and returns its exit status and (capped) output.
@@ -610,8 +598,6 @@ def run_python(
       stdin: the program's standard input.
       limits: resource limits and the isolation level required (``"auto"``: the best available).
       files: more files to write next to it (name -> text; plain names, no directories).
-      secret: when given, readable once by the program from file descriptor 3 (a private pipe):
-        lets a harness prove it ran to completion without the secret being in any file.
       main: the file name of ``source``.
 
     Returns:
@@ -628,4 +614,4 @@ def run_python(
         if not name or "/" in name or name in (".", ".."):
             raise ValueError(f"sandbox file name {name!r} must be a plain file name")
     mode = _resolve_mode(limits.isolation, limits.python)
-    return _launch(files, [main], stdin, limits, mode, secret)
+    return _launch(files, [main], stdin, limits, mode)
