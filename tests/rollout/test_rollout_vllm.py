@@ -9,6 +9,7 @@ import json
 import os
 import subprocess
 import sys
+import tempfile
 import threading
 import time
 from types import SimpleNamespace
@@ -230,7 +231,7 @@ def tiny(tmp_path_factory):
 
     from r1jax.rollout.client import RolloutClient
 
-    server = VllmServer(TINY_BASE, str(tmp_path_factory.mktemp("vllm") / "server.log"))
+    server = VllmServer(TINY_BASE, os.path.join(tempfile.mkdtemp(prefix="r1jax-vllm-"), "server.log"))
     client = RolloutClient(server.address, timeout=300)
     try:
         yield server, client, load_file(os.path.join(TINY_BASE, "model.safetensors"))

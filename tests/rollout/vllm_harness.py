@@ -9,6 +9,7 @@ folder named ``kernels``).
 
 from __future__ import annotations
 
+import functools
 import os
 import signal
 import subprocess
@@ -102,15 +103,22 @@ class VllmServer:
         self._log.close()
 
 
+@functools.lru_cache(maxsize=8)
+def _load(model_dir: str):
+    from r1jax.models import load_pretrained
+
+    return load_pretrained(model_dir)
+
+
 def trainer_logprobs(model_dir: str, prompt, completion, temperature: float) -> np.ndarray:
     """The trainer's log-probs of ``completion`` after ``prompt``: ``log_softmax(logits / T)``
     (T = 1 for greedy), computed as ``r1jax.train.steps.policy_logprobs`` does."""
     import jax.numpy as jnp
 
-    from r1jax.models import forward, lm_head_weight, load_pretrained
+    from r1jax.models import forward, lm_head_weight
     from r1jax_kernels import token_logprobs
 
-    params, cfg = load_pretrained(model_dir)
+    params, cfg = _load(model_dir)
     tokens = jnp.asarray([list(prompt) + list(completion)], jnp.int32)
     hidden = forward(params, cfg, tokens)
     lp = token_logprobs(hidden[:, :-1], lm_head_weight(params, cfg), tokens[:, 1:],
@@ -123,9 +131,9 @@ def trainer_log_softmax(model_dir: str, prompt, completion, temperature: float) 
     import jax
     import jax.numpy as jnp
 
-    from r1jax.models import load_pretrained, logits
+    from r1jax.models import logits
 
-    params, cfg = load_pretrained(model_dir)
+    params, cfg = _load(model_dir)
     tokens = jnp.asarray([list(prompt) + list(completion)], jnp.int32)
     z = logits(params, cfg, tokens)[0, len(prompt) - 1:-1].astype(jnp.float32)
     return np.asarray(jax.nn.log_softmax(z / temperature, axis=-1))
