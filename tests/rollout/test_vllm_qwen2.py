@@ -62,6 +62,7 @@ def _max_gap(results, prompts, model_dir, temperature):
         for s in r.samples:
             want = trainer_logprobs(model_dir, prompts[r.prompt_index], s.token_ids.tolist(), temperature)
             gap = max(gap, float(np.max(np.abs(s.logprobs - want))))
+    print(f"qwen2, T={temperature}: max |vllm - trainer| log-prob = {gap:.3g}")
     return gap
 
 
