@@ -121,7 +121,8 @@ def main(argv=None) -> int:
     for k, ts in times.items():
         med = statistics.median(ts)
         result["transports"][k] = {"median_s": med, "min_s": min(ts), "gb_per_s": nbytes / med / 1e9, "all_s": ts}
-        print(f"{k:12s} {nbytes / 1e6:9.1f} MB  median {med:7.3f} s  min {min(ts):7.3f} s  {nbytes / med / 1e9:6.3f} GB/s")
+        print(f"{k:12s} {nbytes / 1e6:9.1f} MB  median {med:7.3f} s  min {min(ts):7.3f} s  "
+              f"{nbytes / med / 1e9:6.3f} GB/s")
     out = ROOT / "benchmarks" / "results" / f"vllm_weight_sync_{args.name}.json"
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
