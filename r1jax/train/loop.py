@@ -63,8 +63,9 @@ class Trainer:
         self.iterator = PromptIterator(c.train_set, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
         algo = cfg.algo
         total_updates = cfg.run.steps * algo.passes
-        tx = make_optimizer(cfg.optim, total_steps=total_updates)
-        critic_tx = make_optimizer(cfg.optim, algo.critic_lr_scale, total_steps=total_updates) if algo.needs_critic else None
+        self.tx = tx = make_optimizer(cfg.optim, total_steps=total_updates)
+        self.critic_tx = critic_tx = (make_optimizer(cfg.optim, algo.critic_lr_scale, total_steps=total_updates)
+                                      if algo.needs_critic else None)
         key, critic_key = jax.random.split(jax.random.PRNGKey(cfg.run.seed))
         critic = None
         if algo.needs_critic:  # the paper's PPO baseline: a value model of the policy's size, from its trunk
@@ -212,7 +213,7 @@ class Trainer:
 def run_from_cli(config_path: str, overrides: Sequence[str]) -> int:
     """``r1jax train CONFIG [key=value ...]``."""
     cfg = load_experiment(config_path, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     trainer = Trainer(cfg)
     try:
         print("before:", trainer.evaluate())
