@@ -100,6 +100,18 @@ def make_side(tree, params, tokens, mask, prompts):
     return {"grad": grad, "generate": generate}
 
 
+def cpu_model() -> str:
+    """The CPU's model name and its widest vector extension, from /proc/cpuinfo (Linux)."""
+    try:
+        info = open("/proc/cpuinfo").read()
+    except OSError:
+        return "unknown"
+    name = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "?")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    widest = next((f for f in ("avx512f", "avx2", "avx", "sse4_2") if f in flags), "none")
+    return f"{name} ({widest})"
+
+
 def timed(fn):
     wall, cpu = time.perf_counter(), time.process_time()
     out = fn()
@@ -162,7 +174,7 @@ def main(argv=None) -> dict:
         "benchmark": "model_step",
         "what": "median seconds per call, before vs after, one process pinned to one core, calls interleaved",
         "command": "python benchmarks/model_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "machine": describe_machine(),
+        "machine": {**describe_machine(), "cpu_model": cpu_model()},
         "load_average_at_end": os.getloadavg(),
         "model": MODEL,
         "workloads": {
