@@ -5,8 +5,10 @@ r1jax with `r1jax.models.load_pretrained`: both sides run the same weights. Both
 (no stop token, so every row generates exactly `new_tokens` tokens) with a KV cache; the batch is
 `batch` prompts of `prompt_len` tokens (equal lengths: no padding on either side). Warm-up calls
 (compilation, allocator) are excluded; the measured calls alternate JAX / torch so that load from
-other processes hits both alike, and the median is reported. torch gets as many intra-op threads
-as XLA:CPU (``--threads``, default 1, set through ``XLA_FLAGS`` before JAX starts).
+other processes hits both alike, and the median is reported. Both run on the same ``--threads``
+cores (default 1): the process is pinned to them with ``os.sched_setaffinity`` before JAX starts
+(XLA's thread flags do not stop its matmul library from using every core; pinning does), and
+torch gets that many intra-op threads.
 
 Also recorded: the fraction of greedy tokens on which the two agree (a sanity check: they should be
 equal up to float rounding on near-ties), and the JAX sampler's speed with top-p sampling.
@@ -37,7 +39,7 @@ from benchmarks._machine import describe_machine  # noqa: E402
 
 def bench_one(hidden, layers, heads, kv_heads, vocab, batch, prompt_len, new_tokens, repeats, threads):
     """Measures one model shape; returns its JSON record."""
-    import jax  # noqa: F401 - already initialised by main with the thread flags
+    import jax  # noqa: F401 - already initialised by main, after pinning the process
     import torch
     import transformers
 
@@ -123,21 +125,19 @@ def main(argv=None) -> dict:
     ap.add_argument("--small", default="64x2", help="also measure a small HIDDENxLAYERS model (overhead-bound "
                                                      "regime); empty to skip")
     ap.add_argument("--threads", type=int, default=1,
-                    help="intra-op threads of BOTH torch and XLA:CPU (default 1: on a shared, loaded machine "
-                         "OpenMP spin-waits make multi-threaded torch collapse, which would flatter JAX)")
+                    help="cores the process is pinned to, and torch's intra-op threads (default 1: on a shared, "
+                         "loaded machine OpenMP spin-waits make multi-threaded torch collapse, which would "
+                         "flatter JAX); 0 = all cores, unpinned")
     ap.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
                                                   "sampler.json"))
     args = ap.parse_args(argv)
-    # XLA:CPU reads its thread count when the backend starts: set it before importing JAX.
-    if args.threads > 0:
-        os.environ["XLA_FLAGS"] = (os.environ.get("XLA_FLAGS", "") + " --xla_cpu_multi_thread_eigen="
-                                   + ("true" if args.threads > 1 else "false")
-                                   + f" intra_op_parallelism_threads={args.threads}").strip()
+    if args.threads > 0:  # before JAX starts its thread pools
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.threads])
     import jax  # noqa: F401
     import torch
     import transformers
 
-    cpus = len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count()
+    cpus = len(os.sched_getaffinity(0))
     threads = args.threads if args.threads > 0 else cpus
     torch.set_num_threads(threads)
     common = dict(heads=args.heads, kv_heads=args.kv_heads, vocab=args.vocab, batch=args.batch,
@@ -152,8 +152,8 @@ def main(argv=None) -> dict:
         "what": "greedy generation tokens/s, r1jax JAX sampler vs transformers generate, same weights and shapes",
         "machine": describe_machine(),
         "torch": torch.__version__, "transformers": transformers.__version__,
-        "threads": {"torch_intra_op": torch.get_num_threads(), "xla_intra_op": threads,
-                    "xla_flags": os.environ.get("XLA_FLAGS", ""), "process_cpus": cpus},
+        "threads": {"torch_intra_op": torch.get_num_threads(), "process_cpus": cpus,
+                    "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
         "ratio_jax_over_torch": main_run["ratio_jax_over_torch"],
         "runs": runs,

@@ -17,7 +17,8 @@ Example::
     logits = hidden @ lm_head_weight(params, config)          # or r1jax_kernels.token_logprobs
 
 Parameters are a nested dict with the L layers stacked on a leading axis (scanned); the KV cache
-stacks layers the same way: ``KVCache.k`` is [L, B, S, K, Dh].
+holds one buffer per layer: ``KVCache.k`` is a tuple of L arrays [B, K, Dh, S] (keys
+transposed), ``KVCache.v`` a tuple of L arrays [B, K, S, Dh].
 """
 
 from r1jax.models.config import ModelConfig, RopeScaling

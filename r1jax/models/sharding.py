@@ -308,11 +308,12 @@ def shard_params(params: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
 
 
 def cache_shardings(cache: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
-    """``NamedSharding`` of a ``KVCache``: k/v (layers, batch, seq, kv_heads, head_dim), mask (batch, seq).
+    """``NamedSharding`` of a ``KVCache``: every layer's k (batch, kv_heads, head_dim, seq) and
+    v (batch, kv_heads, seq, head_dim), mask (batch, seq).
 
     Dimensions not divisible by their mesh axes are replicated (the batch of a sampler may be small).
     """
-    from r1jax.models.transformer import CACHE_AXES, KVCache  # noqa: PLC0415
+    from r1jax.models.transformer import CACHE_K_AXES, CACHE_V_AXES, KVCache  # noqa: PLC0415
 
     mesh_shape = dict(mesh.shape)
 
@@ -320,8 +321,8 @@ def cache_shardings(cache: Any, mesh: Mesh, rules: Rules | None = None) -> Any:
         return NamedSharding(mesh, logical_to_spec(axes, rules=rules, shape=np.shape(x), mesh_shape=mesh_shape, strict=False))
 
     return KVCache(
-        k=spec(cache.k, CACHE_AXES),
-        v=spec(cache.v, CACHE_AXES),
+        k=tuple(spec(k, CACHE_K_AXES) for k in cache.k),
+        v=tuple(spec(v, CACHE_V_AXES) for v in cache.v),
         mask=spec(cache.mask, ("batch", "seq")),
         index=NamedSharding(mesh, PartitionSpec()),
     )

@@ -2,6 +2,9 @@
 
 Parameters are a plain nested dict of arrays; the ``L`` decoder layers are stacked on a leading
 axis and run with ``jax.lax.scan`` (one layer is traced and compiled once, whatever ``L``).
+The KV cache (:class:`KVCache`) holds one buffer per layer, in the layouts the attention
+matmuls read (keys [B, K, Dh, S], values [B, K, S, Dh]), so a decode step writes its slot in
+place and copies nothing; :func:`forward_with_cache` runs the layers unrolled over it.
 
 Layout (``D`` width, ``H`` query heads, ``K`` kv heads, ``Dh`` head width, ``F`` MLP width)::
 
@@ -17,6 +20,10 @@ Layout (``D`` width, ``H`` query heads, ``K`` kv heads, ``Dh`` head width, ``F``
 
 :data:`PARAM_AXES` gives the logical axis names of every leaf; ``r1jax.models.sharding`` maps
 them onto a device mesh.
+
+Speed on XLA:CPU: the MLP matmuls have a custom backward pass (see ``_dense``) whose weight
+gradients read the activations as they are; the attention head reshapes are ``einops``
+rearranges into the batched-matmul layouts.
 
 Numerics: matmuls run in the parameter dtype; RMSNorm statistics, RoPE angles and the attention
 softmax are computed in float32 (as Hugging Face does); :func:`logits` and :func:`value` return
@@ -40,6 +47,7 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
+from einops import rearrange
 
 from r1jax.models.config import ModelConfig
 from r1jax.models.sharding import constrain
@@ -92,9 +100,11 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
 # Logical axes of the activations that get a sharding constraint.
 ACT_BTD = ("batch", "seq", "embed")
 ACT_BTHD = ("batch", "seq", "heads", "head_dim")
-ACT_BTKD = ("batch", "seq", "kv_heads", "head_dim")
 ACT_BTF = ("batch", "seq", "mlp")
-CACHE_AXES = ("layers", "batch", "seq", "kv_heads", "head_dim")
+# Per-layer KV-cache layouts: keys transposed (the score matmul contracts head_dim against a
+# [Dh, S] operand), values as the output matmul reads them ([S, Dh]).
+CACHE_K_AXES = ("batch", "kv_heads", "head_dim", "seq")
+CACHE_V_AXES = ("batch", "kv_heads", "seq", "head_dim")
 
 _F32 = jnp.float32
 # Finite "minus infinity" for masked attention scores: a row with no valid key (a padding query)
@@ -103,11 +113,14 @@ _MASK_VALUE = -0.7 * float(np.finfo(np.float32).max)
 
 
 class KVCache(NamedTuple):
-    """Key/value cache of all layers (a pytree).
+    """Key/value cache, one buffer per layer (a pytree).
+
+    Each layer's buffers are written in place (``dynamic_update_slice``) and read by the
+    attention matmuls as they are, with no per-step copy or transpose.
 
     Attributes:
-      k: [L, B, S, K, Dh] keys (RoPE already applied).
-      v: [L, B, S, K, Dh] values.
+      k: tuple of L arrays [B, K, Dh, S]: keys (RoPE already applied), transposed.
+      v: tuple of L arrays [B, K, S, Dh]: values.
       mask: [B, S] bool, True where a slot holds a real (non-padding) token.
       index: [] int32, the next slot to write (the same for every row).
     """
@@ -292,34 +305,55 @@ def rope_inv_freq(config: ModelConfig) -> np.ndarray:
     return inv.astype(np.float32)
 
 
+def _rope_tables(positions: jax.Array, inv_freq: np.ndarray) -> tuple[jax.Array, jax.Array]:
+    """cos and sin [B, T, 1, Dh/2] (float32) of the RoPE angles ``position * inv_freq``."""
+    angles = positions.astype(_F32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
+    return jnp.cos(angles)[:, :, None, :], jnp.sin(angles)[:, :, None, :]
+
+
+def _rotate(x: jax.Array, cos: jax.Array, sin: jax.Array) -> jax.Array:
+    x32 = x.astype(_F32)
+    x1, x2 = jnp.split(x32, 2, axis=-1)
+    return jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1).astype(x.dtype)
+
+
 def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.Array:
     """Rotates ``x`` [B, T, N, Dh] by angle ``position * inv_freq`` (half-split layout, as HF).
 
     Angles, cos and sin are computed in float32; the result has the dtype of ``x``.
     """
-    angles = positions.astype(_F32)[..., None] * jnp.asarray(inv_freq)  # [B, T, Dh/2]
-    cos = jnp.cos(angles)[:, :, None, :]
-    sin = jnp.sin(angles)[:, :, None, :]
-    x32 = x.astype(_F32)
-    x1, x2 = jnp.split(x32, 2, axis=-1)
-    out = jnp.concatenate([x1 * cos - x2 * sin, x2 * cos + x1 * sin], axis=-1)
-    return out.astype(x.dtype)
+    return _rotate(x, *_rope_tables(positions, inv_freq))
 
 
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
-    """Grouped-query attention. q [B,T,H,Dh], k/v [B,S,K,Dh], mask [B,T,S] bool -> [B,T,H,Dh]."""
+    """Grouped-query attention over keys and values in the cache layout.
+
+    Args:
+      q: [B, T, H, Dh] queries; query head ``h`` reads kv head ``h // (H / K)``.
+      k: [B, K, Dh, S] keys, transposed so that the score matmul reads them without a copy.
+      v: [B, K, S, Dh] values.
+      mask: [B, T, S] bool, True where query t may attend to key s.
+      config: the architecture.
+
+    Returns:
+      [B, T, H, Dh] attention outputs.
+    """
     B, T, H, Dh = q.shape
-    K = k.shape[2]
-    qg = q.reshape(B, T, K, H // K, Dh)  # query head h uses kv head h // (H/K)
-    scores = jnp.einsum("btkgd,bskd->bkgts", qg, k.astype(q.dtype), preferred_element_type=_F32)
-    scores = scores * (1.0 / math.sqrt(config.resolved_head_dim))
+    K = k.shape[1]
+    # The query heads sharing a kv head are stacked on the query axis: one batched matmul per
+    # (row, kv head), in the layouts the matmul wants.
+    qg = rearrange(q, "b t (k g) d -> b k (g t) d", k=K)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k.astype(q.dtype), preferred_element_type=_F32)
+    scores = rearrange(scores, "b k (g t) s -> b k g t s", t=T) * (1.0 / math.sqrt(config.resolved_head_dim))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = jax.nn.softmax(scores, axis=-1).astype(q.dtype)
-    out = jnp.einsum("bkgts,bskd->btkgd", probs, v.astype(q.dtype))
-    return out.reshape(B, T, H, Dh)
+    probs = rearrange(jax.nn.softmax(scores, axis=-1).astype(q.dtype), "b k g t s -> b k (g t) s")
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))
+    return rearrange(out, "b k (g t) d -> b t (k g) d", t=T)
 
 
-def _qkv(layer: Params, h: jax.Array, positions: jax.Array, config: ModelConfig, inv_freq: np.ndarray):
+def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
+    """Attention inputs of one layer: q [B, T, H, Dh], k [B, K, Dh, T], v [B, K, T, Dh] (cache layout)."""
+    h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
     q = jnp.einsum("btd,dhk->bthk", h, layer["q_proj"])
     k = jnp.einsum("btd,dhk->bthk", h, layer["k_proj"])
     v = jnp.einsum("btd,dhk->bthk", h, layer["v_proj"])
@@ -330,9 +364,9 @@ def _qkv(layer: Params, h: jax.Array, positions: jax.Array, config: ModelConfig,
     if config.use_qk_norm:
         q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
-    q = constrain(apply_rope(q, positions, inv_freq), ACT_BTHD)
-    k = constrain(apply_rope(k, positions, inv_freq), ACT_BTKD)
-    v = constrain(v, ACT_BTKD)
+    q = constrain(_rotate(q, *rope), ACT_BTHD)
+    k = constrain(rearrange(_rotate(k, *rope), "b t k d -> b k d t"), CACHE_K_AXES)
+    v = constrain(rearrange(v, "b t k d -> b k t d"), CACHE_V_AXES)
     return q, k, v
 
 
@@ -343,12 +377,48 @@ def _attn_out(layer: Params, attn: jax.Array, config: ModelConfig) -> jax.Array:
     return out
 
 
+def _residual_update(layer: Params, x: jax.Array, attn: jax.Array, config: ModelConfig) -> jax.Array:
+    """The rest of a layer after attention: the output projection, then the MLP, each residual."""
+    x = x + _attn_out(layer, attn, config)
+    return constrain(x + _mlp(layer, x, config), ACT_BTD)
+
+
+def _layer(params: Params, i: int) -> Params:
+    """The weights of layer ``i`` (a static slice of the stacked layer axis)."""
+    return {name: w[i] for name, w in params["layers"].items()}
+
+
+@jax.custom_vjp
+def _dense(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x [..., I] @ w [I, O]``, with a backward pass that XLA maps onto fast matmuls.
+
+    Plain autodiff computes the weight gradient as ``(g^T x)^T``; XLA:CPU folds that transpose
+    into its operands and runs a slow generic dot fed by transposing copies. Here the weight
+    gradient contracts the token axis of ``x`` and ``g`` directly, giving ``[I, O]`` as stored.
+    """
+    return jnp.einsum("...i,io->...o", x, w)
+
+
+def _dense_fwd(x, w):
+    return _dense(x, w), (x, w)
+
+
+def _dense_bwd(residuals, g):
+    x, w = residuals
+    dx = jnp.einsum("...o,io->...i", g, w)
+    dw = jnp.einsum("ni,no->io", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
+    return dx, dw.astype(w.dtype)
+
+
+_dense.defvjp(_dense_fwd, _dense_bwd)
+
+
 def _mlp(layer: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
     h = rms_norm(x, layer["mlp_norm"], config.rms_norm_eps)
-    gate = jnp.einsum("btd,df->btf", h, layer["gate_proj"])
-    up = jnp.einsum("btd,df->btf", h, layer["up_proj"])
+    gate = _dense(h, layer["gate_proj"])
+    up = _dense(h, layer["up_proj"])
     act = constrain(jax.nn.silu(gate) * up, ACT_BTF)
-    return jnp.einsum("btf,fd->btd", act, layer["down_proj"])
+    return _dense(act, layer["down_proj"])
 
 
 def _remat(fn, config: ModelConfig):
@@ -452,19 +522,15 @@ def forward(
         mask = mask & attention_mask.astype(bool)[:, None, :]
     if segment_ids is not None:
         mask = mask & (segment_ids[:, :, None] == segment_ids[:, None, :])
-    inv_freq = rope_inv_freq(config)
-    eps = config.rms_norm_eps
+    rope = _rope_tables(positions, rope_inv_freq(config))
 
     def layer_fn(x, layer):
-        h = rms_norm(x, layer["attn_norm"], eps)
-        q, k, v = _qkv(layer, h, positions, config, inv_freq)
-        x = x + _attn_out(layer, _attend(q, k, v, mask, config), config)
-        x = constrain(x + _mlp(layer, x, config), ACT_BTD)
-        return x, None
+        q, k, v = _qkv(layer, x, rope, config)
+        return _residual_update(layer, x, _attend(q, k, v, mask, config), config), None
 
     x = _embed(params, tokens)
     x, _ = jax.lax.scan(_remat(layer_fn, config), x, params["layers"])
-    return rms_norm(x, params["final_norm"], eps)
+    return rms_norm(x, params["final_norm"], config.rms_norm_eps)
 
 
 def logits(params: Params, config: ModelConfig, tokens: jax.Array, **kwargs) -> jax.Array:
@@ -491,15 +557,17 @@ def init_cache(config: ModelConfig, batch: int, max_len: int, dtype=None) -> KVC
       dtype: key/value dtype; default the parameter dtype.
 
     Returns:
-      A :class:`KVCache` with zero keys/values, an all-False slot mask and index 0.
+      A :class:`KVCache` with zero keys/values (one buffer per layer), an all-False slot mask
+      and index 0.
     """
     if batch <= 0 or max_len <= 0:
         raise ValueError(f"init_cache: batch and max_len must be positive, got batch={batch}, max_len={max_len}")
-    shape = (config.num_layers, batch, max_len, config.num_kv_heads, config.resolved_head_dim)
+    K, Dh = config.num_kv_heads, config.resolved_head_dim
     dtype = config.dtype if dtype is None else jnp.dtype(dtype)
+    layers = range(config.num_layers)
     return KVCache(
-        k=jnp.zeros(shape, dtype),
-        v=jnp.zeros(shape, dtype),
+        k=tuple(jnp.zeros((batch, K, Dh, max_len), dtype) for _ in layers),
+        v=tuple(jnp.zeros((batch, K, max_len, Dh), dtype) for _ in layers),
         mask=jnp.zeros((batch, max_len), bool),
         index=jnp.zeros((), jnp.int32),
     )
@@ -520,6 +588,9 @@ def forward_with_cache(
     prefill, prompts are LEFT-padded and ``positions = max(cumsum(mask) - 1, 0)``; for decode,
     ``positions`` is each row's next position.
 
+    The cache buffers are updated with ``dynamic_update_slice``: under ``jit`` with the cache
+    donated (or carried by a ``lax.while_loop``) XLA writes the new slots in place.
+
     If ``index + T`` exceeds the cache length the hidden states are NaN (a loud failure, since the
     write would otherwise be silently clamped).
 
@@ -538,11 +609,11 @@ def forward_with_cache(
     B, T = tokens.shape
     _check_shape(positions, (B, T), "positions")
     _check_shape(token_mask, (B, T), "token_mask")
-    L, Bc, S = cache.k.shape[:3]
+    if len(cache.k) != config.num_layers or len(cache.v) != config.num_layers:
+        raise ValueError(f"cache: holds {len(cache.k)} layers but config.num_layers={config.num_layers}")
+    Bc, S = cache.mask.shape
     if Bc != B:
         raise ValueError(f"cache: holds {Bc} rows but tokens has {B}")
-    if L != config.num_layers:
-        raise ValueError(f"cache: holds {L} layers but config.num_layers={config.num_layers}")
     if T > S:
         raise ValueError(f"tokens: {T} new tokens do not fit a cache of {S} slots")
     index = cache.index.astype(jnp.int32)
@@ -550,26 +621,19 @@ def forward_with_cache(
     slots = jnp.arange(S)
     q_slots = index + jnp.arange(T)
     mask = new_mask[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])  # [B, T, S]
-    inv_freq = rope_inv_freq(config)
-    eps = config.rms_norm_eps
+    rope = _rope_tables(positions, rope_inv_freq(config))
     zero = jnp.zeros((), jnp.int32)
 
-    def layer_fn(carry, xs):
-        x, ck, cv = carry
-        layer, i = xs
-        h = rms_norm(x, layer["attn_norm"], eps)
-        q, k, v = _qkv(layer, h, positions, config, inv_freq)
-        ck = jax.lax.dynamic_update_slice(ck, k[None].astype(ck.dtype), (i, zero, index, zero, zero))
-        cv = jax.lax.dynamic_update_slice(cv, v[None].astype(cv.dtype), (i, zero, index, zero, zero))
-        k_all = jax.lax.dynamic_index_in_dim(ck, i, axis=0, keepdims=False)
-        v_all = jax.lax.dynamic_index_in_dim(cv, i, axis=0, keepdims=False)
-        x = x + _attn_out(layer, _attend(q, k_all, v_all, mask, config), config)
-        x = constrain(x + _mlp(layer, x, config), ACT_BTD)
-        return (x, ck, cv), None
-
     x = _embed(params, tokens)
-    layer_ids = jnp.arange(config.num_layers, dtype=jnp.int32)
-    (x, ck, cv), _ = jax.lax.scan(layer_fn, (x, cache.k, cache.v), (params["layers"], layer_ids))
-    hidden = rms_norm(x, params["final_norm"], eps)
+    ks, vs = [], []
+    for i in range(config.num_layers):
+        layer = _layer(params, i)
+        q, k, v = _qkv(layer, x, rope, config)
+        ck = jax.lax.dynamic_update_slice(cache.k[i], k.astype(cache.k[i].dtype), (zero, zero, zero, index))
+        cv = jax.lax.dynamic_update_slice(cache.v[i], v.astype(cache.v[i].dtype), (zero, zero, index, zero))
+        x = _residual_update(layer, x, _attend(q, ck, cv, mask, config), config)
+        ks.append(ck)
+        vs.append(cv)
+    hidden = rms_norm(x, params["final_norm"], config.rms_norm_eps)
     hidden = jnp.where(index + T <= S, hidden, jnp.nan)
-    return hidden, KVCache(k=ck, v=cv, mask=new_mask, index=index + T)
+    return hidden, KVCache(k=tuple(ks), v=tuple(vs), mask=new_mask, index=index + T)

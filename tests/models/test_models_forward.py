@@ -2,6 +2,7 @@
 
 import dataclasses
 import functools
+import re
 
 import chex
 import jax
@@ -22,6 +23,7 @@ from r1jax.models import (
     logits,
     value,
 )
+from r1jax_kernels import token_logprobs
 
 # Compiled once per (config, shapes); eager scans are slow to dispatch on CPU.
 jit_forward = jax.jit(forward, static_argnums=1)
@@ -211,8 +213,8 @@ def test_bfloat16_parameters_compute_close_to_float32(make_config):
     l32 = jit_logits(p32, cfg32, toks)
     np.testing.assert_allclose(l16, l32, atol=0.05 * float(jnp.abs(l32).max()))
     cache = init_cache(cfg16, 2, 8)
-    assert cache.k.dtype == jnp.bfloat16
-    assert init_cache(cfg16, 2, 8, dtype=jnp.float32).k.dtype == jnp.float32
+    assert {x.dtype for x in cache.k + cache.v} == {jnp.dtype(jnp.bfloat16)}
+    assert {x.dtype for x in init_cache(cfg16, 2, 8, dtype=jnp.float32).k} == {jnp.dtype(jnp.float32)}
 
 
 def test_jit_and_eager_agree_and_tied_head(qwen3_model):
@@ -222,3 +224,33 @@ def test_jit_and_eager_agree_and_tied_head(qwen3_model):
     jitted = jit_logits(params, config, toks)
     np.testing.assert_allclose(eager, jitted, atol=1e-5)
     np.testing.assert_array_equal(lm_head_weight(params, config), params["embed"].T)
+
+
+def test_layer_weight_gradients_read_activations_without_transposing_copies(make_config):
+    """XLA:CPU computes every layer weight's gradient with a dot that reads the saved activations
+    and the incoming gradient as they are. (Plain autodiff of the MLP matmuls made it a slow
+    generic dot fed by transposing copies of [tokens, width] activations, issue 15.)"""
+    config = make_config()
+    params = init_params(config, jax.random.key(0))
+    tokens = jnp.asarray(np.random.RandomState(0).randint(0, 96, (3, 10)), jnp.int32)  # 30 tokens: no weight's size
+
+    def loss(p):
+        hidden = forward(p, config, tokens)
+        return jnp.sum(token_logprobs(hidden[:, :-1], lm_head_weight(p, config), tokens[:, 1:]))
+
+    hlo = jax.jit(jax.grad(loss)).lower(params).compile().as_text()
+    defs = {m.group(1): m.group(2) for m in re.finditer(r"%(\S+) = \S+ ([\w-]+)\(", hlo)}
+    D, F = config.hidden_size, config.intermediate_size
+    HD, KD = config.num_heads * config.resolved_head_dim, config.num_kv_heads * config.resolved_head_dim
+    weight_shapes = {tuple(sorted(s)) for s in [(D, F), (D, HD), (D, KD)]}
+    weight_dots, fed_by_copies = 0, []
+    for m in re.finditer(r"%(\S+) = \w+\[([\d,]+)\]\S* dot\(%(\S+?), %(\S+?)\)", hlo):
+        name, dims, *operands = m.groups()
+        if tuple(sorted(int(d) for d in dims.split(","))) not in weight_shapes:
+            continue
+        weight_dots += 1
+        for op in operands:
+            if defs[op] in ("copy", "transpose") or op.startswith(("copy", "transpose")):
+                fed_by_copies.append(f"{name} <- {op}")
+    assert fed_by_copies == []
+    assert weight_dots >= 3  # the MLP weight gradients are standalone dots the test can see

@@ -116,11 +116,13 @@ def test_prefill_with_sharded_cache_equals_single_device(mesh, make_config):
     cache = init_cache(config, 4, 8)
     with jax.set_mesh(mesh):
         cache = jax.device_put(cache, cache_shardings(cache, mesh))
-        assert cache.k.sharding.spec == P(None, ("data", "fsdp"), None, "tensor", None)
+        assert [k.sharding.spec for k in cache.k] == [P(("data", "fsdp"), "tensor", None, None)] * config.num_layers
+        assert [v.sharding.spec for v in cache.v] == [P(("data", "fsdp"), "tensor", None, None)] * config.num_layers
         out, new_cache = step(shard_params(params, mesh), config, tokens, pos, mask, cache)
     m = np.asarray(mask)
     np.testing.assert_allclose(np.asarray(out)[m], np.asarray(ref)[m], atol=1e-5, rtol=0)
-    np.testing.assert_allclose(new_cache.k, ref_cache.k, atol=1e-5, rtol=0)
+    for got, want in zip(new_cache.k + new_cache.v, ref_cache.k + ref_cache.v):
+        np.testing.assert_allclose(got, want, atol=1e-5, rtol=0)
 
 
 def test_impossible_shape_names_tensor_dimension_and_axis(mesh, make_config):

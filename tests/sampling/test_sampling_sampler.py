@@ -1,6 +1,8 @@
 """The embedded sampler against its references: transformers' greedy generate, the trainer's
 log-probs (r1jax_kernels.token_logprobs on r1jax.models.forward), a numpy top-p/top-k filter."""
 
+import re
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -234,3 +236,26 @@ def test_inverse_cdf_draws_follow_softmax_and_never_pick_excluded_tokens():
     p = np.exp(logits.astype(np.float64) - 2.0)
     p /= p.sum()
     np.testing.assert_allclose(freq, p, atol=0.015)  # > 4 standard errors at n = 20000
+
+
+def test_decode_loop_writes_the_cache_in_place(tiny, sampler):
+    """The compiled decode loop neither copies nor transposes a layer's KV cache: each step writes
+    its new slot into the carried per-layer buffers (dynamic_update_slice), and the attention
+    matmuls read them in their stored layout."""
+    params, config = tiny
+    rows = sampler.make_rows([[1, 2, 3]], SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, seed=0))
+    shape = sampler.batch_shape(rows)
+    state = sampler_mod._prefill_jit(params, config, *sampler._pack(rows, shape), shape=shape)
+    hlo = sampler_mod._decode_jit.lower(params, config, state, jnp.int32(MAX_NEW), shape=shape).compile().as_text()
+    slots = shape.prompt_len + shape.max_new_tokens
+    layer = sorted((shape.batch, config.num_kv_heads, slots, config.resolved_head_dim))
+    writes, moves = 0, []
+    for m in re.finditer(r"%(\S+) = \w+\[([\d,]*)\]\S* ([\w-]+)\(", hlo):
+        name, dims, op = m.groups()
+        if sorted(int(d) for d in dims.split(",") if d not in ("", "1")) != layer:
+            continue
+        writes += op == "dynamic-update-slice"
+        if op in ("copy", "transpose") or name.startswith(("copy", "transpose")):
+            moves.append(m.group(0))
+    assert moves == []
+    assert writes >= 2 * config.num_layers  # k and v of every layer written where they live
