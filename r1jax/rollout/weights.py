@@ -19,7 +19,7 @@ from typing import Any, Iterator, Mapping
 
 import numpy as np
 
-from r1jax.rollout.types import InvalidRequestError, PreconditionError, TensorSpec, WeightChunk, dtype_itemsize
+from r1jax.rollout.types import InvalidRequestError, PreconditionError, TensorSpec, WeightChunk
 
 __all__ = ["flatten_params", "unflatten_params", "tensor_specs", "iter_chunks", "WeightStager",
            "numpy_dtype", "count_nonfinite"]

@@ -21,7 +21,6 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from r1jax.config import save_config, to_dict
 from r1jax.data import PromptIterator

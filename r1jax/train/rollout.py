@@ -12,7 +12,7 @@ from __future__ import annotations
 import dataclasses
 import pathlib
 import shutil
-from typing import Any, Sequence
+from typing import Sequence
 
 import jax
 import numpy as np

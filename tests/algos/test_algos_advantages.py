@@ -7,7 +7,6 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from r1jax import algos
 from r1jax.algos import (ADVANTAGES, GROUP_ADVANTAGE_ESTIMATORS, broadcast_to_tokens,
                          drgrpo_advantages, grpo_advantages, last_token_values,
                          process_advantages, reinforce_pp_advantages, rloo_advantages)

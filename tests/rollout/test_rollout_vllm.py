@@ -22,8 +22,8 @@ from r1jax.rollout.types import (GenerateRequest, InvalidRequestError, NcclInit,
                                  TensorSpec)
 from r1jax.rollout.weights import WeightStager, iter_chunks, tensor_specs
 from r1jax.sampling import SamplingParams
-from vllm_harness import (LOGPROB_ATOL, ROOT, TINY_BASE, VLLM_PYTHON, VllmServer, jax_engine_tokens, perturbed,
-                          require_vllm_env, trainer_logprobs, write_checkpoint)
+from vllm_harness import (LOGPROB_ATOL, max_logprob_gap, ROOT, TINY_BASE, VLLM_PYTHON, VllmServer, jax_engine_tokens, perturbed,
+                          require_vllm_env, write_checkpoint)
 
 
 def test_vllm_side_modules_do_not_import_jax():
@@ -242,11 +242,7 @@ def tiny(tmp_path_factory):
 
 
 def _check_logprobs(results, prompts, model_dir, temperature):
-    worst = 0.0
-    for r in results:
-        for s in r.samples:
-            want = trainer_logprobs(model_dir, prompts[r.prompt_index], s.token_ids.tolist(), temperature)
-            worst = max(worst, float(np.max(np.abs(s.logprobs - want))))
+    worst = max_logprob_gap(results, prompts, model_dir, temperature)
     print(f"tiny base, T={temperature}: max |vllm - trainer| log-prob = {worst:.3g}")
     assert worst <= LOGPROB_ATOL, f"max |vllm - trainer| log-prob = {worst:.3g}"
 

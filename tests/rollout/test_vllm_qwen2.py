@@ -16,7 +16,7 @@ import pytest
 from r1jax.rollout import vllm_engine as ve
 from r1jax.rollout.types import GenerateRequest
 from r1jax.sampling import SamplingParams
-from vllm_harness import (LOGPROB_ATOL, TINY_BASE, VllmServer, descendants, jax_engine_tokens, perturbed,
+from vllm_harness import (LOGPROB_ATOL, max_logprob_gap, TINY_BASE, VllmServer, descendants, jax_engine_tokens, perturbed,
                           require_vllm_env, trainer_log_softmax, trainer_logprobs, write_checkpoint)
 
 PROMPTS = [[1, 5, 7, 9, 11], [1, 3], [1, 20, 21, 22, 23, 24, 25, 26], [1, 40, 2, 17]]
@@ -57,11 +57,7 @@ def qwen2(tmp_path_factory):
 
 
 def _max_gap(results, prompts, model_dir, temperature):
-    gap = 0.0
-    for r in results:
-        for s in r.samples:
-            want = trainer_logprobs(model_dir, prompts[r.prompt_index], s.token_ids.tolist(), temperature)
-            gap = max(gap, float(np.max(np.abs(s.logprobs - want))))
+    gap = max_logprob_gap(results, prompts, model_dir, temperature)
     print(f"qwen2, T={temperature}: max |vllm - trainer| log-prob = {gap:.3g}")
     return gap
 

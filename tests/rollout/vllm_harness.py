@@ -126,6 +126,16 @@ def trainer_logprobs(model_dir: str, prompt, completion, temperature: float) -> 
     return np.asarray(lp[0, len(prompt) - 1:])
 
 
+def max_logprob_gap(results, prompts, model_dir: str, temperature: float) -> float:
+    """The largest |served log-prob - trainer log-prob| over every sampled token of ``results``."""
+    gap = 0.0
+    for r in results:
+        for s in r.samples:
+            want = trainer_logprobs(model_dir, prompts[r.prompt_index], s.token_ids.tolist(), temperature)
+            gap = max(gap, float(np.max(np.abs(s.logprobs - want))))
+    return gap
+
+
 def trainer_log_softmax(model_dir: str, prompt, completion, temperature: float) -> np.ndarray:
     """``log_softmax(logits / T)`` over the whole vocabulary at each completion position, ``[len, V]``."""
     import jax

@@ -121,16 +121,19 @@ def test_non_finite_update_is_skipped_logged_and_the_run_continues(tmp_path, cap
     trainer.close()
 
 
-def test_the_run_stops_after_k_skipped_updates_in_a_row_and_saves_nothing(tmp_path):
+def test_the_run_stops_after_k_skipped_updates_in_a_row_with_only_finite_checkpoints(tmp_path):
     from r1jax.train.loop import Trainer, TrainingStopped
 
     cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=6", "run.tensorboard=false",
                                                             "algo.num_minibatches=1", "run.max_skipped_in_a_row=2"])
     trainer = Trainer(cfg)
+    initial = np.asarray(trainer.state.params["embed"]).copy()
     trainer.hparams = trainer.hparams.replace(lr_scale=np.float32(np.inf))
     with pytest.raises(TrainingStopped, match=r"2 optimizer steps in a row .*run\.max_skipped_in_a_row=2"):
         trainer.run()
-    assert int(trainer.state.step) == 2 and trainer.checkpointer.all_steps() == []
+    assert int(trainer.state.step) == 2 and trainer.checkpointer.all_steps() == [1]  # step 2 stopped before saving
+    _, state, _ = trainer.checkpointer.restore_latest(trainer.state)
+    np.testing.assert_array_equal(np.asarray(state.params["embed"]), initial)  # the skipped updates left it intact
     trainer.close()
 
 
