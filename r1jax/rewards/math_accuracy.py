@@ -8,10 +8,12 @@ braces handled). Both it and the reference are parsed by ``math_verify.parse`` a
 
 Size caps: math-verify's LaTeX parser takes time exponential in the nesting of groups (14 nested
 braces in a 30-character answer took 24 s) and superlinear in length. An answer is therefore handed
-to math-verify only when it has at most :data:`MAX_ANSWER_CHARS` characters (after stripping) and
-its groups nest at most :data:`MAX_ANSWER_DEPTH` deep, where every ``(``, ``[``, ``{`` opens a group
-and every ``)``, ``]``, ``}`` closes one (``\{`` and ``\left(`` included; the kinds need not
-match, so ``[1, 2)`` has depth 1; an unclosed group stays open). Otherwise the answer scores 0
+to math-verify only when it has at most :data:`MAX_ANSWER_CHARS` characters (after stripping), at
+most :data:`MAX_ANSWER_SCRIPTS` super- and subscripts (``^`` and ``_``: stacked scripts such as
+``x_{y_{z}}`` are the costliest to parse), and its groups nest at most :data:`MAX_ANSWER_DEPTH`
+deep, where every ``(``, ``[``, ``{`` opens a group and every ``)``, ``]``, ``}`` closes one
+(``\{`` and ``\left(`` included; the kinds need not match, so ``[1, 2)`` has depth 1; an unclosed
+group stays open). Otherwise the answer scores 0
 without being parsed, and the reason is logged at DEBUG level on this module's logger. The check
 is one scan of at most ``MAX_ANSWER_CHARS`` characters, so the work before math-verify is linear in
 the completion (extraction) and math-verify's parsing work is bounded per call. The caps bound
@@ -47,18 +49,21 @@ from r1jax.rewards.scan import charge, single_pass
 __all__ = [
     "MAX_ANSWER_CHARS",
     "MAX_ANSWER_DEPTH",
+    "MAX_ANSWER_SCRIPTS",
     "answer_too_complex",
     "math_accuracy",
     "math_answers_equal",
     "reference_answer",
 ]
 
-# Measured (math-verify 0.9, CPU time per call on a 2-core shared host): nested groups of depth 4
-# take 0.2-0.3 s, depth 8 about 1 s, depth 14 over 20 s; 128 characters of letters, digits, lists,
-# fractions or depth-4 groups take under 0.3 s; 128 characters of stacked super/subscripts about 1 s.
-# Real final answers (integers, fractions, intervals, small matrices) are far shorter and shallower.
+# Measured (math-verify 0.9, CPU seconds per call, warm, on a loaded 2-core host): nested groups of
+# depth 4 take 0.2-0.3, depth 8 about 1, depth 14 over 20; 128 characters of letters, digits, lists,
+# fractions or depth-4 groups under 0.4; 128 characters of stacked scripts (``x_{x_{x_{x_{1}}}}+...``,
+# 27 scripts) up to 1.9, with at most 8 scripts about 0.5. Real final answers (integers, fractions,
+# intervals, small matrices) are far shorter, shallower and have fewer scripts.
 MAX_ANSWER_CHARS = 128
 MAX_ANSWER_DEPTH = 4
+MAX_ANSWER_SCRIPTS = 8
 
 _LOG = logging.getLogger(__name__)
 _OPENING, _CLOSING = frozenset("([{"), frozenset(")]}")
@@ -91,7 +96,9 @@ def reference_answer(reference: Any) -> str:
         return f"{reference.numerator}/{reference.denominator}"
     if isinstance(reference, numbers.Number):
         return repr(reference) if isinstance(reference, float) else str(reference)
-    raise TypeError(f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}")
+    raise TypeError(
+        f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}"
+    )
 
 
 # Single-pass regexes (r1jax.rewards.scan): literals and possessive runs.
@@ -131,7 +138,7 @@ def _parse_gold(text: str) -> tuple:
 
 
 def answer_too_complex(answer: str) -> str | None:
-    """Why ``answer`` is too long or too deeply nested to hand to math-verify, or None if it is not.
+    """Why ``answer`` is too long, has too many scripts or nests too deep for math-verify; else None.
 
     Args:
       answer: the extracted answer text.
@@ -142,7 +149,10 @@ def answer_too_complex(answer: str) -> str | None:
     answer = answer.strip()
     if len(answer) > MAX_ANSWER_CHARS:
         return f"answer has {len(answer)} characters, over MAX_ANSWER_CHARS={MAX_ANSWER_CHARS}"
-    charge(len(answer))
+    charge(3 * len(answer))  # two counts and one loop
+    scripts = answer.count("^") + answer.count("_")
+    if scripts > MAX_ANSWER_SCRIPTS:
+        return f"answer has {scripts} super/subscripts, over MAX_ANSWER_SCRIPTS={MAX_ANSWER_SCRIPTS}"
     depth = 0
     for c in answer:
         if c in _OPENING:
@@ -193,8 +203,9 @@ def math_accuracy(prompt: str, completion: str, reference: Any) -> float:
 
     Returns:
       1.0 or 0.0. No final answer scores 0.0; so does an answer longer than
-      :data:`MAX_ANSWER_CHARS` characters or with brackets nested deeper than
-      :data:`MAX_ANSWER_DEPTH` (not parsed at all; the reason is logged at DEBUG level).
+      :data:`MAX_ANSWER_CHARS` characters, with more than :data:`MAX_ANSWER_SCRIPTS` ``^`` / ``_``
+      or with brackets nested deeper than :data:`MAX_ANSWER_DEPTH` (not parsed at all; the reason
+      is logged at DEBUG level).
 
     Raises:
       ValueError / TypeError: a malformed reference (a data bug, not a wrong answer).

@@ -1,7 +1,8 @@
 r"""math_accuracy hands math-verify only answers within its size caps (issue 11, item 12).
 
 math-verify's parser is exponential in bracket nesting (14 nested braces: 24 s). An answer over
-MAX_ANSWER_CHARS characters or nested deeper than MAX_ANSWER_DEPTH scores 0 without reaching
+MAX_ANSWER_CHARS characters, with more than MAX_ANSWER_SCRIPTS ``^`` / ``_``, or nested deeper than
+MAX_ANSWER_DEPTH scores 0 without reaching
 math-verify: a spy on ``math_verify.parse`` / ``math_verify.verify`` counts the calls (a work bound,
 not a wall-clock time). Answers at the caps still reach it and verify as before.
 """
@@ -17,6 +18,7 @@ from r1jax.rewards.scan import counting_work
 
 math_module = importlib.import_module("r1jax.rewards.math_accuracy")
 MAX_CHARS, MAX_DEPTH = math_module.MAX_ANSWER_CHARS, math_module.MAX_ANSWER_DEPTH
+MAX_SCRIPTS = math_module.MAX_ANSWER_SCRIPTS
 
 
 @pytest.fixture
@@ -44,6 +46,11 @@ def _nested_fraction(depth):
     return r"\left(" * (depth - 3) + core + r"\right)" * (depth - 3)
 
 
+def _ones(scripts):
+    """A product equal to 1 with ``scripts`` superscripts."""
+    return r"\cdot ".join(["1^{2}"] * scripts)
+
+
 BIG = 10**MAX_CHARS - 7  # MAX_CHARS digits
 
 OVER_CAPS = {
@@ -55,11 +62,17 @@ OVER_CAPS = {
     "long digit string": r"\boxed{" + "7" * 10_000 + "}",
     "many fractions": r"\boxed{" + r"\frac{1}{2}+" * 1000 + "1}",
     "power tower over the depth cap": r"\boxed{" + "x^{" * (MAX_DEPTH + 1) + "1" + "}" * (MAX_DEPTH + 1) + "}",
+    "stacked subscripts": r"\boxed{" + "+".join(["x_{x_{x_{1}}}"] * 9) + "}",
     # correct answers, but one over a cap: the rule, not the mathematics, decides
     "correct answer one bracket too deep": r"\boxed{" + _nested_fraction(MAX_DEPTH + 1) + "}",
     "correct integer one digit too long": r"\boxed{" + str(BIG * 10 + 3) + "}",
+    "correct product one script too many": r"\boxed{" + _ones(MAX_SCRIPTS + 1) + "}",
 }
-REFERENCES = {"correct answer one bracket too deep": "3/5", "correct integer one digit too long": str(BIG * 10 + 3)}
+REFERENCES = {
+    "correct answer one bracket too deep": "3/5",
+    "correct integer one digit too long": str(BIG * 10 + 3),
+    "correct product one script too many": "1",
+}
 
 
 @pytest.mark.parametrize("name", list(OVER_CAPS))
@@ -79,8 +92,10 @@ def test_the_reason_is_logged_at_debug(caplog):
     with caplog.at_level(logging.DEBUG, logger="r1jax.rewards.math_accuracy"):
         math_accuracy("", OVER_CAPS["2000 letters in <answer>"], "7")
         math_accuracy("", OVER_CAPS["14 nested braces"], "7")
+        math_accuracy("", OVER_CAPS["stacked subscripts"], "7")
     text = caplog.text
     assert "2000 characters, over MAX_ANSWER_CHARS" in text and "deeper than MAX_ANSWER_DEPTH" in text
+    assert "27 super/subscripts, over MAX_ANSWER_SCRIPTS" in text
 
 
 @pytest.mark.parametrize(
@@ -91,6 +106,7 @@ def test_the_reason_is_logged_at_debug(caplog):
         (_nested_fraction(MAX_DEPTH), "3/5"),  # brackets exactly MAX_DEPTH deep
         (_nested_fraction(MAX_DEPTH), "0.6"),
         (" " * MAX_CHARS + "42" + " " * MAX_CHARS, "42"),  # surrounding blanks do not count
+        (_ones(MAX_SCRIPTS), "1"),  # exactly MAX_SCRIPTS superscripts
     ],
 )
 def test_answers_at_the_caps_still_verify(answer, reference, spy):
@@ -116,6 +132,9 @@ def test_wrong_answers_at_the_caps_still_score_zero(spy):
         ("[" + "{" * MAX_DEPTH, True),
         ("1" * MAX_CHARS, False),
         ("1" * (MAX_CHARS + 1), True),
+        ("x_1" * MAX_SCRIPTS, False),
+        ("x^2" * (MAX_SCRIPTS - 1) + "x_1", False),
+        ("x^2" * MAX_SCRIPTS + "x_1", True),
     ],
 )
 def test_answer_too_complex(answer, too_complex):
