@@ -59,8 +59,9 @@ __all__ = [
 # Measured (math-verify 0.9, CPU seconds per call, warm, on a loaded 2-core host): nested groups of
 # depth 4 take 0.2-0.3, depth 8 about 1, depth 14 over 20; 128 characters of letters, digits, lists,
 # fractions or depth-4 groups under 0.4; 128 characters of stacked scripts (``x_{x_{x_{x_{1}}}}+...``,
-# 27 scripts) up to 1.9, with at most 8 scripts about 0.5. Real final answers (integers, fractions,
-# intervals, small matrices) are far shorter, shallower and have fewer scripts.
+# 27 scripts) up to 1.9, with at most 8 scripts about 0.5 (the first call of a new shape in a process
+# up to 1.5). Real final answers (integers, fractions, intervals, small matrices) are far shorter,
+# shallower and have fewer scripts.
 MAX_ANSWER_CHARS = 128
 MAX_ANSWER_DEPTH = 4
 MAX_ANSWER_SCRIPTS = 8
