@@ -6,6 +6,20 @@ braces handled). Both it and the reference are parsed by ``math_verify.parse`` a
 ``math_verify.verify`` (gold first), so equivalent forms count: ``1/2 = 0.5 = \frac{1}{2}``,
 ``\dfrac12``, ``1,000 = 1000``, ``5\text{ cm} = 5``, ``x = 3`` against ``3``, sets in any order.
 
+Size caps: math-verify's LaTeX parser takes time exponential in the nesting of groups (14 nested
+braces in a 30-character answer took 24 s) and superlinear in length. An answer is therefore handed
+to math-verify only when it has at most :data:`MAX_ANSWER_CHARS` characters (after stripping), at
+most :data:`MAX_ANSWER_SCRIPTS` super- and subscripts (``^`` and ``_``: stacked scripts such as
+``x_{y_{z}}`` are the costliest to parse), and its groups nest at most :data:`MAX_ANSWER_DEPTH`
+deep, where every ``(``, ``[``, ``{`` opens a group and every ``)``, ``]``, ``}`` closes one
+(``\{`` and ``\left(`` included; the kinds need not match, so ``[1, 2)`` has depth 1; an unclosed
+group stays open). Otherwise the answer scores 0
+without being parsed, and the reason is logged at DEBUG level on this module's logger. The check
+is one scan of at most ``MAX_ANSWER_CHARS`` characters, so the work before math-verify is linear in
+the completion (extraction) and math-verify's parsing work is bounded per call. The caps bound
+*parsing*: a short answer with a huge value (``9^{9^{9}}``, ``(10^{10})!``) still makes sympy
+compute that value, which nothing but the scorer's hard timeout (below) stops.
+
 Timeouts: math-verify bounds its own work with ``signal.alarm``, which only works in the main thread
 and is silently replaced by an exception elsewhere. This function therefore calls it with its
 timeouts *disabled* and relies on the caller: :class:`r1jax.rewards.RewardScorer` runs it in worker
@@ -30,9 +44,30 @@ import re
 from typing import Any, Mapping
 
 from r1jax.rewards.parsing import extract_final_answer
-from r1jax.rewards.scan import single_pass
+from r1jax.rewards.scan import charge, single_pass
 
-__all__ = ["math_accuracy", "math_answers_equal", "reference_answer"]
+__all__ = [
+    "MAX_ANSWER_CHARS",
+    "MAX_ANSWER_DEPTH",
+    "MAX_ANSWER_SCRIPTS",
+    "answer_too_complex",
+    "math_accuracy",
+    "math_answers_equal",
+    "reference_answer",
+]
+
+# Measured (math-verify 0.9, CPU seconds per call, warm, on a loaded 2-core host): nested groups of
+# depth 4 take 0.2-0.3, depth 8 about 1, depth 14 over 20; 128 characters of letters, digits, lists,
+# fractions or depth-4 groups under 0.4; 128 characters of stacked scripts (``x_{x_{x_{x_{1}}}}+...``,
+# 27 scripts) up to 1.9, with at most 8 scripts about 0.5 (the first call of a new shape in a process
+# up to 1.5). Real final answers (integers, fractions, intervals, small matrices) are far shorter,
+# shallower and have fewer scripts.
+MAX_ANSWER_CHARS = 128
+MAX_ANSWER_DEPTH = 4
+MAX_ANSWER_SCRIPTS = 8
+
+_LOG = logging.getLogger(__name__)
+_OPENING, _CLOSING = frozenset("([{"), frozenset(")]}")
 
 
 class _DropDisabledTimeoutWarning(logging.Filter):
@@ -62,7 +97,9 @@ def reference_answer(reference: Any) -> str:
         return f"{reference.numerator}/{reference.denominator}"
     if isinstance(reference, numbers.Number):
         return repr(reference) if isinstance(reference, float) else str(reference)
-    raise TypeError(f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}")
+    raise TypeError(
+        f"math reference must be a string, a number or a mapping with 'answer', got {type(reference).__name__}"
+    )
 
 
 # Single-pass regexes (r1jax.rewards.scan): literals and possessive runs.
@@ -101,13 +138,56 @@ def _parse_gold(text: str) -> tuple:
     return tuple(_parse(text))
 
 
+def answer_too_complex(answer: str) -> str | None:
+    """Why ``answer`` is too long, has too many scripts or nests too deep for math-verify; else None.
+
+    Args:
+      answer: the extracted answer text.
+
+    Returns:
+      A one-line reason naming the cap exceeded (see the module docstring), or None.
+    """
+    answer = answer.strip()
+    if len(answer) > MAX_ANSWER_CHARS:
+        return f"answer has {len(answer)} characters, over MAX_ANSWER_CHARS={MAX_ANSWER_CHARS}"
+    charge(3 * len(answer))  # two counts and one loop
+    scripts = answer.count("^") + answer.count("_")
+    if scripts > MAX_ANSWER_SCRIPTS:
+        return f"answer has {scripts} super/subscripts, over MAX_ANSWER_SCRIPTS={MAX_ANSWER_SCRIPTS}"
+    depth = 0
+    for c in answer:
+        if c in _OPENING:
+            depth += 1
+            if depth > MAX_ANSWER_DEPTH:
+                return f"answer nests brackets deeper than MAX_ANSWER_DEPTH={MAX_ANSWER_DEPTH}"
+        elif c in _CLOSING and depth > 0:
+            depth -= 1
+    return None
+
+
 def math_answers_equal(reference: Any, answer: str) -> bool:
-    """Whether answer text ``answer`` is mathematically equal to ``reference`` (math-verify)."""
+    """Whether answer text ``answer`` is mathematically equal to ``reference`` (math-verify).
+
+    Args:
+      reference: the gold answer (see the module docstring).
+      answer: the answer text.
+
+    Returns:
+      True when math-verify finds them equal. False when it does not, when the answer does not
+      parse, and, without calling math-verify, when :func:`answer_too_complex` rejects the answer.
+
+    Raises:
+      ValueError / TypeError: a malformed reference.
+    """
     from math_verify import verify
 
     gold = list(_parse_gold(reference_answer(reference)))
     if not gold:
         raise ValueError(f"math reference {reference!r} could not be parsed by math-verify")
+    reason = answer_too_complex(answer)
+    if reason is not None:
+        _LOG.debug("math_accuracy: scored 0 without math-verify: %s", reason)
+        return False
     pred = _parse(answer)
     if not pred:
         return False
@@ -123,7 +203,10 @@ def math_accuracy(prompt: str, completion: str, reference: Any) -> float:
       reference: the gold answer (see the module docstring).
 
     Returns:
-      1.0 or 0.0. No final answer scores 0.0.
+      1.0 or 0.0. No final answer scores 0.0; so does an answer longer than
+      :data:`MAX_ANSWER_CHARS` characters, with more than :data:`MAX_ANSWER_SCRIPTS` ``^`` / ``_``
+      or with brackets nested deeper than :data:`MAX_ANSWER_DEPTH` (not parsed at all; the reason
+      is logged at DEBUG level).
 
     Raises:
       ValueError / TypeError: a malformed reference (a data bug, not a wrong answer).
