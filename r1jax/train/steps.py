@@ -187,7 +187,7 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
     else:
         order = jax.vmap(lambda k: jax.random.permutation(k, n))(jnp.stack(pass_keys))
     index = order.reshape(num_epochs * num_minibatches, n // num_minibatches)
-    like = jax.eval_shape(step_fn, state, jax.tree.map(lambda x: x[index[0]], rows))[1]
+    like = jax.eval_shape(step_fn, state.replace(ref_params={}), jax.tree.map(lambda x: x[index[0]], rows))[1]
 
     def body(state, idx):
         mb = jax.tree.map(lambda x: x[idx], rows)
@@ -196,7 +196,9 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
         state, metrics = jax.lax.cond(ran, step_fn, skip, state, mb)
         return state, (metrics, ran)
 
-    state, (metrics, ran) = jax.lax.scan(body, state.replace(key=key), index)
+    ref = state.ref_params  # constant over the passes: kept out of the scan's carry
+    state, (metrics, ran) = jax.lax.scan(body, state.replace(key=key, ref_params={}), index)
+    state = state.replace(ref_params=ref)
     count = jnp.maximum(jnp.sum(ran), 1).astype(jnp.float32)
     out = {k: jnp.sum(v * ran) / count for k, v in metrics.items()}
     out["skipped"] = jnp.sum(metrics["skipped"])

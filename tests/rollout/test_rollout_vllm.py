@@ -11,7 +11,6 @@ import subprocess
 import sys
 import tempfile
 import threading
-import time
 from types import SimpleNamespace
 
 import numpy as np
@@ -196,8 +195,9 @@ def test_generation_lease_drains_before_a_weight_swap():
 
     t = threading.Thread(target=swap)
     t.start()
-    time.sleep(0.2)
-    order.append("request done")  # the swap waited for the running request
+    t.join(timeout=0.2)
+    assert t.is_alive() and order == []  # the writer is blocked while the request holds its read lease
+    order.append("request done")
     lease.release_read()
     t.join(timeout=10)
     assert order == ["request done", "swap"]
