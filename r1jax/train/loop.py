@@ -17,17 +17,17 @@ import json
 import logging
 import pathlib
 import time
-from typing import Any, Callable, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.config import save_config, to_dict
+from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
 from r1jax.models import init_value_head, save_pretrained
 from r1jax.models.sharding import logical_to_spec
-from r1jax.train.checkpoint import Checkpointer
+from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
@@ -36,9 +36,50 @@ from r1jax.train.rollout import assemble_rollout, make_sampler, sample_and_score
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
-__all__ = ["Trainer", "TrainingStopped", "run_from_cli", "eval_from_cli"]
+__all__ = ["Trainer", "TrainingStopped", "run_from_cli", "eval_from_cli", "config_changes", "move_aside",
+           "SAFE_CHANGES"]
 
 log = logging.getLogger("r1jax.train")
+
+SAFE_CHANGES = (
+    "run.name", "run.out_dir", "run.steps", "run.tensorboard", "run.progress", "run.max_skipped_in_a_row",
+    "checkpoint.resume", "checkpoint.every", "checkpoint.keep", "checkpoint.export_hf", "eval.", "mesh.",
+    "rollout.servers", "rollout.token", "rollout.timeout_s", "reward.num_workers", "reward.worker_memory_mb",
+    "data.cache_dir",
+)
+"""Config keys (or ``section.`` prefixes) a resumed run may change: where and how long it runs, what it
+logs, evaluates and keeps. Any other change alters what the run trains and is refused on resume."""
+
+
+def config_changes(old: Mapping[str, Any], new: Mapping[str, Any]) -> list[tuple[str, Any, Any]]:
+    """The ``(dotted key, old value, new value)`` of each leaf that differs between two config dicts
+    (:func:`~r1jax.config.to_dict` form); a key only one side has shows ``"(unset)"`` on the other."""
+    def flat(tree: Mapping[str, Any], prefix: str = "") -> dict[str, Any]:
+        out: dict[str, Any] = {}
+        for k, v in tree.items():
+            out.update(flat(v, f"{prefix}{k}.") if isinstance(v, Mapping) else {f"{prefix}{k}": v})
+        return out
+
+    a, b = flat(old), flat(new)
+    return [(k, a.get(k, "(unset)"), b.get(k, "(unset)")) for k in sorted(a.keys() | b.keys())
+            if k not in a or k not in b or a[k] != b[k]]
+
+
+def _describe_changes(changes: Sequence[tuple[str, Any, Any]]) -> str:
+    return "; ".join(f"{k}: {json.dumps(a)} → {json.dumps(b)}" for k, a, b in changes)
+
+
+def move_aside(directory: pathlib.Path) -> pathlib.Path:
+    """Renames ``directory`` to the first free ``<directory>.old-N`` (N = 1, 2, ...) beside it.
+
+    Returns:
+      The new path of the old directory (nothing is deleted).
+    """
+    n = 1
+    while (target := directory.with_name(f"{directory.name}.old-{n}")).exists():
+        n += 1
+    directory.rename(target)
+    return target
 
 
 class TrainingStopped(RuntimeError):
@@ -48,16 +89,32 @@ class TrainingStopped(RuntimeError):
 class Trainer:
     """Runs an :class:`ExperimentConfig`: GRPO (and variants) or PPO, from scratch or resumed.
 
+    Nothing is written before every start-up check has passed: config, data files, tokenizer and
+    model, prompt lengths (:func:`~r1jax.train.components.build`), and, on resume, that the checkpoint
+    was made with the same config up to :data:`SAFE_CHANGES`. Only then is the run directory
+    created and ``config.yaml`` written.
+
     Args:
       config: the validated experiment config.
       run_dir: where config, metrics, checkpoints and exports go (default ``out_dir/name``).
       components: prebuilt :func:`~r1jax.train.components.build` output (default: built here).
+      overwrite: with ``checkpoint.resume=false``, move a previous run in ``run_dir`` aside to
+        ``<run_dir>.old-N`` (without it, such a run is refused).
+      allow_config_change: resume even when the checkpoint's config differs in keys that change
+        what the run trains (the changes are logged).
+
+    Raises:
+      ConfigError: a start-up check failed (nothing was written).
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | pathlib.Path | None = None,
-                 components: Components | None = None):
+                 components: Components | None = None, *, overwrite: bool = False,
+                 allow_config_change: bool = False):
         self.config = cfg = config
         self.run_dir = pathlib.Path(run_dir or pathlib.Path(cfg.run.out_dir) / cfg.run.name)
+        if overwrite and cfg.checkpoint.resume:
+            raise ConfigError("--overwrite starts the run afresh and moves the old one aside: it needs "
+                              "checkpoint.resume=false")
         c = self.components = components or build(cfg)
         self.tokenizer, self.model_cfg, self.mesh = c.tokenizer, c.model_cfg, c.mesh
         self.iterator = PromptIterator(c.train_set, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
@@ -74,12 +131,23 @@ class Trainer:
         self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
+        self.start_step, weight_version = 0, 0
+        checkpoints = self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep) if checkpoints.is_dir() else None
+        try:
+            if cfg.checkpoint.resume:
+                weight_version = self._restore(allow_config_change)
+            else:
+                self._clear_run_dir(overwrite)
+        except BaseException:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+            raise
+        # every check has passed: only now is anything written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
-        self.start_step, weight_version = 0, 0
-        if cfg.checkpoint.resume:
-            weight_version = self._restore()
+        if self.checkpointer is None:
+            self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep)
         self.sampler = make_sampler(cfg.rollout, self.model_cfg, self.run_dir, weight_version)
         if cfg.rollout.mode == "remote":
             self.sampler.push(self.state.params)
@@ -184,9 +252,18 @@ class Trainer:
         self.checkpointer.save(int(self.state.step), self.state, meta)
         log.info("checkpoint saved at step %d", int(self.state.step))
 
-    def _restore(self) -> int:
-        """Resumes from the newest intact checkpoint (corrupt newer ones are reported and passed over)."""
-        restored = self.checkpointer.restore_latest(self.state)
+    def _restore(self, allow_config_change: bool) -> int:
+        """Resumes from the newest intact checkpoint (corrupt newer ones are reported and passed over),
+        after checking that it was made with this config (up to :data:`SAFE_CHANGES`)."""
+        if self.checkpointer is None:
+            return 0
+        self._check_resumed_config(allow_config_change)
+        try:
+            restored = self.checkpointer.restore_latest(self.state)
+        except CheckpointError:
+            raise
+        except ValueError as err:  # an intact checkpoint of another state structure (an allowed config change)
+            raise ConfigError(f"checkpoint.resume: cannot resume {self.run_dir} with this config: {err}") from None
         if restored is None:
             return 0
         _, self.state, meta = restored
@@ -194,6 +271,45 @@ class Trainer:
         self.start_step = int(self.state.step)
         log.warning("resuming from step %d of %s", self.start_step, self.checkpointer.directory)
         return int(meta["weight_version"])
+
+    def _check_resumed_config(self, allow_config_change: bool) -> None:
+        """Refuses to resume a checkpoint whose resolved config differs in a key outside
+        :data:`SAFE_CHANGES` (unless allowed); logs every change."""
+        for step in reversed(self.checkpointer.all_steps()):  # the newest checkpoint whose meta reads
+            try:
+                saved = self.checkpointer._json_item(step, "meta")["config"]  # noqa: SLF001
+            except (CheckpointError, KeyError):
+                continue
+            break
+        else:
+            return
+        changes = config_changes(saved, json.loads(json.dumps(to_dict(self.config))))
+        unsafe = [ch for ch in changes if not ch[0].startswith(SAFE_CHANGES)]
+        if unsafe and not allow_config_change:
+            raise ConfigError(
+                f"checkpoint.resume: the run in {self.run_dir} (checkpoint of step {step}) was made with another "
+                f"config, and these changes alter what it trains: {_describe_changes(unsafe)}. Start a new run "
+                "(checkpoint.resume=false run.name=NEW_NAME), or resume anyway with --allow-config-change")
+        if changes:
+            log.warning("resuming with a changed config%s: %s", " (--allow-config-change)" if unsafe else "",
+                        _describe_changes(changes))
+
+    def _clear_run_dir(self, overwrite: bool) -> None:
+        """``checkpoint.resume=false``: refuses a run directory that holds another run's results (anything
+        besides ``config.yaml`` and empty directories), or with ``overwrite`` moves it aside; never deletes."""
+        entries = self.run_dir.iterdir() if self.run_dir.is_dir() else ()
+        held = sorted(p.name for p in entries if p.name != "config.yaml" and not (p.is_dir() and not any(p.iterdir())))
+        if not held:
+            return
+        if not overwrite:
+            raise ConfigError(
+                f"checkpoint.resume=false: {self.run_dir} already holds a run ({', '.join(held)}) that this run would "
+                "overwrite; choose another run.name=..., resume it (checkpoint.resume=true), or pass --overwrite "
+                f"to move it aside to {self.run_dir.name}.old-N")
+        if self.checkpointer is not None:
+            self.checkpointer.close()
+            self.checkpointer = None
+        log.warning("--overwrite: moved the previous run %s aside to %s", self.run_dir, move_aside(self.run_dir))
 
     def export(self, directory: str | pathlib.Path) -> pathlib.Path:
         """Writes the policy as a Hugging Face directory (weights, config, tokenizer)."""
@@ -209,11 +325,12 @@ class Trainer:
         self.checkpointer.close()
 
 
-def run_from_cli(config_path: str, overrides: Sequence[str]) -> int:
-    """``r1jax train CONFIG [key=value ...]``."""
+def run_from_cli(config_path: str, overrides: Sequence[str], *, overwrite: bool = False,
+                 allow_config_change: bool = False) -> int:
+    """``r1jax train CONFIG [key=value ...] [--overwrite] [--allow-config-change]`` (see :class:`Trainer`)."""
     cfg = load_experiment(config_path, overrides)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=overwrite, allow_config_change=allow_config_change)
     try:
         print("before:", trainer.evaluate())
         trainer.run()
