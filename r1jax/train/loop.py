@@ -329,7 +329,8 @@ def run_from_cli(config_path: str, overrides: Sequence[str], *, overwrite: bool 
                  allow_config_change: bool = False) -> int:
     """``r1jax train CONFIG [key=value ...] [--overwrite] [--allow-config-change]`` (see :class:`Trainer`)."""
     cfg = load_experiment(config_path, overrides)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    # force: importing orbax has already given the root logger a WARNING-level handler (absl's basicConfig)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
     trainer = Trainer(cfg, overwrite=overwrite, allow_config_change=allow_config_change)
     try:
         print("before:", trainer.evaluate())
