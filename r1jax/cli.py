@@ -1,6 +1,8 @@
 """The `r1jax` command.
 
     r1jax train CONFIG [key=value ...]   run an RL experiment (GRPO and variants, PPO) from a YAML config
+          [--overwrite]                  with checkpoint.resume=false: move an existing run aside (DIR.old-N)
+          [--allow-config-change]        resume although the config changes what the run trains
     r1jax eval  CONFIG [key=value ...]   pass@k and majority voting on a held-out set
     r1jax serve --engine jax --model DIR  start a rollout server
     r1jax demo                            the tiny R1-Zero run of the README
@@ -27,11 +29,12 @@ def _add_config_args(p: argparse.ArgumentParser) -> None:
 def _cmd_train(args: argparse.Namespace) -> int:
     from r1jax.train.loop import run_from_cli
 
-    return run_from_cli(args.config, args.overrides)
+    return run_from_cli(args.config, args.overrides, overwrite=args.overwrite,
+                        allow_config_change=args.allow_config_change)
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from r1jax.train.loop import eval_from_cli
+    from r1jax.train.evaluation import eval_from_cli
 
     return eval_from_cli(args.config, args.overrides)
 
@@ -62,6 +65,12 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="run an experiment: r1jax train CONFIG [key=value ...]")
     _add_config_args(p)
+    p.add_argument("--overwrite", action="store_true",
+                   help="with checkpoint.resume=false, move a previous run in the run directory aside to DIR.old-N "
+                        "(without it such a run is refused; nothing is ever deleted)")
+    p.add_argument("--allow-config-change", action="store_true",
+                   help="resume although the checkpoint was made with a config that trains something else "
+                        "(model, data, reward, algo, optim, ...); the changes are logged")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="pass@k / cons@k of a policy: r1jax eval CONFIG [key=value ...]")

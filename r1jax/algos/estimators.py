@@ -38,12 +38,13 @@ class AdvantageOutput(NamedTuple):
     returns: Array     # [B, T] float32 critic targets (zeros without a critic)
 
 
-ADVANTAGES = Registry("advantage estimator", {"needs_critic": False, "kl_in_reward": False})
+ADVANTAGES = Registry("advantage estimator", {"needs_critic": False, "kl_in_reward": False, "group_relative": False})
 """Token-level advantage estimators by name: ``fn(inputs: AdvantageInputs, **keywords) -> AdvantageOutput``.
 
 Metadata: ``needs_critic`` (the trainer keeps a critic and fills ``inputs.values``) and
 ``kl_in_reward`` (the estimator puts the KL penalty into the token rewards, so the policy loss has
-no KL term)."""
+no KL term) and ``group_relative`` (a completion's advantage is relative to the other completions of
+its prompt, so a group of one sample has advantage 0)."""
 register_advantage = ADVANTAGES.register
 
 
@@ -52,7 +53,7 @@ def _outcome(inputs: AdvantageInputs, seq_adv: Array) -> AdvantageOutput:
     return AdvantageOutput(adv, jnp.zeros_like(adv))
 
 
-@register_advantage("grpo")
+@register_advantage("grpo", group_relative=True)
 def grpo_token_advantages(inputs: AdvantageInputs, *, std_scaling: StdScaling = "group", adv_eps: ArrayLike = 1e-6,
                           std_ddof: int = 0) -> AdvantageOutput:
     """:func:`grpo_advantages` of the outcome rewards on every token of each completion."""
@@ -60,13 +61,13 @@ def grpo_token_advantages(inputs: AdvantageInputs, *, std_scaling: StdScaling = 
                                             eps=adv_eps, ddof=std_ddof))
 
 
-@register_advantage("drgrpo")
+@register_advantage("drgrpo", group_relative=True)
 def drgrpo_token_advantages(inputs: AdvantageInputs) -> AdvantageOutput:
     """:func:`drgrpo_advantages` (no std division) on every token of each completion."""
     return _outcome(inputs, drgrpo_advantages(inputs.rewards, inputs.group_mask))
 
 
-@register_advantage("rloo")
+@register_advantage("rloo", group_relative=True)
 def rloo_token_advantages(inputs: AdvantageInputs) -> AdvantageOutput:
     """:func:`rloo_advantages` on every token of each completion."""
     return _outcome(inputs, rloo_advantages(inputs.rewards, inputs.group_mask))

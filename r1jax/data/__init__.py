@@ -18,7 +18,7 @@ from r1jax.data.batching import (
     pad_prompts,
     pad_sequences,
 )
-from r1jax.data.factory import TASKS, DataConfig, make_dataset, register_task
+from r1jax.data.factory import TASK_REWARDS, TASKS, DataConfig, make_dataset, register_task
 from r1jax.data.files import FieldMap, FileDataset, load_jsonl, load_parquet, split_gsm8k_answer
 from r1jax.data.iterator import PromptIterator
 from r1jax.data.synthetic import ArithmeticTask, CountdownTask, SyntheticDataset, is_heldout
@@ -47,6 +47,7 @@ __all__ = [
     "R1_ZERO_TEMPLATE",
     "SyntheticDataset",
     "TASKS",
+    "TASK_REWARDS",
     "TokenBatch",
     "Tokenizer",
     "build_char_tokenizer",

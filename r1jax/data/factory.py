@@ -20,7 +20,7 @@ from r1jax.data.iterator import IndexedDataset
 from r1jax.data.synthetic import ArithmeticTask, CountdownTask, SyntheticDataset
 from r1jax.data.templates import PROMPT_TEMPLATES
 
-__all__ = ["DataConfig", "FieldMap", "make_dataset", "register_task", "TASKS"]
+__all__ = ["DataConfig", "FieldMap", "make_dataset", "register_task", "TASKS", "TASK_REWARDS"]
 
 _FILE_TASKS = ("jsonl", "parquet")
 
@@ -68,13 +68,26 @@ class DataConfig:
 
 DatasetBuilder = Callable[[DataConfig, str], IndexedDataset]
 TASKS: dict[str, DatasetBuilder] = {}
+TASK_REWARDS: dict[str, tuple[str, ...]] = {}
+"""Task name → the accuracy rewards that can score its references (tasks without an entry: any)."""
 
 
-def register_task(name: str, builder: DatasetBuilder, *, overwrite: bool = False) -> None:
-    """Registers ``builder(config, split) -> dataset`` under ``name`` (usable as ``DataConfig.task``)."""
+def register_task(name: str, builder: DatasetBuilder, *, rewards: tuple[str, ...] = (),
+                  overwrite: bool = False) -> None:
+    """Registers ``builder(config, split) -> dataset`` under ``name`` (usable as ``DataConfig.task``).
+
+    Args:
+      name: the task name.
+      builder: ``builder(config, split) -> dataset``.
+      rewards: the accuracy rewards that can score the task's references (empty: not declared).
+      overwrite: replace an existing task.
+    """
     if name in TASKS and not overwrite:
         raise ValueError(f"task {name!r} is already registered")
     TASKS[name] = builder
+    TASK_REWARDS.pop(name, None)
+    if rewards:
+        TASK_REWARDS[name] = tuple(rewards)
 
 
 def _synthetic(task: Any) -> DatasetBuilder:
@@ -112,12 +125,14 @@ def _file(loader: Callable[..., FileDataset]) -> DatasetBuilder:
 register_task(
     "arithmetic",
     _synthetic(lambda c: ArithmeticTask(digits=c.difficulty, operations=c.operations)),
+    rewards=("math_accuracy",),
 )
 register_task(
     "countdown",
     _synthetic(
         lambda c: CountdownTask(num_numbers=c.difficulty, max_number=c.countdown_max_number, max_target=c.countdown_max_target)
     ),
+    rewards=("countdown",),
 )
 register_task("jsonl", _file(load_jsonl))
 register_task("parquet", _file(load_parquet))

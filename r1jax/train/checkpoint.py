@@ -216,6 +216,10 @@ class Checkpointer:
     def _step_dir(self, step: int) -> pathlib.Path:
         return self.directory / str(step)
 
+    def read_meta(self, step: int) -> dict[str, Any]:
+        """The JSON meta item of ``step`` (not verified against the digest); CheckpointError if unreadable."""
+        return self._json_item(step, "meta")
+
     def _json_item(self, step: int, name: str) -> dict[str, Any]:
         try:
             item = self._manager.restore(step, args=ocp.args.Composite(**{name: ocp.args.JsonRestore()}))[name]

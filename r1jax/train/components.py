@@ -14,14 +14,14 @@ import jax
 import numpy as np
 
 from r1jax.config import ConfigError
-from r1jax.data import make_dataset
+from r1jax.data import PromptIterator, encode_prompts, make_dataset
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.models import ModelConfig, init_params, load_pretrained
 from r1jax.models.sharding import make_mesh, maybe_initialize_distributed, shard_params
 from r1jax.rewards import RewardScorer
 from r1jax.train.config import ExperimentConfig
 
-__all__ = ["Components", "build"]
+__all__ = ["Components", "build", "check_prompt_lengths"]
 
 
 @dataclasses.dataclass
@@ -60,7 +60,8 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
       rewards: start the reward scorer (its worker processes).
 
     Raises:
-      ConfigError: a tokenizer larger than the model's vocabulary; data errors (named file and line).
+      ConfigError: a tokenizer larger than the model's vocabulary; data errors (named file and line);
+        a prompt that with ``rollout.max_new_tokens`` does not fit the model's context.
     """
     maybe_initialize_distributed(cfg.mesh.coordinator, cfg.mesh.num_processes, cfg.mesh.process_id)
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
@@ -72,11 +73,51 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError(f"model.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's "
                           f"vocab_size {model_cfg.vocab_size}")
+    try:  # a data file's errors are ValueErrors naming file and line: a config error, one line
+        train_set = make_dataset(cfg.data, "train") if train else None
+        eval_set = make_dataset(cfg.data, "eval") if evaluation else None
+    except ValueError as e:
+        raise ConfigError(f"data: {e}") from None
+    check_prompt_lengths(cfg, tokenizer, model_cfg, train_set, eval_set)
     mesh = _mesh(cfg)
     if mesh is not None:
         params = shard_params(params, mesh)
     return Components(
-        tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh,
-        train_set=make_dataset(cfg.data, "train") if train else None,
-        eval_set=make_dataset(cfg.data, "eval") if evaluation else None,
+        tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
         scorer=RewardScorer(cfg.reward) if rewards else None)
+
+
+def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: ModelConfig, train_set: Any = None,
+                         eval_set: Any = None) -> None:
+    """Checks that every prompt the run will sample, plus ``rollout.max_new_tokens``, fits the model.
+
+    Encodes, with the configured template as the rollout does, the training prompts of the run's
+    ``run.steps`` batches (the first ones of the iterator's order; all of them when the run spans an
+    epoch) and the first ``eval.num_prompts`` held-out ones.
+
+    Args:
+      cfg: the experiment config.
+      tokenizer: its tokenizer.
+      model_cfg: the model (``max_position_embeddings`` is its context).
+      train_set, eval_set: the datasets (None: not checked).
+
+    Raises:
+      ConfigError: naming the longest prompt's length, ``rollout.max_new_tokens`` and the context.
+    """
+    examples = []
+    if train_set is not None:
+        draws = cfg.run.steps * cfg.rollout.prompts_per_step
+        if draws >= len(train_set):
+            examples += [train_set[i] for i in range(len(train_set))]
+        elif draws:
+            examples += next(PromptIterator(train_set, draws, seed=cfg.data.seed))
+    if eval_set is not None:
+        examples += [eval_set[i] for i in range(min(cfg.eval.num_prompts, len(eval_set)))]
+    context, new = model_cfg.max_position_embeddings, cfg.rollout.max_new_tokens
+    longest = max(map(len, encode_prompts(examples, tokenizer, cfg.data.template,
+                                          system_prompt=cfg.data.system_prompt)), default=0)
+    if longest + new > context:
+        raise ConfigError(
+            f"rollout.max_new_tokens: the longest prompt ({longest} tokens with data.template={cfg.data.template!r}) "
+            f"+ rollout.max_new_tokens={new} = {longest + new} tokens exceed the model's context "
+            f"(max_position_embeddings={context}); use a shorter template or fewer new tokens")

@@ -18,7 +18,7 @@ from typing import Any, Mapping, Sequence
 
 from r1jax import algos
 from r1jax.config import ConfigError, field, from_dict, read_config
-from r1jax.data import DataConfig
+from r1jax.data import TASK_REWARDS, DataConfig
 from r1jax.models import ModelConfig
 from r1jax.models.sharding import MeshConfig
 from r1jax.rewards import RewardConfig, get_reward, list_rewards
@@ -236,6 +236,7 @@ class ExperimentConfig:
             if spec.kind == "external":
                 raise ConfigError(f"reward.components[{i}].name: {component.name!r} is an external (reward-model) "
                                   "reward; the RL loop does not run reward models yet")
+        self._check_something_trains()
         if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
             raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "
                               "it needs algo.name: grpo and algo.policy_loss: clip")
@@ -244,6 +245,22 @@ class ExperimentConfig:
                 raise ConfigError(f"{key}: directory not found: {path}")
         if self.model.path is None and self.model.tokenizer is None:
             raise ConfigError("model.tokenizer: a random model (model.path unset) needs a tokenizer directory")
+
+    def _check_something_trains(self) -> None:
+        """Rejects configs whose every advantage is 0, or whose every sample fails its accuracy reward."""
+        if self.rollout.group_size == 1 and algos.ADVANTAGES.entry(self.algo.advantage).meta["group_relative"]:
+            raise ConfigError(
+                f"rollout.group_size: with 1 sample per prompt every advantage of algo.advantage="
+                f"{self.algo.advantage!r} is 0 (it compares the samples of a prompt), so nothing trains; "
+                "use rollout.group_size >= 2, or algo.advantage=reinforce_pp")
+        fits = TASK_REWARDS.get(self.data.task)
+        accuracy = {c.name for c in self.reward.components if get_reward(c.name).accuracy}
+        claimed = {name for names in TASK_REWARDS.values() for name in names}  # each scores some task's references
+        if fits and accuracy and not accuracy & set(fits) and accuracy <= claimed:
+            raise ConfigError(
+                f"reward.components: {', '.join(sorted(accuracy))} cannot score the references of data.task="
+                f"{self.data.task!r}, so every sample would fail; use the {' or '.join(fits)} reward "
+                f"(e.g. reward.components=[{{name: {fits[0]}, weight: 1.0}}])")
 
 
 def import_user_modules(names: Sequence[str], key: str = "run.imports") -> None:

@@ -10,7 +10,6 @@ from __future__ import annotations
 import json
 import logging
 import pathlib
-import shutil
 import sys
 import time
 from typing import Sequence
@@ -73,14 +72,15 @@ def main(overrides: Sequence[str] = ()) -> int:
     """Runs the demo; extra ``key=value`` overrides apply to ``configs/r1_zero_tiny.yaml``."""
     from r1jax.train.config import ExperimentConfig  # noqa: PLC0415
     from r1jax.train.loop import Trainer  # noqa: PLC0415
+    from r1jax.train.run_dir import move_aside  # noqa: PLC0415
 
     logging.basicConfig(level=logging.WARNING, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not DEMO_CONFIG.is_file():
         raise ConfigError(f"demo config not found: {DEMO_CONFIG} (run the demo from a clone of the repository)")
     cfg = load_config(ExperimentConfig, DEMO_CONFIG, [f"model.path={BASE_MODEL}", *overrides])
     run_dir = pathlib.Path(cfg.run.out_dir) / cfg.run.name
-    if run_dir.exists():  # the demo always starts fresh
-        shutil.rmtree(run_dir)
+    if run_dir.exists():  # the demo always starts fresh; an earlier demo run is kept, not deleted
+        print(f"r1jax demo: moved the previous demo run {run_dir} aside to {move_aside(run_dir)}")
 
     t0 = time.time()
     print(f"r1jax demo: GRPO on {cfg.data.task} (difficulty {cfg.data.difficulty}) from {BASE_MODEL.name}, "

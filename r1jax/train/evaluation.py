@@ -6,16 +6,23 @@ decides correctness is a flag of the reward spec (``RewardSpec.accuracy``), not 
 
 from __future__ import annotations
 
+import json
+import pathlib
 from typing import Any, Sequence
 
+import jax
 import numpy as np
 
 from r1jax.eval import evaluate
 from r1jax.rewards.parsing import extract_final_answer
-from r1jax.train.config import ExperimentConfig
-from r1jax.train.rollout import sample_and_score, step_seed
+from r1jax.models import init_value_head
+from r1jax.train.checkpoint import Checkpointer
+from r1jax.train.components import build
+from r1jax.train.config import ExperimentConfig, load_experiment
+from r1jax.train.rollout import make_sampler, sample_and_score, step_seed
+from r1jax.train.state import init_state, make_optimizer
 
-__all__ = ["evaluate_policy"]
+__all__ = ["evaluate_policy", "eval_from_cli"]
 
 
 def _answer(text: str) -> str | None:
@@ -55,3 +62,30 @@ def evaluate_policy(cfg: ExperimentConfig, tokenizer, sampler, scorer, eval_set:
     out.update({f"eval/{k}": float(v) for k, v in metrics.items()})
     out["eval/accuracy_by_reward"] = float(np.mean(ep.correct))
     return out
+
+
+def eval_from_cli(config_path: str, overrides: Sequence[str]) -> int:
+    """``r1jax eval CONFIG [key=value ...]``: evaluates ``model.path``, or the run's latest checkpoint when
+    ``model.path`` is unset and the run has one. Builds no optimizer and writes nothing."""
+    cfg = load_experiment(config_path, overrides)
+    c = build(cfg, train=False)
+    params = c.params
+    ckpt_dir = pathlib.Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
+    if cfg.model.path is None and ckpt_dir.is_dir():  # the run's newest intact checkpoint
+        algo, tx = cfg.algo, make_optimizer(cfg.optim, total_steps=max(cfg.run.steps * cfg.algo.passes, 1))
+        critic = (jax.eval_shape(lambda: {**params, **init_value_head(c.model_cfg, jax.random.PRNGKey(0))})
+                  if algo.needs_critic else None)
+        like = jax.eval_shape(lambda: init_state(params, tx, jax.random.PRNGKey(0), reference=algo.uses_reference,
+                                                 critic_params=critic, critic_tx=tx if critic else None))
+        checkpointer = Checkpointer(ckpt_dir, keep=cfg.checkpoint.keep)
+        restored = checkpointer.restore_latest(like)
+        checkpointer.close()
+        if restored is not None:
+            params = restored[1].params
+    sampler = make_sampler(cfg.rollout, c.model_cfg, ckpt_dir.parent)
+    try:
+        print(json.dumps(evaluate_policy(cfg, c.tokenizer, sampler, c.scorer, c.eval_set, params, step=0), indent=2))
+    finally:
+        sampler.close()
+        c.close()
+    return 0

@@ -13,7 +13,6 @@ produces the same metrics, step for step, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import json
 import logging
 import pathlib
 import time
@@ -22,23 +21,23 @@ from typing import Any, Callable, Sequence
 import jax
 import jax.numpy as jnp
 
-from r1jax.config import save_config, to_dict
+from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
 from r1jax.models import init_value_head, save_pretrained
 from r1jax.models.sharding import logical_to_spec
-from r1jax.train.checkpoint import Checkpointer
+from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
+from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
 from r1jax.train.rollout import assemble_rollout, make_sampler, sample_and_score, step_seed
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
-__all__ = ["Trainer", "TrainingStopped", "run_from_cli", "eval_from_cli"]
+__all__ = ["Trainer", "TrainingStopped", "run_from_cli"]
 
 log = logging.getLogger("r1jax.train")
-
 
 class TrainingStopped(RuntimeError):
     """The run stopped itself: too many consecutive skipped (non-finite) updates."""
@@ -47,16 +46,32 @@ class TrainingStopped(RuntimeError):
 class Trainer:
     """Runs an :class:`ExperimentConfig`: GRPO (and variants) or PPO, from scratch or resumed.
 
+    Nothing is written before every start-up check has passed: config, data files, tokenizer and
+    model, prompt lengths (:func:`~r1jax.train.components.build`), and, on resume, that the checkpoint
+    was made with the same config up to :data:`r1jax.train.run_dir.SAFE_CHANGES`. Only then is the run directory
+    created and ``config.yaml`` written.
+
     Args:
       config: the validated experiment config.
       run_dir: where config, metrics, checkpoints and exports go (default ``out_dir/name``).
       components: prebuilt :func:`~r1jax.train.components.build` output (default: built here).
+      overwrite: with ``checkpoint.resume=false``, move a previous run in ``run_dir`` aside to
+        ``<run_dir>.old-N`` (without it, such a run is refused).
+      allow_config_change: resume even when the checkpoint's config differs in keys that change
+        what the run trains (the changes are logged).
+
+    Raises:
+      ConfigError: a start-up check failed (nothing was written).
     """
 
     def __init__(self, config: ExperimentConfig, run_dir: str | pathlib.Path | None = None,
-                 components: Components | None = None):
+                 components: Components | None = None, *, overwrite: bool = False,
+                 allow_config_change: bool = False):
         self.config = cfg = config
         self.run_dir = pathlib.Path(run_dir or pathlib.Path(cfg.run.out_dir) / cfg.run.name)
+        if overwrite and cfg.checkpoint.resume:
+            raise ConfigError("--overwrite starts the run afresh and moves the old one aside: it needs "
+                              "checkpoint.resume=false")
         c = self.components = components or build(cfg)
         self.tokenizer, self.model_cfg, self.mesh = c.tokenizer, c.model_cfg, c.mesh
         self.iterator = PromptIterator(c.train_set, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
@@ -74,12 +89,25 @@ class Trainer:
         self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
+        self.start_step, weight_version = 0, 0
+        checkpoints = self.run_dir / "checkpoints"
+        self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep) if checkpoints.is_dir() else None
+        try:
+            if cfg.checkpoint.resume:
+                weight_version = self._restore(allow_config_change)
+            else:
+                if refuse_or_move_aside(self.run_dir, overwrite) and self.checkpointer is not None:
+                    self.checkpointer.close()  # its directory was moved aside with the old run
+                    self.checkpointer = None
+        except BaseException:
+            if self.checkpointer is not None:
+                self.checkpointer.close()
+            raise
+        # every check has passed: only now is anything written
         self.run_dir.mkdir(parents=True, exist_ok=True)
         save_config(cfg, self.run_dir / "config.yaml")
-        self.checkpointer = Checkpointer(self.run_dir / "checkpoints", keep=cfg.checkpoint.keep)
-        self.start_step, weight_version = 0, 0
-        if cfg.checkpoint.resume:
-            weight_version = self._restore()
+        if self.checkpointer is None:
+            self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep)
         self.sampler = make_sampler(cfg.rollout, self.model_cfg, self.run_dir, weight_version)
         if cfg.rollout.mode == "remote":
             self.sampler.push(self.state.params)
@@ -184,9 +212,18 @@ class Trainer:
         self.checkpointer.save(int(self.state.step), self.state, meta)
         log.info("checkpoint saved at step %d", int(self.state.step))
 
-    def _restore(self) -> int:
-        """Resumes from the newest intact checkpoint (corrupt newer ones are reported and passed over)."""
-        restored = self.checkpointer.restore_latest(self.state)
+    def _restore(self, allow_config_change: bool) -> int:
+        """Resumes from the newest intact checkpoint (corrupt newer ones are reported and passed over),
+        after checking that it was made with this config (:func:`~r1jax.train.run_dir.check_resumed_config`)."""
+        if self.checkpointer is None:
+            return 0
+        check_resumed_config(self.checkpointer, self.config, self.run_dir, allow_config_change)
+        try:
+            restored = self.checkpointer.restore_latest(self.state)
+        except CheckpointError:
+            raise
+        except ValueError as err:  # an intact checkpoint of another state structure (an allowed config change)
+            raise ConfigError(f"checkpoint.resume: cannot resume {self.run_dir} with this config: {err}") from None
         if restored is None:
             return 0
         _, self.state, meta = restored
@@ -209,42 +246,17 @@ class Trainer:
         self.checkpointer.close()
 
 
-def run_from_cli(config_path: str, overrides: Sequence[str]) -> int:
-    """``r1jax train CONFIG [key=value ...]``."""
+def run_from_cli(config_path: str, overrides: Sequence[str], *, overwrite: bool = False,
+                 allow_config_change: bool = False) -> int:
+    """``r1jax train CONFIG [key=value ...] [--overwrite] [--allow-config-change]`` (see :class:`Trainer`)."""
     cfg = load_experiment(config_path, overrides)
+    # force: importing orbax has already given the root logger a WARNING-level handler (absl's basicConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
-    trainer = Trainer(cfg)
+    trainer = Trainer(cfg, overwrite=overwrite, allow_config_change=allow_config_change)
     try:
         print("before:", trainer.evaluate())
         trainer.run()
         print("after:", trainer.evaluate())
     finally:
         trainer.close()
-    return 0
-
-
-def eval_from_cli(config_path: str, overrides: Sequence[str]) -> int:
-    """``r1jax eval CONFIG [key=value ...]``: evaluates ``model.path``, or the run's latest checkpoint when
-    ``model.path`` is unset and the run has one. Builds no optimizer and writes nothing."""
-    cfg = load_experiment(config_path, overrides)
-    c = build(cfg, train=False)
-    params = c.params
-    ckpt_dir = pathlib.Path(cfg.run.out_dir) / cfg.run.name / "checkpoints"
-    if cfg.model.path is None and ckpt_dir.is_dir():  # the run's newest intact checkpoint
-        algo, tx = cfg.algo, make_optimizer(cfg.optim, total_steps=max(cfg.run.steps * cfg.algo.passes, 1))
-        critic = (jax.eval_shape(lambda: {**params, **init_value_head(c.model_cfg, jax.random.PRNGKey(0))})
-                  if algo.needs_critic else None)
-        like = jax.eval_shape(lambda: init_state(params, tx, jax.random.PRNGKey(0), reference=algo.uses_reference,
-                                                 critic_params=critic, critic_tx=tx if critic else None))
-        checkpointer = Checkpointer(ckpt_dir, keep=cfg.checkpoint.keep)
-        restored = checkpointer.restore_latest(like)
-        checkpointer.close()
-        if restored is not None:
-            params = restored[1].params
-    sampler = make_sampler(cfg.rollout, c.model_cfg, ckpt_dir.parent)
-    try:
-        print(json.dumps(evaluate_policy(cfg, c.tokenizer, sampler, c.scorer, c.eval_set, params, step=0), indent=2))
-    finally:
-        sampler.close()
-        c.close()
     return 0

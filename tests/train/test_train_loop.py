@@ -142,8 +142,12 @@ def test_a_loss_registered_from_a_user_file_trains(tmp_path):
     from r1jax.train.config import load_experiment
     from r1jax.train.loop import Trainer
 
+    from r1jax.rewards import register_reward
+
+    register_reward("test_digit_share", digit_share, description="share of digits (tests)", overwrite=True)
     user = pathlib.Path(__file__).with_name("user_loss.py")
-    base = ["run.steps=2", "checkpoint.every=0", "run.tensorboard=false", "algo.num_minibatches=1"]
+    base = ["run.steps=2", "checkpoint.every=0", "run.tensorboard=false", "algo.num_minibatches=1",
+            "reward.components=[{name: test_digit_share, weight: 1.0}]"]  # dense: non-zero advantages
     with pytest.raises(ConfigError, match=r"algo\.policy_loss: 'tripled_clip' is not allowed"):
         load_experiment(_config(tmp_path / "a"), [*base, "algo.policy_loss=tripled_clip"])
     runs = {}
