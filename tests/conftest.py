@@ -12,3 +12,10 @@ if _flag not in os.environ.get("XLA_FLAGS", ""):
 os.environ.setdefault("JAX_PLATFORMS", "cpu")
 # Tests are tiny: keep the two CI cores for pytest-xdist workers instead of intra-op threads.
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+# Many tests compile the same small programs (the same tiny trainer in-process and in `r1jax train`
+# subprocesses): JAX's persistent compilation cache, shared by the xdist workers and inherited by
+# subprocesses, compiles each once per suite run. It is keyed by the program and the flags, so a hit
+# is the same executable.
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, ".pytest_cache", "jax-compilation-cache"))
+os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")

@@ -268,8 +268,8 @@ def test_registries_name_the_functions():
     assert GROUP_ADVANTAGE_ESTIMATORS["drgrpo"] is drgrpo_advantages
     assert GROUP_ADVANTAGE_ESTIMATORS["rloo"] is rloo_advantages
     assert set(ADVANTAGES) == {"grpo", "drgrpo", "rloo", "reinforce_pp", "gae"}
-    assert ADVANTAGES.entry("gae").meta == {"needs_critic": True, "kl_in_reward": True}
-    assert ADVANTAGES.entry("grpo").meta == {"needs_critic": False, "kl_in_reward": False}
+    assert ADVANTAGES.entry("gae").meta == {"needs_critic": True, "kl_in_reward": True, "group_relative": False}
+    assert ADVANTAGES.entry("grpo").meta == {"needs_critic": False, "kl_in_reward": False, "group_relative": True}
     with pytest.raises(KeyError, match=r"unknown advantage estimator 'ppo'; registered: grpo, drgrpo"):
         ADVANTAGES["ppo"]
     rewards = np.array([[0.0, 1.0, 1.0]])
