@@ -54,6 +54,7 @@ class SFTBatch(NamedTuple):
     tokens: jax.Array          # [N, T] int32
     attention_mask: jax.Array  # [N, T] bool
     loss_mask: jax.Array       # [N, T-1] bool: targets that are trained on (the completion)
+    segment_ids: jax.Array | None = None  # [N, T] int32 packed sequences (0 = pad); None: one per row
 
 
 class _Rows(NamedTuple):
@@ -76,13 +77,15 @@ class _Rows(NamedTuple):
 
 def policy_logprobs(params: Params, model: ModelConfig, kernels: KernelConfig, tokens: jax.Array,
                     attention_mask: jax.Array, temperature: jax.Array, *, entropy: bool = False,
-                    mesh: jax.sharding.Mesh | None = None):
+                    mesh: jax.sharding.Mesh | None = None, segment_ids: jax.Array | None = None):
     """Per-target log-probs ``[N, T-1]`` (and entropies) of ``tokens[:, 1:]`` under ``params``.
 
     The same "processed" log-probs as the sampler: ``log_softmax(logits / temperature)``. On a mesh
     with a tensor axis > 1 the vocabulary is sharded over it (vocabulary-parallel log-softmax).
+    With ``segment_ids`` (packed rows) each sequence attends only to itself and its positions restart
+    at 0; a target that starts the next sequence of a row is garbage, and masked by the caller.
     """
-    hidden = forward(params, model, tokens, attention_mask=attention_mask)
+    hidden = forward(params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
     head, targets = lm_head_weight(params, model), tokens[:, 1:]
     if mesh is not None and mesh.shape.get("tensor", 1) > 1 and _vocab_shardable(mesh, model, targets):
         return sharded_token_logprobs(hidden[:, :-1], head, targets, mesh=mesh, temperature=temperature,
@@ -362,7 +365,8 @@ def make_sft_update(model: ModelConfig, kernels: KernelConfig, tx: optax.Gradien
         num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)
 
         def loss_fn(params, rows: SFTBatch):
-            logp = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, jnp.float32(1.0))
+            logp = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, jnp.float32(1.0),
+                                   segment_ids=rows.segment_ids)
             out = algos.POLICY_LOSSES["nll"](logp, None, None, rows.loss_mask)
             nll = algos.loss_numerator(out.loss, rows.loss_mask, "token_mean") / num_tokens
             return nll, {"loss": nll}
