@@ -22,7 +22,7 @@ from r1jax.algos.advantages import (GROUP_ADVANTAGE_ESTIMATORS, STD_SCALINGS, br
                                     process_advantages, reinforce_pp_advantages, rloo_advantages,
                                     whiten)
 from r1jax.algos.aggregation import (AGGREGATION_MODES, aggregate_loss, loss_denominator,
-                                     loss_numerator)
+                                     loss_numerator, token_weights)
 from r1jax.algos.gae import GAE_METHODS, GaeOutput, discounted_returns, gae_advantages
 from r1jax.algos.importance import (IS_LEVELS, IS_MODES, ImportanceWeights,
                                     truncated_is_weights)
@@ -52,7 +52,7 @@ __all__ = [
     # KL
     "KL_ESTIMATORS", "k1", "k2", "k3", "kl_estimate", "kl_penalty_rewards",
     # aggregation
-    "AGGREGATION_MODES", "aggregate_loss", "loss_numerator", "loss_denominator",
+    "AGGREGATION_MODES", "aggregate_loss", "loss_numerator", "loss_denominator", "token_weights",
     # shaping
     "overlong_penalty", "apply_overlong_penalty", "dynamic_sampling_mask",
 ]

@@ -104,6 +104,36 @@ def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
     return num_sequences
 
 
+def token_weights(mask: ArrayLike, mode: AggregationMode) -> Array:
+    """Per-token weights ``w`` with ``sum(where(mask, x, 0) * w) == loss_numerator(x, mask, mode)``.
+
+    ``1 / |y_i|`` on the valid tokens of sequence ``i`` for ``seq_mean_token_mean``, 1 on valid
+    tokens for the other modes, 0 elsewhere. Computed once on whole sequences (rows), the weights
+    travel with their tokens: the numerator stays exact when sequences are later packed several to
+    a row or split across micro-batches.
+
+    Args:
+      mask: bool ``[..., T]`` of valid tokens, one sequence per row.
+      mode: static; one of :data:`AGGREGATION_MODES`.
+
+    Returns:
+      float32 ``[..., T]``.
+
+    References:
+      See :func:`loss_numerator`.
+    """
+    check_choice("mode", mode, AGGREGATION_MODES)
+    mask = jnp.asarray(mask)
+    if mask.ndim < 1:
+        raise ValueError("mask: expected at least one (token) axis, got a scalar")
+    mask = mask.astype(bool)
+    ones = mask.astype(jnp.float32)
+    if mode != "seq_mean_token_mean":
+        return ones
+    lengths = jnp.sum(ones, axis=-1, keepdims=True)
+    return safe_div(ones, jnp.broadcast_to(lengths, ones.shape))
+
+
 def aggregate_loss(per_token: ArrayLike, mask: ArrayLike, mode: AggregationMode, *,
                    denominator: ArrayLike | None = None,
                    max_len: ArrayLike | None = None) -> Array:

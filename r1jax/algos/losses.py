@@ -42,11 +42,13 @@ class PolicyLossOutput(NamedTuple):
     dual_clipped: Array  # 1.0 where A < 0 and ratio > dual_clip (clipped, no gradient).
 
 
-POLICY_LOSSES = Registry("policy loss")
+POLICY_LOSSES = Registry("policy loss", {"sequence_level": False})
 """Policy losses by name: ``fn(logp, old_logp, advantages, mask, **keywords) -> PolicyLossOutput``.
 
 ``POLICY_LOSSES[name]`` is the function; the trainer passes the keyword-only parameters it declares
-(``eps_low``, ``eps_high``, ``dual_clip``, ``log_ratio_clamp``, ...) from its hyper-parameters."""
+(``eps_low``, ``eps_high``, ``dual_clip``, ``log_ratio_clamp``, ...) from its hyper-parameters.
+Metadata: ``sequence_level`` (the loss reduces over each row, one sequence per row, as GSPO's
+sequence ratio does; such a loss cannot train on packed rows)."""
 register_policy_loss = POLICY_LOSSES.register
 
 
@@ -146,7 +148,7 @@ def clipped_surrogate_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: Arr
     return _clipped_output(ratio, adv, mask, eps_low, eps_high, dual_clip)
 
 
-@register_policy_loss("gspo")
+@register_policy_loss("gspo", sequence_level=True)
 def gspo_loss(logp: ArrayLike, old_logp: ArrayLike, advantages: ArrayLike,
               mask: ArrayLike | None = None, *, eps_low: ArrayLike = 3e-4,
               eps_high: ArrayLike | None = 4e-4,

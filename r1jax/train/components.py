@@ -35,6 +35,7 @@ class Components:
     train_set: Any = None
     eval_set: Any = None
     scorer: RewardScorer | None = None
+    pack_length: int = 0              # packed row length (algo.packing): every sequence the run samples fits
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -78,17 +79,22 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
         eval_set = make_dataset(cfg.data, "eval") if evaluation else None
     except ValueError as e:
         raise ConfigError(f"data: {e}") from None
-    check_prompt_lengths(cfg, tokenizer, model_cfg, train_set, eval_set)
+    longest = check_prompt_lengths(cfg, tokenizer, model_cfg, train_set, eval_set)
     mesh = _mesh(cfg)
     if mesh is not None:
         params = shard_params(params, mesh)
     return Components(
         tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
-        scorer=RewardScorer(cfg.reward) if rewards else None)
+        scorer=RewardScorer(cfg.reward) if rewards else None, 
+        pack_length=cfg.algo.pack_length or _round_up(longest + cfg.rollout.max_new_tokens, 8))
+
+
+def _round_up(n: int, multiple: int) -> int:
+    return -(-n // multiple) * multiple
 
 
 def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: ModelConfig, train_set: Any = None,
-                         eval_set: Any = None) -> None:
+                         eval_set: Any = None) -> int:
     """Checks that every prompt the run will sample, plus ``rollout.max_new_tokens``, fits the model.
 
     Encodes, with the configured template as the rollout does, the training prompts of the run's
@@ -101,8 +107,12 @@ def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: Model
       model_cfg: the model (``max_position_embeddings`` is its context).
       train_set, eval_set: the datasets (None: not checked).
 
+    Returns:
+      The longest prompt's length in tokens.
+
     Raises:
-      ConfigError: naming the longest prompt's length, ``rollout.max_new_tokens`` and the context.
+      ConfigError: naming the longest prompt's length, ``rollout.max_new_tokens`` and the context (or
+        ``algo.pack_length`` when it is set and shorter).
     """
     examples = []
     if train_set is not None:
@@ -121,3 +131,7 @@ def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: Model
             f"rollout.max_new_tokens: the longest prompt ({longest} tokens with data.template={cfg.data.template!r}) "
             f"+ rollout.max_new_tokens={new} = {longest + new} tokens exceed the model's context "
             f"(max_position_embeddings={context}); use a shorter template or fewer new tokens")
+    if cfg.algo.pack_length and longest + new > cfg.algo.pack_length:
+        raise ConfigError(f"algo.pack_length: {cfg.algo.pack_length} tokens cannot hold the longest prompt ({longest} "
+                          f"tokens) + rollout.max_new_tokens={new}; use at least {longest + new} or 0 (automatic)")
+    return longest

@@ -69,6 +69,9 @@ class AlgoConfig:
     num_epochs: int = field(1, ge=1, help="μ: optimisation passes over each rollout batch")
     num_minibatches: int = field(1, ge=1, help="optimizer steps per pass (the batch is split)")
     num_microbatches: int = field(1, ge=1, help="gradient-accumulation splits of each mini-batch (exact)")
+    packing: bool = field(False, help="train on sequences packed several to a row (segment ids): no padding "
+                                      "waste, fewer distinct shapes; the loss is unchanged")
+    pack_length: int = field(0, ge=0, help="packed row length in tokens; 0 = longest prompt + rollout.max_new_tokens")
     # PPO
     gamma: float = field(1.0, ge=0.0, le=1.0, help="discount γ (PPO, REINFORCE++)")
     gae_lambda: float = field(0.95, ge=0.0, le=1.0, help="PPO GAE λ")
@@ -85,6 +88,11 @@ class AlgoConfig:
     tis_mode: str = field("truncate", choices=algos.IS_MODES, help="clip weights at C, or mask tokens above C")
 
     def check(self) -> None:
+        if self.packing and algos.POLICY_LOSSES.entry(self.policy_loss).meta["sequence_level"]:
+            raise ConfigError(f"algo.packing: policy_loss {self.policy_loss!r} is sequence-level (it reduces over "
+                              f"each row) and cannot train on packed rows; set algo.packing: false")
+        if self.packing and self.tis not in ("off", "token"):
+            raise ConfigError(f"algo.packing: tis {self.tis!r} reduces over each row; use tis: token or no packing")
         needs_critic = algos.ADVANTAGES.entry(self.advantage).meta["needs_critic"]
         if self.name == "ppo" and not needs_critic:
             raise ConfigError(f"algo.advantage: ppo trains a critic; {self.advantage!r} uses none (use 'gae')")

@@ -13,6 +13,7 @@ produces the same metrics, step for step, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import math
 import logging
 import pathlib
 import time
@@ -20,6 +21,7 @@ from typing import Any, Callable, Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
@@ -87,6 +89,8 @@ class Trainer:
         self.state = init_state(c.params, tx, key, reference=algo.uses_reference, critic_params=critic,
                                 critic_tx=critic_tx)
         self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
+        data_parallel = int(np.prod([self.mesh.shape.get(k, 1) for k in ("data", "fsdp")])) if self.mesh else 1
+        self._rows_multiple = math.lcm(algo.num_minibatches * algo.num_microbatches, data_parallel)
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
         self.start_step, weight_version = 0, 0
@@ -143,7 +147,9 @@ class Trainer:
                               step=step)
         timing["rollout+reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rollout = self._put(assemble_rollout(ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id))
+        rollout = self._put(assemble_rollout(
+            ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id,
+            pack_length=c.pack_length if cfg.algo.packing else None, rows_multiple_of=self._rows_multiple))
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             self.state, update_metrics = self.update(self.state, rollout, self.hparams)
         update_metrics = jax.device_get(update_metrics)

@@ -10,6 +10,7 @@ a safetensors directory) and samples report the version that produced them.
 from __future__ import annotations
 
 import dataclasses
+import math
 import pathlib
 import shutil
 from typing import Sequence
@@ -17,16 +18,16 @@ from typing import Sequence
 import jax
 import numpy as np
 
-from r1jax.data.batching import pad_sequences
+from r1jax.data.batching import pack_sequences, pad_sequences
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.rewards import RewardScorer, get_reward
 from r1jax.models import ModelConfig, save_pretrained
 from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
 from r1jax.sampling.sampler import Sampler
 from r1jax.train.config import ExperimentConfig, RolloutConfig
-from r1jax.train.steps import Rollout
+from r1jax.train.steps import Packed, Rollout
 
-__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "LENGTH_MULTIPLE", "Episodes",
+__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "LENGTH_MULTIPLE", "Episodes",
            "sample_and_score", "step_seed"]
 
 LENGTH_MULTIPLE = 8
@@ -107,21 +108,50 @@ def make_sampler(config: RolloutConfig, model: ModelConfig, run_dir: pathlib.Pat
 
 
 def assemble_rollout(prompts: Sequence[np.ndarray], samples: Sequence[Sequence[Sample]], rewards: np.ndarray,
-                     pad_id: int, *, length: int | None = None) -> Rollout:
+                     pad_id: int, *, length: int | None = None, pack_length: int | None = None,
+                     rows_multiple_of: int = 1) -> Rollout:
     """The update's input (NumPy arrays) from prompts, their samples ``[P][G]`` and rewards ``[P, G]``.
 
     Rows are prompt + completion, right-padded to a multiple of :data:`LENGTH_MULTIPLE` (or exactly
-    ``length``, for runs whose shapes must not change, e.g. vmapped ablation arms).
+    ``length``, for runs whose shapes must not change, e.g. vmapped ablation arms). With
+    ``pack_length`` the rollout also carries the sequences packed first-fit-decreasing into rows of
+    that many tokens (:class:`~r1jax.train.steps.Packed`), the row count rounded up to a multiple of
+    ``rows_multiple_of`` and of :data:`LENGTH_MULTIPLE` (so shapes, and compiles, repeat).
     """
     group = len(samples[0])
     rows_p = [p for p in prompts for _ in range(group)]
     rows_c = [s.token_ids for grp in samples for s in grp]
-    tb = pad_sequences(rows_p, rows_c, pad_id, multiple_of=LENGTH_MULTIPLE, length=length,
-                       token_values={"sampler_logp": [s.logprobs for grp in samples for s in grp]})
+    sampler_logp = {"sampler_logp": [s.logprobs for grp in samples for s in grp]}
+    tb = pad_sequences(rows_p, rows_c, pad_id, multiple_of=LENGTH_MULTIPLE, length=length, token_values=sampler_logp)
     lengths = np.array([[len(s) for s in grp] for grp in samples], np.float32)
+    packed = None
+    if pack_length is not None:
+        packed = pack_rollout(rows_p, rows_c, pad_id, tb.tokens.shape[1], pack_length,
+                              math.lcm(rows_multiple_of, LENGTH_MULTIPLE))
     return Rollout(tokens=tb.tokens, attention_mask=tb.attention_mask, loss_mask=tb.loss_mask[:, 1:],
                    sampler_logp=tb.values["sampler_logp"][:, 1:].astype(np.float32),
-                   rewards=np.asarray(rewards, np.float32), lengths=lengths)
+                   rewards=np.asarray(rewards, np.float32), lengths=lengths, packed=packed)
+
+
+def pack_rollout(prompts: Sequence[np.ndarray], completions: Sequence[Sequence[int]], pad_id: int,
+                 padded_length: int, pack_length: int, rows_multiple_of: int) -> Packed:
+    """The packed layout of N sequences whose padded rows are ``padded_length`` long.
+
+    Target ``t`` of sequence ``n`` (predicting its token ``t + 1``) is padded target ``(n, t)`` and
+    packed target ``(row_n, offset_n + t)``, for ``t < len_n - 1``; every other target maps to the
+    extra zero slot of the other layout.
+    """
+    pb = pack_sequences(prompts, completions, pack_length, pad_id, rows_multiple_of=rows_multiple_of)
+    n, rows = len(prompts), pb.tokens.shape[0]
+    seq_len = pb.prompt_lengths + pb.completion_lengths
+    gather = np.full((rows, pack_length - 1), n * (padded_length - 1), np.int32)
+    scatter = np.full((n, padded_length - 1), rows * (pack_length - 1), np.int32)
+    for i in range(n):
+        t = np.arange(seq_len[i] - 1)
+        gather[pb.row[i], pb.offset[i] + t] = i * (padded_length - 1) + t
+        scatter[i, t] = pb.row[i] * (pack_length - 1) + pb.offset[i] + t
+    return Packed(tokens=pb.tokens, attention_mask=pb.attention_mask, segment_ids=pb.segment_ids, gather=gather,
+                  scatter=scatter, row_of_seq=pb.row.astype(np.int32))
 
 
 def step_seed(run_seed: int, step: int, salt: int = 0) -> int:

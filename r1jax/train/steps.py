@@ -48,6 +48,24 @@ class Rollout(NamedTuple):
     sampler_logp: jax.Array    # [B, T-1] float32: what the rollout engine reported
     rewards: jax.Array         # [P, G] float32: total reward of each sample
     lengths: jax.Array         # [P, G] float32: completion lengths in tokens
+    packed: "Packed | None" = None  # the same sequences packed into rows: what the forwards read
+
+
+class Packed(NamedTuple):
+    """A rollout's sequences packed several to a row (``algo.packing``): the layout the model runs on.
+
+    Per-token quantities that need whole sequences (advantages, aggregation weights, GAE) are
+    computed on the padded rows, one sequence per row, and moved with two gathers: ``gather``
+    takes padded targets to packed ones, ``scatter`` packed targets back to padded ones. Index
+    ``B * (T-1)`` (resp. ``R * (L-1)``) names an extra zero slot: a target with no counterpart.
+    """
+
+    tokens: jax.Array          # [R, L] int32
+    attention_mask: jax.Array  # [R, L] bool
+    segment_ids: jax.Array     # [R, L] int32: k >= 1 for the k-th sequence of a row, 0 on padding
+    gather: jax.Array          # [R, L-1] int32: index of each packed target in the flat padded targets
+    scatter: jax.Array         # [B, T-1] int32: index of each padded target in the flat packed targets
+    row_of_seq: jax.Array      # [B] int32: the packed row of each sequence
 
 
 class SFTBatch(NamedTuple):
@@ -58,11 +76,15 @@ class SFTBatch(NamedTuple):
 
 
 class _Rows(NamedTuple):
-    """What one optimizer step reads, per row (sliced by the mini-batch permutation)."""
+    """What one optimizer step reads, per row (sliced by the mini-batch permutation); rows are the
+    padded sequences or, with packing, the packed rows."""
 
     tokens: jax.Array
     attention_mask: jax.Array
+    segment_ids: jax.Array | None  # None: one sequence per row
     loss_mask: jax.Array
+    weights: jax.Array             # per-token aggregation weights (algos.token_weights of whole sequences)
+    num_seqs: jax.Array            # [rows] float32: trained sequences in each row
     advantages: jax.Array
     sampler_logp: jax.Array
     old_logp: jax.Array | None     # None: on-policy single pass, old = stop_gradient(logp)
@@ -107,9 +129,9 @@ def _kernel_kwargs(kernels: KernelConfig) -> dict:
 
 
 def critic_values(critic_params: Params, model: ModelConfig, tokens: jax.Array,
-                  attention_mask: jax.Array) -> jax.Array:
+                  attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
     """``V(s_t)`` aligned with the targets: the value of the prefix ending at token t, ``[N, T-1]``."""
-    hidden = forward(critic_params, model, tokens, attention_mask=attention_mask)
+    hidden = forward(critic_params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
     return value(critic_params, model, hidden[:, :-1])
 
 
@@ -147,6 +169,12 @@ def _proposed(tx, grads, opt_state, params, lr_scale):
     updates, new_opt = tx.update(grads, opt_state, params)
     updates = jax.tree.map(lambda u: u * lr_scale, updates)
     return optax.apply_updates(params, updates), new_opt
+
+
+def _move(x: jax.Array, index: jax.Array) -> jax.Array:
+    """``x`` flattened, with a zero slot appended, gathered at ``index``: one layout to the other."""
+    flat = jnp.concatenate([x.reshape(-1), jnp.zeros((1,), x.dtype)])
+    return flat[index]
 
 
 def _select(ok, new, old):
@@ -222,7 +250,8 @@ def _policy_terms(params, rows: _Rows, hp: Hyper, *, model, algo: AlgoConfig, ke
     """Per-token log-probs, entropy, policy loss output and KL of a micro-batch."""
     hpd = _hparams(hp, algo)
     if kernels.fused:
-        hidden = forward(params, model, rows.tokens, attention_mask=rows.attention_mask)
+        hidden = forward(params, model, rows.tokens, attention_mask=rows.attention_mask,
+                         segment_ids=rows.segment_ids)
         old = rows.old_logp  # the fused kernel takes the behaviour log-probs as an input (always computed)
         ref = rows.ref_logp if rows.ref_logp is not None else old
         terms = grpo_token_terms(
@@ -237,7 +266,7 @@ def _policy_terms(params, rows: _Rows, hp: Hyper, *, model, algo: AlgoConfig, ke
         kl = jnp.where(rows.loss_mask, getattr(terms, algo.kl_estimator), 0.0)
         return logp, ent, old, out, kl
     logp, ent = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, hp.temperature,
-                                entropy=True, mesh=mesh)
+                                entropy=True, mesh=mesh, segment_ids=rows.segment_ids)
     old = jax.lax.stop_gradient(logp) if rows.old_logp is None else rows.old_logp
     out = algos.POLICY_LOSSES.call(algo.policy_loss, logp, old, rows.advantages, rows.loss_mask, hparams=hpd)
     kl = jnp.zeros_like(logp)
@@ -261,7 +290,7 @@ def _rl_losses(algo: AlgoConfig, model: ModelConfig, kernels: KernelConfig, mesh
         if not algo.kl_in_reward:
             per_token = per_token + hp.kl_coef * kl
         per_token = per_token - hp.entropy_coef * ent
-        loss = algos.loss_numerator(per_token, mask, algo.loss_agg) / den
+        loss = jnp.sum(jnp.where(mask, per_token, 0.0) * rows.weights) / den
         mean = lambda x: _token_mean(x, mask, num_tokens)  # noqa: E731
         sampler_kl = algos.kl_estimate(rows.sampler_logp, old, mask, kind="k3")
         return loss, {"loss": loss, "policy_loss": mean(out.loss), "kl_ref": mean(kl), "entropy": mean(ent),
@@ -269,7 +298,7 @@ def _rl_losses(algo: AlgoConfig, model: ModelConfig, kernels: KernelConfig, mesh
                       "ratio": mean(out.ratio), "trainer_sampler_kl": mean(sampler_kl)}
 
     def critic_loss(critic_params, rows: _Rows, hp: Hyper):
-        values = critic_values(critic_params, model, rows.tokens, rows.attention_mask)
+        values = critic_values(critic_params, model, rows.tokens, rows.attention_mask, rows.segment_ids)
         out = algos.clipped_value_loss(values, rows.old_values, rows.returns, rows.loss_mask, clip=hp.value_clip)
         vloss = _token_mean(out.loss, rows.loss_mask, num_tokens)
         return hp.value_coef * vloss, {"value_loss": vloss}
@@ -277,11 +306,24 @@ def _rl_losses(algo: AlgoConfig, model: ModelConfig, kernels: KernelConfig, mesh
     return policy_loss, critic_loss
 
 
+def _check_packable(algo: AlgoConfig) -> None:
+    """Losses and weights that reduce over a row need one sequence per row."""
+    if algos.POLICY_LOSSES.entry(algo.policy_loss).meta["sequence_level"]:
+        raise ValueError(f"algo.packing: policy loss {algo.policy_loss!r} is sequence-level (it reduces over each "
+                         f"row); it cannot train on packed rows")
+    if algo.tis not in ("off", "token"):
+        raise ValueError(f"algo.packing: tis level {algo.tis!r} reduces over each row; use tis: token or no packing")
+
+
 def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, tx: optax.GradientTransformation,
                    critic_tx: optax.GradientTransformation | None = None, *, max_new_tokens: int,
                    mesh: jax.sharding.Mesh | None = None, jit: bool = True
                    ) -> Callable[[TrainState, Rollout, Hyper], tuple[TrainState, dict]]:
     """Builds ``update(state, rollout, hp) -> (state, metrics)``: the whole RL algorithm after scoring.
+
+    The rollout's rows are one sequence each, padded; when it carries a :class:`Packed` layout
+    (``algo.packing``) every model forward runs on the packed rows instead, and the advantages and
+    aggregation weights, computed on whole sequences, are moved to them (the loss is the same).
 
     Decided at trace time from the static config: the old-policy forward runs only when the rows
     are visited more than once, the estimator needs behaviour log-probs or the fused kernel takes
@@ -306,11 +348,12 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
     algos.POLICY_LOSSES.check_keywords(algo.policy_loss, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     algos.ADVANTAGES.check_keywords(algo.advantage, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     need_old = algo.passes > 1 or algo.kl_in_reward or kernels.fused
-    logp_fn = lambda p, r, hp: jax.lax.stop_gradient(  # noqa: E731
-        policy_logprobs(p, model, kernels, r.tokens, r.attention_mask, hp.temperature, mesh=mesh))
 
     def update(state: TrainState, rollout: Rollout, hp: Hyper):
         num_prompts, group = rollout.rewards.shape
+        packed = rollout.packed
+        if packed is not None:
+            _check_packable(algo)
         rewards = rollout.rewards.astype(jnp.float32)
         if algo.overlong_buffer:
             rewards = rewards + hp.overlong_penalty * algos.overlong_penalty(
@@ -319,20 +362,39 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
         if algo.dynamic_sampling:
             keep = jnp.broadcast_to(algos.dynamic_sampling_mask(rewards)[:, None], keep.shape)
         mask = rollout.loss_mask & keep.reshape(-1)[:, None]
-        old_logp = logp_fn(state.params, rollout, hp) if need_old else None
-        ref_logp = logp_fn(state.ref_params, rollout, hp) if algo.uses_reference else None
-        values = (jax.lax.stop_gradient(critic_values(state.critic_params, model, rollout.tokens,
-                                                      rollout.attention_mask)) if algo.needs_critic else None)
+        # The forwards run on the rows of the layout (packed or padded); estimators read padded rows.
+        rows_of = packed if packed is not None else rollout
+        seg = packed.segment_ids if packed is not None else None
+        to_rows = (lambda x: _move(x, packed.gather)) if packed is not None else (lambda x: x)  # noqa: E731
+        to_seqs = (lambda x: _move(x, packed.scatter)) if packed is not None else (lambda x: x)  # noqa: E731
+
+        def logp_of(params):
+            return jax.lax.stop_gradient(policy_logprobs(params, model, kernels, rows_of.tokens, rows_of.attention_mask,
+                                                         hp.temperature, mesh=mesh, segment_ids=seg))
+
+        old_logp = logp_of(state.params) if need_old else None
+        ref_logp = logp_of(state.ref_params) if algo.uses_reference else None
+        values = (jax.lax.stop_gradient(critic_values(state.critic_params, model, rows_of.tokens,
+                                                      rows_of.attention_mask, seg)) if algo.needs_critic else None)
+        opt = lambda x, f: None if x is None else f(x)  # noqa: E731
         adv = algos.ADVANTAGES.call(
-            algo.advantage, algos.AdvantageInputs(rewards, keep, mask, old_logp, ref_logp, values),
+            algo.advantage, algos.AdvantageInputs(rewards, keep, mask, opt(old_logp, to_seqs), opt(ref_logp, to_seqs),
+                                                  opt(values, to_seqs)),
             hparams=_hparams(hp, algo))
-        rows = _Rows(rollout.tokens, rollout.attention_mask, mask, jax.lax.stop_gradient(adv.advantages),
-                     rollout.sampler_logp, old_logp, None if algo.kl_in_reward else ref_logp,
-                     values, adv.returns if algo.needs_critic else None)
+        has_seq = jnp.any(mask, axis=-1).astype(jnp.float32)
+        num_seqs = (jax.ops.segment_sum(has_seq, packed.row_of_seq, num_segments=packed.tokens.shape[0])
+                    if packed is not None else has_seq)
+        rows = _Rows(rows_of.tokens, rows_of.attention_mask, seg, to_rows(mask),
+                     to_rows(algos.token_weights(mask, algo.loss_agg)), num_seqs,
+                     to_rows(jax.lax.stop_gradient(adv.advantages)), to_rows(rollout.sampler_logp), old_logp,
+                     None if algo.kl_in_reward else ref_logp, values,
+                     to_rows(adv.returns) if algo.needs_critic else None)
 
         def step_fn(state, mb: _Rows):
-            den = jnp.maximum(algos.loss_denominator(mb.loss_mask, algo.loss_agg, max_len=max_new_tokens), 1.0)
             num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)
+            den = num_tokens if algo.loss_agg == "token_mean" else jnp.maximum(jnp.sum(mb.num_seqs), 1.0)
+            if algo.loss_agg == "seq_mean_token_sum_norm":
+                den = den * max_new_tokens
             policy_loss, critic_loss = _rl_losses(algo, model, kernels, mesh, den, num_tokens)
             return _optimizer_step(
                 state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=algo.num_microbatches,

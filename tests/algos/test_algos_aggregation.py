@@ -10,7 +10,7 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from r1jax.algos import (AGGREGATION_MODES, aggregate_loss, clipped_surrogate_loss, kl_estimate,
-                         loss_denominator, loss_numerator)
+                         loss_denominator, loss_numerator, token_weights)
 
 SETTINGS = settings(max_examples=20, deadline=None)
 B, T, D, V = 6, 5, 3, 7
@@ -53,6 +53,23 @@ def test_aggregation_matches_numpy(mode):
     # Leading batch axes: [2, 5, 7] with a copy of the batch is the same mean.
     stacked = aggregate_loss(np.stack([per_token] * 2), np.stack([mask] * 2), mode, max_len=MAX_LEN)
     np.testing.assert_allclose(stacked, got, rtol=1e-6)
+
+
+@pytest.mark.parametrize("mode", AGGREGATION_MODES)
+def test_token_weights_give_the_numerator_even_after_the_tokens_are_shuffled(mode):
+    """The weights computed on whole sequences reproduce the float64 numerator; moving every token
+    (with its weight) anywhere, as packing does, leaves the weighted sum unchanged."""
+    rng = np.random.default_rng(1)
+    per_token = np.float32(rng.normal(size=(5, 7)))
+    mask = np.arange(7)[None] < np.array([[7], [1], [0], [4], [2]])
+    w = np.asarray(token_weights(mask, mode))
+    den = np.asarray(loss_denominator(mask, mode, max_len=MAX_LEN))
+    np.testing.assert_allclose(np.sum(np.where(mask, per_token, 0) * w) / den,
+                               np_aggregate(per_token, mask, mode, MAX_LEN), rtol=1e-6)
+    assert np.all(w[~mask] == 0)
+    perm = rng.permutation(per_token.size)
+    moved = np.where(mask, per_token, 0).reshape(-1)[perm] * w.reshape(-1)[perm]
+    np.testing.assert_allclose(moved.sum() / den, np_aggregate(per_token, mask, mode, MAX_LEN), rtol=1e-5)
 
 
 def test_empty_batch_gives_zero_not_nan():

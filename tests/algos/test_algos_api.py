@@ -57,6 +57,7 @@ CASES = {
         lambda x, m, d: algos.aggregate_loss(x, m, "seq_mean_token_sum_norm", denominator=d),
         (LOGP, MASK, 40.0)),
     "loss_numerator": (lambda x, m: algos.loss_numerator(x, m, "seq_mean_token_mean"), (LOGP, MASK)),
+    "token_weights": (lambda m: algos.token_weights(m, "seq_mean_token_mean"), (MASK,)),
     "loss_denominator": (lambda m, L: algos.loss_denominator(m, "seq_mean_token_sum_norm", max_len=L),
                          (MASK, 16.0)),
     "overlong_penalty": (lambda n, L, c: algos.overlong_penalty(n, max_len=L, cache_len=c),
