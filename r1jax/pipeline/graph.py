@@ -242,12 +242,22 @@ def parse_pipeline(data: Mapping[str, Any]) -> Pipeline:
         kind = stage.kind_class()()
         inputs = {k: (None if isinstance(v, InputRef) else v) for k, v in stage.inputs.items()}
         try:
-            kind.check(stage.name, stage.config, inputs)
+            kind.check(stage.name, copy.deepcopy(dict(stage.config)), inputs)
         except ConfigError as e:
             msg = str(e)
             raise ConfigError(msg if msg.startswith(f"stage {stage.name}") else f"stage {stage.name}: {msg}") from None
     return Pipeline(out_dir=pathlib.Path(out_dir).expanduser(), seed=seed, imports=tuple(imports),
                     stages=tuple(stages.values()), eval=evaluation)
+
+
+def _unshared_copy(value: Any) -> Any:
+    """A copy of nested dicts / lists in which no two places share an object (YAML anchors ``&a`` / ``*a``
+    make two stages share one config dict: an override of one must not change the other)."""
+    if isinstance(value, Mapping):
+        return {k: _unshared_copy(v) for k, v in value.items()}
+    if isinstance(value, list):
+        return [_unshared_copy(v) for v in value]
+    return value
 
 
 def apply_pipeline_overrides(data: Mapping[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
@@ -259,7 +269,7 @@ def apply_pipeline_overrides(data: Mapping[str, Any], overrides: Sequence[str]) 
     Raises:
       ConfigError: a malformed override, or one naming a stage that is not in the list.
     """
-    out = copy.deepcopy(dict(data))
+    out = _unshared_copy(data)
     for key, value in parse_overrides(overrides):
         parts = key.split(".")
         node: Any = out

@@ -25,7 +25,9 @@ changes). At the end the runner prints the table of those numbers, one row per m
 
 from __future__ import annotations
 
+import contextlib
 import copy
+import fcntl
 import json
 import logging
 import pathlib
@@ -272,6 +274,24 @@ def _evaluate_stage(pipeline: Pipeline, stage: Stage, manifest: dict[str, Any]) 
 # ------------------------------------------------------------------------------------------ the pipeline
 
 
+@contextlib.contextmanager
+def _lock(root: pathlib.Path):
+    """Holds an exclusive lock on ``root/.lock`` (released by the kernel if the process is killed).
+
+    Raises:
+      ConfigError: another process runs a pipeline in ``root``.
+    """
+    with open(root / ".lock", "a") as f:
+        try:
+            fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise ConfigError(f"out_dir: another r1jax pipeline is running in {root}") from None
+        try:
+            yield
+        finally:
+            fcntl.flock(f.fileno(), fcntl.LOCK_UN)
+
+
 def run_pipeline(pipeline: Pipeline) -> dict[str, Any]:
     """Runs (skips, resumes, re-runs) every stage in order, evaluates their models, writes the table.
 
@@ -284,22 +304,26 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, Any]:
       ``manifest["last_actions"]``.
 
     Raises:
-      ConfigError: the manifest of the pipeline directory cannot be read (nothing was written).
+      ConfigError: the manifest of the pipeline directory cannot be read (nothing was written), or
+        another process is running a pipeline in that directory.
       Whatever a stage raised (its entry says ``failed`` with the error).
     """
     root = pipeline.out_dir
-    manifest = read_manifest(root)
-    manifest["order"] = [s.name for s in pipeline.stages]
-    for s in pipeline.stages:
-        manifest["stages"].setdefault(s.name, {"status": "pending", "kind": s.kind, "label": s.label,
-                                               "config": s.config})
-    write_manifest(root, manifest)
-    actions = {}
-    for stage in pipeline.stages:
-        actions[stage.name] = _run_stage(pipeline, stage, manifest)
-        _evaluate_stage(pipeline, stage, manifest)
-    manifest["last_actions"] = actions
-    write_manifest(root, manifest)
+    read_manifest(root)  # a directory holding something else is refused before anything is written
+    root.mkdir(parents=True, exist_ok=True)
+    with _lock(root):
+        manifest = read_manifest(root)
+        manifest["order"] = [s.name for s in pipeline.stages]
+        for s in pipeline.stages:
+            manifest["stages"].setdefault(s.name, {"status": "pending", "kind": s.kind, "label": s.label,
+                                                   "config": s.config})
+        write_manifest(root, manifest)
+        actions = {}
+        for stage in pipeline.stages:
+            actions[stage.name] = _run_stage(pipeline, stage, manifest)
+            _evaluate_stage(pipeline, stage, manifest)
+        manifest["last_actions"] = actions
+        write_manifest(root, manifest)
     text = format_table(manifest)
     (root / "table.txt").write_text(text + "\n")
     plot_stages(manifest, root / "stages.png")
@@ -354,7 +378,8 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
     labels = [r["label"] for r in rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
-        ax.bar(range(len(rows)), [r["eval"][key] for r in rows], color="tab:blue")
+        bars = ax.bar(range(len(rows)), [r["eval"][key] for r in rows], color="tab:blue")
+        ax.bar_label(bars, fmt="%.1f" if key == "response_length" else "%.3f", fontsize=8)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
         ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
@@ -371,6 +396,7 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
 def _logging() -> None:
     # force: importing orbax has already given the root logger a WARNING-level handler (absl's basicConfig)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s", force=True)
+    logging.getLogger("absl").setLevel(logging.WARNING)  # orbax logs every checkpoint operation at INFO
 
 
 def _run_and_print(pipeline: Pipeline) -> int:

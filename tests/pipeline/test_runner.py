@@ -316,3 +316,24 @@ def test_overrides_address_stages_by_name(tmp_path):
     assert p.stage("b").config["steps"] == 7 and p.seed == 3 and p.stage("a").config["steps"] == 3
     with pytest.raises(ConfigError, match="override stages.c.config.steps: no stage named 'c'; stages: a, b"):
         load_pipeline(path, ["stages.c.config.steps=7"])
+
+
+def test_an_override_of_one_stage_leaves_a_yaml_alias_in_another_alone(tmp_path):
+    path = tmp_path / "p.yaml"
+    path.write_text(f"out_dir: {tmp_path / 'pipe'}\n"
+                    "stages:\n"
+                    "  - {name: a, kind: test_count, config: &cfg {steps: 2, add: 1}}\n"
+                    "  - {name: b, kind: test_count, inputs: {start: stages.a.result}, config: *cfg}\n")
+    p = load_pipeline(path, ["stages.b.config.add=9"])
+    assert p.stage("a").config == {"steps": 2, "add": 1} and p.stage("b").config == {"steps": 2, "add": 9}
+
+
+def test_two_runners_never_share_a_pipeline_directory(tmp_path):
+    import fcntl
+
+    (tmp_path / "pipe").mkdir()
+    with open(tmp_path / "pipe" / ".lock", "a") as held:
+        fcntl.flock(held.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # what a running `r1jax pipeline` holds
+        with pytest.raises(ConfigError, match="another r1jax pipeline is running in"):
+            run_pipeline(parse_pipeline(_pipeline(tmp_path)))
+    assert not (tmp_path / "pipe" / "manifest.json").exists()
