@@ -124,8 +124,8 @@ def _input_records(stage: Stage, pipeline_dir: pathlib.Path, manifest: Mapping[s
         if isinstance(value, InputRef):
             up = manifest["stages"][value.stage]
             out = up["outputs"][value.output]
-            records[name] = {"ref": str(value), "path": str(pipeline_dir.resolve() / out["path"]), "digest": out["digest"],
-                             "stage_fingerprint": up["fingerprint"]}
+            records[name] = {"ref": str(value), "path": str(pipeline_dir.resolve() / out["path"]),
+                             "digest": out["digest"], "stage_fingerprint": up["fingerprint"]}
         else:
             records[name] = {"path": str(value), "digest": digest_path(value)}
     return records

@@ -92,6 +92,13 @@ def test_rl_stage_trains_exports_evaluates_and_is_skipped_when_done(tmp_path):
     assert again["stages"]["zero"]["eval"]["key"] == entry["eval"]["key"]  # not evaluated again
     assert len((stage_dir / "run" / "metrics.jsonl").read_text().splitlines()) == 2
 
+    changed = _pipeline(tmp_path)
+    changed["eval"]["config"]["eval"]["num_prompts"] = 1  # a new eval section: the model is evaluated again
+    third = run_pipeline(parse_pipeline(changed))
+    assert third["last_actions"] == {"zero": "skipped"}
+    assert third["stages"]["zero"]["eval"]["key"] != entry["eval"]["key"]
+    assert third["stages"]["zero"]["eval"]["metrics"]["eval/num_problems"] == 1.0
+
 
 def test_rl_kind_resumes_its_own_run(tmp_path):
     """Called again on the same directory (as after a kill), the kind continues from its checkpoint;

@@ -92,7 +92,8 @@ def _pipeline(tmp_path: pathlib.Path, *, a: dict | None = None, b: dict | None =
         a_stage["inputs"] = {"start": start}
     data = {"out_dir": str(tmp_path / "pipe"), "seed": 0,
             "stages": [a_stage, {"name": "b", "kind": "test_count", "label": "Dev1",
-                                 "inputs": {"start": "stages.a.result"}, "config": {"steps": 4, "add": 2, **(b or {})}}]}
+                                 "inputs": {"start": "stages.a.result"},
+                                 "config": {"steps": 4, "add": 2, **(b or {})}}]}
     if imports:
         data["imports"] = [str(THIS_FILE)]
     return data
@@ -281,7 +282,8 @@ BAD = {
     "kind check": (lambda d: _stage(d, "b")["config"].update(steps=0),
                    "stage b: config.steps: must be an integer >= 1, got 0"),
     "unknown top key": (lambda d: d.update(stges=[]), "unknown key 'stges' (did you mean 'stages'?)"),
-    "unknown stage key": (lambda d: _stage(d, "a").update(input={}), "stage a: unknown key 'input' (did you mean 'inputs'?)"),
+    "unknown stage key": (lambda d: _stage(d, "a").update(input={}),
+                          "stage a: unknown key 'input' (did you mean 'inputs'?)"),
     "bad name": (lambda d: _stage(d, "a").update(name="a.b"), "stages[0].name: expected a name matching"),
     "unknown eval key": (lambda d: d.update(eval={"formats": "x"}), "eval: unknown key 'formats'"),
     "eval model": (lambda d: d.update(eval={"config": {"model": {"path": "x"}}}), "eval.config.model: "),
