@@ -299,8 +299,8 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, Any]:
       pipeline: a checked pipeline (:func:`r1jax.pipeline.graph.load_pipeline`).
 
     Returns:
-      The final manifest. Each stage entry has ``"action"``-free records; what the runner did in
-      this call is logged (``skipped`` / ``resumed`` / ``ran`` / ``re-ran``) and returned under
+      The final manifest (also on disk). What the runner did with each stage in this call
+      (``skipped`` / ``resumed`` / ``ran`` / ``re-ran``) is logged and recorded under
       ``manifest["last_actions"]``.
 
     Raises:

@@ -146,3 +146,11 @@ def test_load_kinds_skips_only_missing_kind_modules(tmp_path, monkeypatch):
     with pytest.raises(ModuleNotFoundError, match="r1jax_no_such_dependency"):
         load_kinds()
     sys.modules.pop("r1jax_test_broken_kind", None)
+
+
+def test_help_lists_the_pipeline_and_stage_verbs(capsys):
+    with pytest.raises(SystemExit) as e:
+        main(["--help"])
+    assert e.value.code == 0
+    listed = {line.split()[0] for line in capsys.readouterr().out.splitlines() if line.startswith("    ")}
+    assert {"pipeline", "rl", "sft", "sample", "distill"} <= listed
