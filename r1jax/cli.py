@@ -7,6 +7,10 @@
     r1jax serve --engine jax --model DIR  start a rollout server
     r1jax demo                            the tiny R1-Zero run of the README
     r1jax config CONFIG [key=value ...]  print the fully resolved config (and check it)
+    r1jax pipeline CONFIG [key=value ...] run (or resume) a multi-stage pipeline; prints its table
+          [--status]                     print the table of its manifest, run nothing
+    r1jax rl|sft|sample|distill CONFIG [key=value ...] [--out DIR]
+                                         run one stage of that kind (a one-stage pipeline in DIR)
 
 Subcommands import their modules lazily, so `r1jax --help` is instant and a missing optional
 part only fails the subcommand that needs it.
@@ -56,6 +60,18 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     return demo_main(args.overrides)
 
 
+def _cmd_pipeline(args: argparse.Namespace) -> int:
+    from r1jax.pipeline.runner import pipeline_from_cli
+
+    return pipeline_from_cli(args.config, args.overrides, status=args.status)
+
+
+def _cmd_stage(args: argparse.Namespace) -> int:
+    from r1jax.pipeline.runner import stage_from_cli
+
+    return stage_from_cli(args.command, args.config, args.overrides, out=args.out)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="r1jax",
@@ -84,6 +100,24 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("demo", help="the tiny R1-Zero run on CPU (what `make demo` runs)")
     p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides of configs/r1_zero_tiny.yaml")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("pipeline", help="run a multi-stage pipeline (R1: RL → SFT → RL → ...): "
+                                        "r1jax pipeline CONFIG [key=value ...]")
+    p.add_argument("config", help="YAML pipeline config (out_dir, seed, imports, eval, stages)")
+    p.add_argument("overrides", nargs="*", metavar="key=value",
+                   help="dotted overrides; stages.<name>.… addresses a stage, e.g. stages.zero.config.run.steps=10")
+    p.add_argument("--status", action="store_true", help="print the table of the pipeline's manifest and run nothing")
+    p.set_defaults(func=_cmd_pipeline)
+
+    for kind, what in (("rl", "RL (GRPO / PPO) from an input model"), ("sft", "supervised fine-tuning"),
+                       ("sample", "sampling (rejection sampling, distillation data)"),
+                       ("distill", "distillation into a student")):
+        p = sub.add_parser(kind, help=f"one {kind} stage: {what}: r1jax {kind} CONFIG [key=value ...] [--out DIR]")
+        p.add_argument("config", help="YAML stage config (inputs, config; optional name, label, seed, imports, eval)")
+        p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. inputs.model=DIR")
+        p.add_argument("--out", metavar="DIR", default=None,
+                       help="the pipeline directory (manifest, stage directory); default runs/<name>")
+        p.set_defaults(func=_cmd_stage)
 
     try:
         from r1jax.rollout.cli import add_serve_parser, run_serve
