@@ -115,10 +115,10 @@ def write_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
 def path_digest(path: str | os.PathLike) -> str:
     """sha256 of a file's bytes, or of a directory's files (relative names and contents, sorted)."""
     p = pathlib.Path(path)
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
     if not p.exists():
         raise FileNotFoundError(f"{p}: does not exist")
+    h = hashlib.sha256()
+    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
     for q in files:
         if p.is_dir():
             h.update(str(q.relative_to(p)).encode() + b"\0")

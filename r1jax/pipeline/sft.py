@@ -185,15 +185,20 @@ class SFTConfig:
     kernels: KernelConfig = field(default_factory=KernelConfig)
 
 
-def parse_sft_config(stage: str, config: Mapping[str, Any] | SFTConfig) -> SFTConfig:
-    """The validated :class:`SFTConfig` of a stage section; ConfigError lines start ``stage NAME:``."""
+def parse_sft_config(stage: str, config: Mapping[str, Any] | SFTConfig, *,
+                     tokenizer_given: bool = False) -> SFTConfig:
+    """The validated :class:`SFTConfig` of a stage section; ConfigError lines start ``stage NAME:``.
+
+    ``tokenizer_given``: the caller supplies the tokenizer of a model trained from scratch (the
+    distill stage: the teacher's), so ``model.tokenizer`` may be left out.
+    """
     if isinstance(config, SFTConfig):
         return config
     try:
         cfg = from_dict(SFTConfig, config)
         if cfg.model.config is not None:
             from_dict(ModelConfig, {"vocab_size": 1, **cfg.model.config})
-            if cfg.model.tokenizer is None:
+            if cfg.model.tokenizer is None and not tokenizer_given:
                 raise ConfigError("model.tokenizer: a model trained from scratch (model.config) needs a tokenizer "
                                   "directory")
         if cfg.format_eval.reward is not None and cfg.format_eval.num_prompts:
@@ -344,7 +349,7 @@ def _load_model(cfg: SFTConfig, model_dir: pathlib.Path | None, tokenizer_dir: p
         if model_dir is not None:
             raise ConfigError(f"stage {stage}: give either the input `model` (fine-tune) or model.config "
                               "(train from scratch), not both")
-        tok_dir = tokenizer_dir or pathlib.Path(cfg.model.tokenizer)
+        tok_dir = pathlib.Path(cfg.model.tokenizer) if cfg.model.tokenizer else tokenizer_dir
         tokenizer = load_tokenizer(tok_dir)
         base = {"vocab_size": tokenizer.vocab_size, "bos_token_id": tokenizer.bos_id,
                 "eos_token_ids": list(tokenizer.eos_ids)}
@@ -360,7 +365,7 @@ def _load_model(cfg: SFTConfig, model_dir: pathlib.Path | None, tokenizer_dir: p
     if model_dir is None:
         raise ConfigError(f"stage {stage}: no model: give the input `model` (an HF directory) or model.config")
     params, model_cfg = load_pretrained(model_dir, param_dtype="float32")
-    return params, model_cfg, load_tokenizer(tokenizer_dir or model_dir)
+    return params, model_cfg, load_tokenizer(model_dir)
 
 
 def _split(data: SFTData, fraction: float, seed: int) -> tuple[SFTData, SFTData]:
@@ -388,7 +393,8 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
       out_dir: the stage directory (checkpoints, log, model, metrics).
       model: the input HF directory to fine-tune (None: ``model.config`` from scratch).
       eval_data: a held-out JSONL (None: hold out ``heldout_fraction`` of ``data``).
-      tokenizer_dir: overrides ``model.tokenizer`` (the distill stage passes the teacher's).
+      tokenizer_dir: the tokenizer of a model from scratch when ``model.tokenizer`` is not set (the
+        distill stage passes the teacher's).
       seed: the pipeline's seed (used when ``config.seed`` is None).
       on_step: called as ``on_step(step, metrics)`` after each optimizer step (``step`` counts
         completed steps); an exception raised there stops the run like a kill.
@@ -398,7 +404,7 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
       ``train_loss`` (last step), ``heldout_loss_initial``, ``heldout_loss``, ``format_rate``,
       ``steps``, ``train_examples``, ``heldout_examples``.
     """
-    cfg = parse_sft_config(stage, config)
+    cfg = parse_sft_config(stage, config, tokenizer_given=tokenizer_dir is not None)
     seed = cfg.seed if cfg.seed is not None else seed
     out_dir = pathlib.Path(out_dir)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -494,8 +500,8 @@ class SFTStage(StageKind):
                               "(train from scratch), not both")
         if cfg.model.config is None and "model" not in inputs:
             raise ConfigError(f"stage {stage}: no model: give the input `model` (an HF directory) or model.config")
-        if cfg.model.config is not None and not pathlib.Path(cfg.model.tokenizer).exists():
-            raise ConfigError(f"stage {stage}: model.tokenizer: {cfg.model.tokenizer} does not exist")
+        if cfg.model.config is not None and not (pathlib.Path(cfg.model.tokenizer) / "tokenizer.json").is_file():
+            raise ConfigError(f"stage {stage}: model.tokenizer: {cfg.model.tokenizer} has no tokenizer.json")
 
     def run(self, ctx: StageContext) -> StageResult:
         return run_sft(ctx.name, ctx.config, data=ctx.inputs["data"], out_dir=ctx.out_dir,

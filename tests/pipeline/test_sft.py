@@ -5,7 +5,6 @@ import json
 import pathlib
 
 import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
@@ -14,7 +13,7 @@ from r1jax.data.templates import format_cold_start, format_r1_zero
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.models import load_pretrained
 from r1jax.pipeline.kinds import STAGE_KINDS, StageContext
-from r1jax.pipeline.sft import (ColdStartFormat, SFTData, encode_examples, make_batch, nll_sum_fn, parse_sft_config,
+from r1jax.pipeline.sft import (ColdStartFormat, encode_examples, make_batch, nll_sum_fn, parse_sft_config,
                                 r1_zero_to_cold_start, run_sft)
 from r1jax.rewards import format_strict
 
