@@ -444,7 +444,8 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
     out_dir.mkdir(parents=True, exist_ok=True)
     model_digest = path_digest(model)
     sampling_id = _digest({k: getattr(cfg, k) for k in ("prompt_field", "reference_field", "template", "n",
-                                                          "temperature", "top_p", "top_k", "max_new_tokens")}
+                                                          "temperature", "top_p", "top_k", "max_new_tokens",
+                                                          "chunk_prompts")}
                           | {"seed": seed, "model": model_digest, "prompts": path_digest(prompts)})
     cand_dir = out_dir / "candidates"
     cand_dir.mkdir(exist_ok=True)

@@ -170,7 +170,8 @@ class SFTConfig:
     batch_size: int = field(8, ge=1, help="sequences per step")
     max_len: int = field(128, ge=2, help="row length in tokens; a longer example is an error")
     packing: bool = field(False, help="pack sequences into rows (segment ids) instead of one per row")
-    pack_rows: int | None = field(None, ge=1, help="rows per packed batch (default batch_size)")
+    pack_rows: int | None = field(None, ge=1, help="rows per packed batch (default batch_size; set it lower to "
+                                                     "gain from packing; a step whose batch does not fit is an error)")
     lr: float = field(1e-3, gt=0.0, help="peak learning rate")
     warmup_steps: int = field(0, ge=0)
     schedule: str = field("constant", choices=("constant", "cosine"))
@@ -376,6 +377,13 @@ def _split(data: SFTData, fraction: float, seed: int) -> tuple[SFTData, SFTData]
     return data.subset(sorted(perm[k:])), data.subset(sorted(perm[:k]))
 
 
+def _truncate_log(path: pathlib.Path, step: int) -> None:
+    """Drops log lines after ``step`` (written by a run that was killed after its last checkpoint)."""
+    if path.is_file():
+        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
+        path.write_text("".join(ln + "\n" for ln in lines))
+
+
 def _digest(obj: Any) -> str:
     return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
 
@@ -450,9 +458,13 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
             initial = heldout_loss(state.params, model_cfg, held, cfg, pad, nll_sum=nll_sum)
         meta = {"stage": stage, "run_id": run_id, "heldout_loss_initial": initial, "total_steps": total}
         metrics: dict = {}
+        _truncate_log(out_dir / "log.jsonl", int(state.step))
         with (out_dir / "log.jsonl").open("a") as log:
             for step in range(int(state.step), total):
-                batch = make_batch(train, batch_indices(len(train), cfg.batch_size, seed, step), cfg, pad)
+                try:
+                    batch = make_batch(train, batch_indices(len(train), cfg.batch_size, seed, step), cfg, pad)
+                except ValueError as e:  # pack_rows too small for this step's sequences
+                    raise ConfigError(f"stage {stage}: pack_rows: step {step}: {e}") from None
                 state, metrics = update(state, batch, hp)
                 done = step + 1
                 if done % cfg.log_every == 0 or done == total:

@@ -204,6 +204,13 @@ def test_sample_run_from_the_tiny_checkpoint(prompts_file, tmp_path):
     assert len(chunks) == 2
     again = run_sample("r0_cold", SAMPLE_CFG, model=TINY, prompts=prompts_file, out_dir=out, mix=mix)
     assert again.metrics == m and read_jsonl(again.outputs["data"], allow_empty=True) == rows
+    # a run killed after its first chunk: the second is sampled again, with the same streams
+    chunks[1].unlink()
+    again = run_sample("r0_cold", SAMPLE_CFG, model=TINY, prompts=prompts_file, out_dir=out, mix=mix)
+    assert chunks[1].is_file() and read_jsonl(again.outputs["data"], allow_empty=True) == rows
+    with pytest.raises(ConfigError, match="holds samples of another model, prompt file or sampling config"):
+        run_sample("r0_cold", {**SAMPLE_CFG, "temperature": 0.5}, model=TINY, prompts=prompts_file, out_dir=out,
+                   mix=mix)
 
 
 def test_bad_inputs_fail_before_any_work(prompts_file, tmp_path):

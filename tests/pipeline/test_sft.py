@@ -38,7 +38,7 @@ def _write(path, rows):
 
 def _config(**kw):
     cfg = dict(model={"config": MODEL, "tokenizer": str(TINY)}, batch_size=8, max_len=48, lr=3e-3,
-               checkpoint_every=4, heldout_fraction=0.2, eval_batch_size=8,
+               checkpoint_every=4, log_every=1, heldout_fraction=0.2, eval_batch_size=8,
                format_eval={"num_prompts": 2, "max_new_tokens": 16})
     cfg.update(kw)
     return cfg
@@ -87,6 +87,10 @@ def test_sft_resumes_after_a_stop_to_the_same_params(full_run, data, tmp_path):
     reference, _ = load_pretrained(full_run[1].outputs["model"])
     jax.tree.map(np.testing.assert_array_equal, resumed, reference)
     assert result.metrics == full_run[1].metrics
+    log = [json.loads(line) for line in (tmp_path / "log.jsonl").read_text().splitlines()]
+    assert [r["step"] for r in log] == list(range(1, 13))  # steps 9, 10 of the stopped run not repeated
+    full_log = [json.loads(line) for line in (full_run[0] / "log.jsonl").read_text().splitlines()]
+    assert log == full_log
     # a third call finds the finished stage and does nothing
     again = run_sft("cold_start", _config(max_steps=12), data=data, out_dir=tmp_path, seed=3,
                     on_step=lambda s, m: pytest.fail("re-trained a finished stage"))
