@@ -48,10 +48,12 @@ import numpy as np
 from r1jax.config import ConfigError, field, from_dict, to_dict
 from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
+from r1jax.models import load_pretrained
 from r1jax.pipeline.datasets import path_digest, read_jsonl, write_json, write_jsonl
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
 from r1jax.rewards.registry import get_reward
+from r1jax.sampling import Sampler, SamplingParams
 
 __all__ = [
     "Judge", "RolloutJudge", "parse_verdict", "DEFAULT_JUDGE_TEMPLATE", "JudgeConfig", "SampleConfig",
@@ -125,7 +127,6 @@ class RolloutJudge:
     def outputs(self, items: Sequence[tuple[str, str, Any]]) -> list[str]:
         """The judge model's raw answers to ``items`` (one request, greedy)."""
         from r1jax.rollout.types import GenerateRequest
-        from r1jax.sampling.params import SamplingParams
 
         if not items:
             return []
@@ -362,8 +363,6 @@ def _digest(obj: Any) -> str:
 def _sample_chunks(params, model_cfg, tokenizer: Tokenizer, rows: list[dict], cfg: SampleConfig, seed: int,
                    cand_dir: pathlib.Path) -> list[dict]:
     """Candidates of every prompt: each chunk sampled once and kept in ``cand_dir`` (resumable)."""
-    from r1jax.sampling import Sampler, SamplingParams
-
     sampling = SamplingParams(temperature=cfg.temperature, top_p=cfg.top_p, top_k=cfg.top_k,
                               max_new_tokens=cfg.max_new_tokens, stop_token_ids=tokenizer.eos_ids, n=cfg.n, seed=seed)
     sampler = None
@@ -437,10 +436,18 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
             cfg.cold_start_format.check_encodable(tokenizer)
         except ConfigError as e:
             raise ConfigError(f"stage {stage}: {e}") from None
+    own_judge = judge is None and cfg.judge is not None
     judge = judge if judge is not None else _make_judge(cfg, model)
+    try:
+        return _run(stage, cfg, model=model, prompts=prompts, out_dir=out_dir, mix=mix, seed=seed, judge=judge,
+                    rows=rows, mix_rows=mix_rows, tokenizer=tokenizer)
+    finally:
+        if own_judge:
+            judge.client.close()
 
-    from r1jax.models import load_pretrained
 
+def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge, rows, mix_rows, tokenizer):
+    """The work of :func:`run_sample` once everything is validated: sample, filter, mix, write."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_digest = path_digest(model)
     sampling_id = _digest({k: getattr(cfg, k) for k in ("prompt_field", "reference_field", "template", "n",

@@ -11,8 +11,8 @@ from r1jax.config import ConfigError
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.pipeline.datasets import path_digest, read_jsonl
 from r1jax.pipeline.kinds import STAGE_KINDS
-from r1jax.pipeline.sample import (FILTERS, Judge, RolloutJudge, filter_samples, mix_examples, parse_sample_config,
-                                   parse_verdict, run_sample)
+from r1jax.pipeline.sample import (FILTERS, Judge, RolloutJudge, _make_judge, filter_samples, mix_examples,
+                                   parse_sample_config, parse_verdict, run_sample)
 from r1jax.pipeline.sft import ColdStartFormat
 from r1jax.rewards import math_accuracy
 
@@ -151,6 +151,11 @@ def test_rollout_judge_against_a_real_loopback_server(tiny):
                   for v in judge.many(items)]
         assert [c["id"] for c in kept] == [i for i, ok in enumerate(expect) if ok]
         client.close()
+        # the same judge from a stage config's `judge:` section
+        configured = _make_judge(parse_sample_config("rs", {"judge": {
+            "server": f"127.0.0.1:{port}", "template": "{prompt}={completion} so ", "max_new_tokens": 6}}), TINY)
+        assert configured.outputs(items) == served
+        configured.client.close()
     finally:
         server.stop(0)
         engine.close()
