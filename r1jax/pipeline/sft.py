@@ -29,6 +29,7 @@ data from an R1-Zero checkpoint's own correct samples, as the paper did).
 from __future__ import annotations
 
 import dataclasses
+import functools
 import hashlib
 import json
 import math
@@ -289,6 +290,15 @@ def make_batch(data: SFTData, idx: Sequence[int], cfg: SFTConfig, pad_id: int) -
 # Evaluation.
 
 
+@functools.lru_cache(maxsize=8)
+def _sft_update(model_cfg: ModelConfig, kernels: KernelConfig, optim: OptimConfig, total_steps: int):
+    """``(tx, jitted update)``, shared by the SFT runs of one process with the same static configs (a
+    pipeline's stages, a resumed run) so each compiles once."""
+    tx = make_optimizer(optim, total_steps=total_steps)
+    return tx, make_sft_update(model_cfg, kernels, tx)
+
+
+@functools.lru_cache(maxsize=8)
 def nll_sum_fn(model_cfg: ModelConfig, kernels: KernelConfig):
     """Jitted ``nll_sum(params, batch) -> (sum of completion-token NLLs, number of them)`` (the ``nll``
     loss's numerator and denominator, so batches combine exactly)."""
@@ -438,9 +448,10 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
     total = cfg.max_steps or cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
     optim = OptimConfig(lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
                         weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
-    tx = make_optimizer(optim, total_steps=total)
-    state = init_state(params, tx, jax.random.PRNGKey(seed))
-    update = make_sft_update(model_cfg, cfg.kernels, tx)
+    tx, update = _sft_update(model_cfg, cfg.kernels, optim, total)
+    # One device (this stage does not shard); committed like a restored state, so both share compiles.
+    device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
+    state = jax.device_put(init_state(params, tx, jax.random.PRNGKey(seed)), device)
     hp = Hyper.from_config(AlgoConfig())
     nll_sum = nll_sum_fn(model_cfg, cfg.kernels)
     pad = tokenizer.pad_id
@@ -450,6 +461,7 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
         restored = checkpointer.restore_latest(state)
         if restored is not None:
             _, state, meta = restored
+            state = jax.device_put(state, device)
             if meta.get("run_id") != run_id:
                 raise ConfigError(f"stage {stage}: {checkpointer.directory} holds checkpoints of another run (config, "
                                   "data or model changed); remove them or use another directory")

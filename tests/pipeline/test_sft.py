@@ -141,11 +141,15 @@ def test_the_sft_kind_runs_through_the_stage_contract(full_run, data, tmp_path):
     """Fine-tunes the model the first run exported, through StageKind.run."""
     kind = STAGE_KINDS["sft"]()
     cfg = {"max_steps": 2, "batch_size": 8, "max_len": 48, "format_eval": {"num_prompts": 0}}
-    inputs = {"data": data, "model": full_run[1].outputs["model"]}
+    held = _write(tmp_path / "held.jsonl", _rows(5, seed=9))
+    inputs = {"data": data, "model": full_run[1].outputs["model"], "eval_data": held}
     kind.check("rs_sft", cfg, inputs)
-    result = kind.run(StageContext("rs_sft", cfg, inputs, tmp_path, seed=1))
+    result = kind.run(StageContext("rs_sft", cfg, inputs, tmp_path / "out", seed=1))
     assert set(result.outputs) == set(kind.outputs)
-    assert np.isnan(result.metrics["format_rate"]) and result.metrics["steps"] == 2
+    m = result.metrics
+    assert np.isnan(m["format_rate"]) and m["steps"] == 2
+    assert m["train_examples"] == 40 and m["heldout_examples"] == 5  # eval_data given: nothing held out of data
+    assert m["heldout_loss_initial"] < full_run[1].metrics["heldout_loss_initial"]  # started from the trained model
     assert (result.outputs["model"] / "tokenizer.json").is_file()
 
 
