@@ -39,7 +39,7 @@ from r1jax.train.config import load_experiment
 from r1jax.train.demo import BASE_MODEL, DEMO_CONFIG
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.loop import Trainer
-from r1jax.train.rollout import LENGTH_MULTIPLE, assemble_rollout, sample_and_score, step_seed
+from r1jax.train.rollout import assemble_rollout, sample_and_score, step_seed
 from r1jax.train.state import Hyper
 from r1jax.train.steps import make_rl_update
 
@@ -76,9 +76,7 @@ def run_ppo_arms(cfg, lambdas, run_dir):
                                      n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
                                      seed=step_seed(cfg.run.seed, step), step=step,
                                      first_index=step * cfg.rollout.prompts_per_step) for i in range(arms)]
-        longest = max(len(p) + len(s) for ep in episodes for p, grp in zip(ep.prompts, ep.samples) for s in grp)
-        length = -(-longest // LENGTH_MULTIPLE) * LENGTH_MULTIPLE
-        rollouts = [assemble_rollout(ep.prompts, ep.samples, ep.rewards, trainer.tokenizer.pad_id, length=length)
+        rollouts = [assemble_rollout(ep.prompts, ep.samples, ep.rewards, trainer.tokenizer.pad_id, length=c.max_length)
                     for ep in episodes]
         states, metrics = vupdate(states, jax.tree.map(lambda *x: np.stack(x), *rollouts), hps)
         metrics = jax.device_get(metrics)

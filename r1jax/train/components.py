@@ -35,7 +35,8 @@ class Components:
     train_set: Any = None
     eval_set: Any = None
     scorer: RewardScorer | None = None
-    pack_length: int = 0              # packed row length (algo.packing): every sequence the run samples fits
+    max_length: int = 0               # longest prompt + rollout.max_new_tokens, rounded up to 8: rows of this
+                                      # length hold every sequence the run samples (one shape, one compile)
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -86,7 +87,7 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
     return Components(
         tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
         scorer=RewardScorer(cfg.reward) if rewards else None, 
-        pack_length=cfg.algo.pack_length or _round_up(longest + cfg.rollout.max_new_tokens, 8))
+        max_length=_round_up(longest + cfg.rollout.max_new_tokens, 8))
 
 
 def _round_up(n: int, multiple: int) -> int:

@@ -147,9 +147,10 @@ class Trainer:
                               step=step)
         timing["rollout+reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rollout = self._put(assemble_rollout(
-            ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id,
-            pack_length=c.pack_length if cfg.algo.packing else None, rows_multiple_of=self._rows_multiple))
+        rollout = self._put(assemble_rollout(  # static shapes: the update compiles once per run
+            ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id, length=c.max_length,
+            pack_length=(cfg.algo.pack_length or c.max_length) if cfg.algo.packing else None,
+            rows_multiple_of=self._rows_multiple))
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             self.state, update_metrics = self.update(self.state, rollout, self.hparams)
         update_metrics = jax.device_get(update_metrics)
