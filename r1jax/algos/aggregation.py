@@ -88,10 +88,7 @@ def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
       See :func:`loss_numerator`.
     """
     check_choice("mode", mode, AGGREGATION_MODES)
-    mask = jnp.asarray(mask)
-    if mask.ndim < 1:
-        raise ValueError("mask: expected at least one (token) axis, got a scalar")
-    mask = mask.astype(bool)
+    mask = _mask(mask, jnp.shape(mask))
     if mode == "token_mean":
         return jnp.sum(mask).astype(jnp.float32)
     num_sequences = jnp.sum(jnp.any(mask, axis=-1)).astype(jnp.float32)
@@ -123,10 +120,7 @@ def token_weights(mask: ArrayLike, mode: AggregationMode) -> Array:
       See :func:`loss_numerator`.
     """
     check_choice("mode", mode, AGGREGATION_MODES)
-    mask = jnp.asarray(mask)
-    if mask.ndim < 1:
-        raise ValueError("mask: expected at least one (token) axis, got a scalar")
-    mask = mask.astype(bool)
+    mask = _mask(mask, jnp.shape(mask))
     ones = mask.astype(jnp.float32)
     if mode != "seq_mean_token_mean":
         return ones

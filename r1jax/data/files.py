@@ -30,7 +30,7 @@ from typing import Any, Iterator, Sequence
 
 from r1jax.config import ConfigError, field
 
-__all__ = ["FieldMap", "FileDataset", "load_jsonl", "load_parquet", "split_gsm8k_answer"]
+__all__ = ["FieldMap", "FileDataset", "iter_jsonl", "load_jsonl", "load_parquet", "split_gsm8k_answer"]
 
 
 @dataclasses.dataclass(frozen=True)
@@ -137,8 +137,13 @@ def _example(row: Any, fields: FieldMap) -> tuple[str, str, str | None]:
     return prompt, reference, solution
 
 
-def _read_jsonl(path: pathlib.Path, fields: FieldMap) -> Iterator[tuple[int, tuple[str, str, str | None]]]:
-    with path.open("rb") as f:
+def iter_jsonl(path: str | pathlib.Path) -> Iterator[tuple[int, Any]]:
+    """``(line number, parsed value)`` of every non-blank line of a JSONL file.
+
+    Raises:
+      ValueError: ``file:line: not UTF-8 text`` or ``file:line: malformed JSON`` (with the column).
+    """
+    with pathlib.Path(path).open("rb") as f:
         for lineno, raw in enumerate(f, start=1):
             try:
                 line = raw.decode("utf-8")
@@ -147,13 +152,17 @@ def _read_jsonl(path: pathlib.Path, fields: FieldMap) -> Iterator[tuple[int, tup
             if not line.strip():
                 continue
             try:
-                row = json.loads(line)
+                yield lineno, json.loads(line)
             except json.JSONDecodeError as e:
                 raise ValueError(f"{path}:{lineno}: malformed JSON ({e.msg} at column {e.colno})") from None
-            try:
-                yield lineno, _example(row, fields)
-            except _RowError as e:
-                raise ValueError(f"{path}:{lineno}: {e}") from None
+
+
+def _read_jsonl(path: pathlib.Path, fields: FieldMap) -> Iterator[tuple[int, tuple[str, str, str | None]]]:
+    for lineno, row in iter_jsonl(path):
+        try:
+            yield lineno, _example(row, fields)
+        except _RowError as e:
+            raise ValueError(f"{path}:{lineno}: {e}") from None
 
 
 def _read_parquet(path: pathlib.Path, fields: FieldMap, cache_dir: str | None):

@@ -10,21 +10,20 @@ names the stage, the input, the file, the line and the field::
 
 :func:`write_jsonl` writes rows atomically (a temporary file renamed into place), so a stage killed
 while writing never leaves a half-written dataset that a rerun would take as finished.
-:func:`path_digest` is the sha256 of a file or of a directory's files (the provenance of a dataset
-names the checkpoint it was sampled from by this digest).
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 import os
 import pathlib
 from typing import Any, Iterable, Mapping, Sequence
 
 from r1jax.config import ConfigError
+from r1jax.data.files import iter_jsonl
+from r1jax.pipeline.manifest import atomic_write_text
 
-__all__ = ["read_jsonl", "check_jsonl", "write_jsonl", "write_json", "path_digest"]
+__all__ = ["read_jsonl", "check_jsonl", "write_jsonl", "write_json"]
 
 
 def _where(stage: str, input_name: str) -> str:
@@ -58,14 +57,8 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = (), *, stage: st
         raise ConfigError(f"{where}{p}: file does not exist")
     rows: list[dict[str, Any]] = []
     lines: list[int] = []
-    with p.open(encoding="utf-8") as f:
-        for lineno, line in enumerate(f, 1):
-            if not line.strip():
-                continue
-            try:
-                row = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ConfigError(f"{where}{p}:{lineno}: not valid JSON ({e.msg} at column {e.colno})") from None
+    try:
+        for lineno, row in iter_jsonl(p):
             if not isinstance(row, dict):
                 raise ConfigError(f"{where}{p}:{lineno}: expected a JSON object, got {type(row).__name__}")
             for name in fields:
@@ -76,6 +69,10 @@ def read_jsonl(path: str | os.PathLike, fields: Sequence[str] = (), *, stage: st
                                       f"got {type(row[name]).__name__}")
             rows.append(row)
             lines.append(lineno)
+    except ConfigError:
+        raise
+    except ValueError as e:  # not UTF-8 / malformed JSON, named by file:line
+        raise ConfigError(f"{where}{e}") from None
     if not rows and not allow_empty:
         raise ConfigError(f"{where}{p}: no rows")
     return (rows, lines) if return_lines else rows
@@ -88,42 +85,15 @@ def check_jsonl(path: str | os.PathLike | None, fields: Sequence[str], *, stage:
         read_jsonl(path, fields, stage=stage, input_name=input_name, any_type=any_type)
 
 
-def _atomic_write(path: pathlib.Path, text: str) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with tmp.open("w", encoding="utf-8") as f:
-        f.write(text)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
 def write_jsonl(path: str | os.PathLike, rows: Iterable[Mapping[str, Any]]) -> pathlib.Path:
     """Writes ``rows`` as JSONL (UTF-8, one object per line), atomically; returns the path."""
     p = pathlib.Path(path)
-    _atomic_write(p, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
+    atomic_write_text(p, "".join(json.dumps(dict(r), ensure_ascii=False) + "\n" for r in rows))
     return p
 
 
 def write_json(path: str | os.PathLike, obj: Any) -> pathlib.Path:
     """Writes ``obj`` as indented JSON, atomically; returns the path."""
     p = pathlib.Path(path)
-    _atomic_write(p, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
+    atomic_write_text(p, json.dumps(obj, indent=2, ensure_ascii=False, sort_keys=True) + "\n")
     return p
-
-
-def path_digest(path: str | os.PathLike) -> str:
-    """sha256 of a file's bytes, or of a directory's files (relative names and contents, sorted)."""
-    p = pathlib.Path(path)
-    if not p.exists():
-        raise FileNotFoundError(f"{p}: does not exist")
-    h = hashlib.sha256()
-    files = [p] if p.is_file() else sorted(q for q in p.rglob("*") if q.is_file())
-    for q in files:
-        if p.is_dir():
-            h.update(str(q.relative_to(p)).encode() + b"\0")
-        with q.open("rb") as f:
-            for block in iter(lambda: f.read(1 << 20), b""):
-                h.update(block)
-        h.update(b"\0")
-    return h.hexdigest()

@@ -95,20 +95,15 @@ def read_manifest(directory: str | os.PathLike) -> dict[str, Any]:
     return dict(data)
 
 
-def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> pathlib.Path:
-    """Writes the manifest atomically: a SIGKILL at any point leaves either the previous or this one.
-
-    Returns:
-      The manifest's path.
-    """
-    directory = pathlib.Path(directory)
-    directory.mkdir(parents=True, exist_ok=True)
-    path = directory / MANIFEST_NAME
-    fd, tmp = tempfile.mkstemp(prefix=".manifest.", suffix=".tmp", dir=directory)
+def atomic_write_text(path: str | os.PathLike, text: str) -> pathlib.Path:
+    """Writes ``text`` to ``path`` so that a SIGKILL at any point leaves the old file or the new one:
+    a temporary file in the same directory, fsynced, renamed into place, the directory fsynced."""
+    path = pathlib.Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
     try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(manifest, f, indent=2, sort_keys=False, default=str)
-            f.write("\n")
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, path)
@@ -116,9 +111,15 @@ def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) ->
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
-    dir_fd = os.open(directory, os.O_RDONLY)
+    dir_fd = os.open(path.parent, os.O_RDONLY)
     try:
         os.fsync(dir_fd)
     finally:
         os.close(dir_fd)
     return path
+
+
+def write_manifest(directory: str | os.PathLike, manifest: Mapping[str, Any]) -> pathlib.Path:
+    """Writes the manifest atomically (:func:`atomic_write_text`); returns its path."""
+    return atomic_write_text(pathlib.Path(directory) / MANIFEST_NAME,
+                             json.dumps(manifest, indent=2, sort_keys=False, default=str) + "\n")

@@ -14,14 +14,13 @@ and ``metrics``, a JSON file of the final held-out evaluation (:meth:`Trainer.ev
 from __future__ import annotations
 
 import copy
-import json
 import logging
-import os
 import pathlib
 import shutil
 from typing import Any, Mapping
 
 from r1jax.config import ConfigError, from_dict
+from r1jax.pipeline.datasets import write_json
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 
 __all__ = ["RLKind", "rl_experiment"]
@@ -73,12 +72,6 @@ def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | N
         raise ConfigError(f"{where}: {e}") from None
 
 
-def _write_json(path: pathlib.Path, data: Any) -> None:
-    tmp = path.with_name(path.name + ".tmp")
-    tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
-    os.replace(tmp, path)
-
-
 @register_stage_kind("rl")
 class RLKind(StageKind):
     """GRPO / PPO from the input policy (see the module docstring)."""
@@ -126,6 +119,6 @@ class RLKind(StageKind):
                 stamp.write_text(f"{step}\n")
         finally:
             trainer.close()
-        _write_json(metrics_path, metrics)
+        write_json(metrics_path, metrics)
         return StageResult(outputs={"model": model_dir, "metrics": metrics_path},
                            metrics={k: float(v) for k, v in metrics.items()})

@@ -49,7 +49,8 @@ from r1jax.config import ConfigError, field, from_dict, to_dict
 from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import load_pretrained
-from r1jax.pipeline.datasets import path_digest, read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.datasets import read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
 from r1jax.rewards.registry import get_reward
@@ -449,11 +450,11 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
 def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge, rows, mix_rows, tokenizer):
     """The work of :func:`run_sample` once everything is validated: sample, filter, mix, write."""
     out_dir.mkdir(parents=True, exist_ok=True)
-    model_digest = path_digest(model)
+    model_digest = digest_path(model)
     sampling_id = _digest({k: getattr(cfg, k) for k in ("prompt_field", "reference_field", "template", "n",
                                                           "temperature", "top_p", "top_k", "max_new_tokens",
                                                           "chunk_prompts")}
-                          | {"seed": seed, "model": model_digest, "prompts": path_digest(prompts)})
+                          | {"seed": seed, "model": model_digest, "prompts": digest_path(prompts)})
     cand_dir = out_dir / "candidates"
     cand_dir.mkdir(exist_ok=True)
     id_file = cand_dir / "sampling_id"
@@ -489,8 +490,8 @@ def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge,
         metrics[f"acceptance/{c['filter']}"] = float(c["acceptance"])
     provenance = {
         "stage": stage, "model": str(model), "model_sha256": model_digest,
-        "prompts": str(prompts), "prompts_sha256": path_digest(prompts), "num_prompts": len(rows),
-        "mix": str(mix) if mix else None, "mix_sha256": path_digest(mix) if mix else None,
+        "prompts": str(prompts), "prompts_sha256": digest_path(prompts), "num_prompts": len(rows),
+        "mix": str(mix) if mix else None, "mix_sha256": digest_path(mix) if mix else None,
         "sampling": {"n": cfg.n, "temperature": cfg.temperature, "top_p": cfg.top_p, "top_k": cfg.top_k,
                      "max_new_tokens": cfg.max_new_tokens, "seed": seed, "template": cfg.template},
         "filters": counts, "config": to_dict(cfg), "judge": type(judge).__name__ if judge is not None else None,

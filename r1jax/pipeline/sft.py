@@ -46,7 +46,8 @@ from r1jax.data.batching import pack_sequences, pad_sequences
 from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import ModelConfig, init_params, load_pretrained, save_pretrained
-from r1jax.pipeline.datasets import path_digest, read_jsonl, write_json
+from r1jax.pipeline.datasets import read_jsonl, write_json
+from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.rewards.parsing import extract_tag, extract_think
 from r1jax.rewards.registry import get_reward
@@ -437,9 +438,9 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
     if cfg.max_len > model_cfg.max_position_embeddings:
         raise ConfigError(f"stage {stage}: max_len: {cfg.max_len} exceeds the model's max_position_embeddings "
                           f"{model_cfg.max_position_embeddings}")
-    run_id = _digest({"config": to_dict(cfg), "seed": seed, "data": path_digest(data),
-                      "eval_data": path_digest(eval_data) if eval_data else None,
-                      "model": path_digest(model) if model else None})
+    run_id = _digest({"config": to_dict(cfg), "seed": seed, "data": digest_path(data),
+                      "eval_data": digest_path(eval_data) if eval_data else None,
+                      "model": digest_path(model) if model else None})
     if metrics_path.is_file() and (model_out / "config.json").is_file():
         done = json.loads(metrics_path.read_text())
         if done.get("run_id") == run_id:  # finished by an earlier run: nothing to redo

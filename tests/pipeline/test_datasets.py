@@ -6,7 +6,8 @@ import json
 import pytest
 
 from r1jax.config import ConfigError
-from r1jax.pipeline.datasets import check_jsonl, path_digest, read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.datasets import check_jsonl, read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.manifest import digest_path
 
 
 def test_rows_round_trip_with_line_numbers(tmp_path):
@@ -26,7 +27,7 @@ def test_rows_round_trip_with_line_numbers(tmp_path):
     ('{"prompt": "a", "completion": null}', "missing field 'completion'"),
     ('{"prompt": "a", "completion": 3}', "field 'completion' must be a string, got int"),
     ('["a", "b"]', "expected a JSON object, got list"),
-    ('{"prompt": "a", "completion": ', "not valid JSON"),
+    ('{"prompt": "a", "completion": ', "malformed JSON"),
 ])
 def test_a_bad_row_is_one_line_naming_stage_input_file_line_and_field(tmp_path, line, message):
     p = tmp_path / "x.jsonl"
@@ -56,19 +57,19 @@ def test_any_type_fields_missing_and_empty_files(tmp_path):
 def test_digests(tmp_path):
     f = tmp_path / "a.bin"
     f.write_bytes(b"abc")
-    assert path_digest(f) == hashlib.sha256(b"abc" + b"\0").hexdigest()
+    assert digest_path(f) == "sha256:" + hashlib.sha256(b"abc").hexdigest()
     d = tmp_path / "model"
     d.mkdir()
     (d / "config.json").write_text("{}")
     (d / "w.safetensors").write_bytes(b"\x00\x01")
-    first = path_digest(d)
-    assert first == path_digest(d)
+    first = digest_path(d)
+    assert first == digest_path(d)
     (d / "w.safetensors").write_bytes(b"\x00\x02")
-    assert path_digest(d) != first
+    assert digest_path(d) != first
     (d / "w.safetensors").write_bytes(b"\x00\x01")
     (d / "w.safetensors").rename(d / "v.safetensors")
-    assert path_digest(d) != first  # names count, not only bytes
+    assert digest_path(d) != first  # names count, not only bytes
     with pytest.raises(FileNotFoundError):
-        path_digest(tmp_path / "missing")
+        digest_path(tmp_path / "missing")
     write_json(tmp_path / "m.json", {"b": 1, "a": [1.5]})
     assert json.loads((tmp_path / "m.json").read_text()) == {"a": [1.5], "b": 1}

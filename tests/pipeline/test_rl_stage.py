@@ -8,7 +8,6 @@ import copy
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 
@@ -16,6 +15,8 @@ import jax
 import numpy as np
 import pytest
 import yaml
+
+from procutil import kill_on_log_line
 
 from r1jax.config import ConfigError
 from r1jax.models import load_pretrained
@@ -171,14 +172,8 @@ def test_rl_stage_killed_mid_run_resumes_and_ends_as_an_uninterrupted_run(tmp_pa
 
     proc = _cli(cut / "pipeline.yaml")
     try:
-        for line in proc.stderr:  # the trainer's log line after the step-1 checkpoint: the event, not a timer
-            if "checkpoint saved at step 1" in line:
-                break
-        else:
-            raise AssertionError("the pipeline ended before its first checkpoint")
+        kill_on_log_line(proc, "checkpoint saved at step 1")  # the trainer's log line after the step-1 checkpoint
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
         proc.stdout.close()
         proc.stderr.close()
     assert read_manifest(cut / "pipe")["stages"]["zero"]["status"] == "running"

@@ -9,7 +9,8 @@ import pytest
 
 from r1jax.config import ConfigError
 from r1jax.data.tokenizer import load_tokenizer
-from r1jax.pipeline.datasets import path_digest, read_jsonl
+from r1jax.pipeline.datasets import read_jsonl
+from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import STAGE_KINDS
 from r1jax.pipeline.sample import (FILTERS, Judge, RolloutJudge, _make_judge, filter_samples, mix_examples,
                                    parse_sample_config, parse_verdict, run_sample)
@@ -189,7 +190,7 @@ def test_sample_run_from_the_tiny_checkpoint(prompts_file, tmp_path):
     m = result.metrics
     prov = json.loads(result.outputs["provenance"].read_text())
     rows = read_jsonl(result.outputs["data"], allow_empty=True)
-    assert m["candidates"] == 16 and prov["model_sha256"] == path_digest(TINY)
+    assert m["candidates"] == 16 and prov["model_sha256"] == digest_path(TINY)
     assert prov["sampling"]["n"] == 4 and prov["sampling"]["seed"] == 5
     filters = prov["filters"]
     assert [f["filter"] for f in filters] == ["not_truncated", "well_formatted", "correct", "language", "unique",

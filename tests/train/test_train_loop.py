@@ -4,13 +4,14 @@ updates, config errors before any work, checkpoints, metrics files."""
 import json
 import logging
 import pathlib
-import signal
 import subprocess
 import sys
 
 import numpy as np
 import pytest
 import yaml
+
+from procutil import kill_on_log_line
 
 from r1jax.config import ConfigError, load_config
 from r1jax.data.tokenizer import build_char_tokenizer
@@ -51,15 +52,7 @@ def _train(config: pathlib.Path, *overrides: str, kill_after_steps: int | None =
     if kill_after_steps is None:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    try:
-        for line in proc.stderr:  # blocks on the child's log: the event, not a timer
-            if f"checkpoint saved at step {kill_after_steps}" in line:
-                break
-        else:
-            raise AssertionError("the run ended before it could be killed")
-    finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
+    kill_on_log_line(proc, f"checkpoint saved at step {kill_after_steps}")
     return None
 
 
