@@ -7,7 +7,7 @@ PY     := $(VENV)/bin/python
 TORCH_INDEX ?=
 PYTEST_ARGS ?=
 
-.PHONY: demo test venv bench clean
+.PHONY: demo test venv bench clean pipeline
 
 $(VENV)/.installed: pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
@@ -21,6 +21,10 @@ venv: $(VENV)/.installed
 ## The main job: a tiny R1-Zero run on CPU.
 demo: venv
 	$(VENV)/bin/r1jax demo
+
+## The R1 pipeline at toy scale (configs/r1_pipeline_tiny.yaml); rerun it to resume / skip finished stages.
+pipeline: venv
+	$(VENV)/bin/r1jax pipeline configs/r1_pipeline_tiny.yaml
 
 ## The test suite, on every core.
 test: venv

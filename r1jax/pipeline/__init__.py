@@ -4,7 +4,9 @@
 * :mod:`~r1jax.pipeline.graph`: the pipeline config (stages, inputs, references), checked up front.
 * :mod:`~r1jax.pipeline.manifest`: digests and the atomically written manifest.
 * :mod:`~r1jax.pipeline.runner`: runs, skips, resumes or re-runs stages; evaluates models; the table.
-* :mod:`~r1jax.pipeline.rl`: the ``rl`` kind (the RL trainer as a stage).
+* :mod:`~r1jax.pipeline.rl`: the ``rl`` kind (the RL trainer as a stage); :mod:`~r1jax.pipeline.sft`
+  (``sft``, cold-start format), :mod:`~r1jax.pipeline.sample` (``sample``: rejection sampling, judge),
+  :mod:`~r1jax.pipeline.distill` (``distill``), :mod:`~r1jax.pipeline.prompts` (``prompts``).
 
 The kinds register themselves when their module is imported; :func:`load_kinds` imports them.
 """
@@ -18,23 +20,16 @@ from r1jax.pipeline.kinds import STAGE_KINDS, StageContext, StageKind, StageResu
 __all__ = ["STAGE_KINDS", "StageContext", "StageKind", "StageResult", "register_stage_kind", "load_kinds",
            "KIND_MODULES"]
 
-KIND_MODULES = ("r1jax.pipeline.rl", "r1jax.pipeline.sft", "r1jax.pipeline.sample", "r1jax.pipeline.distill")
-"""The modules that register the built-in stage kinds (a module not written yet is skipped)."""
+KIND_MODULES = ("r1jax.pipeline.rl", "r1jax.pipeline.sft", "r1jax.pipeline.sample", "r1jax.pipeline.distill",
+                "r1jax.pipeline.prompts")
+"""The modules that register the built-in stage kinds."""
 
 
 def load_kinds() -> tuple[str, ...]:
-    """Imports :data:`KIND_MODULES` so their kinds are in :data:`STAGE_KINDS`.
+    """Imports :data:`KIND_MODULES` so their kinds are in :data:`STAGE_KINDS`; returns the kind names.
 
-    Only a module of that list that does not exist is skipped; any other import error (a missing
-    dependency inside a kind module, a syntax error) is raised.
-
-    Returns:
-      The names of the registered stage kinds.
+    Imported on demand (not at package import): the kinds pull in the trainer, JAX and the models.
     """
     for name in KIND_MODULES:
-        try:
-            importlib.import_module(name)
-        except ModuleNotFoundError as e:
-            if e.name != name:
-                raise
+        importlib.import_module(name)
     return STAGE_KINDS.names()

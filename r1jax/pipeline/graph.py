@@ -218,6 +218,8 @@ def parse_pipeline(data: Mapping[str, Any]) -> Pipeline:
     """
     if not isinstance(data, Mapping):
         raise ConfigError("the top of a pipeline config must be a mapping (out_dir, seed, imports, eval, stages)")
+    # top-level keys starting with "x-" hold YAML anchors that stages share (``x-rl: &rl ...``)
+    data = {k: v for k, v in data.items() if not (isinstance(k, str) and k.startswith("x-"))}
     _unknown(data, TOP_KEYS, "")
     out_dir = data.get("out_dir")
     if not isinstance(out_dir, str) or not out_dir:
