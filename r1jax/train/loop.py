@@ -26,14 +26,13 @@ import numpy as np
 from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
 from r1jax.models import init_value_head, save_pretrained
-from r1jax.models.sharding import logical_to_spec
 from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
-from r1jax.train.rollout import assemble_rollout, make_sampler, sample_and_score, step_seed
+from r1jax.train.rollout import assemble_rollout, put_rows, make_sampler, sample_and_score, step_seed
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
@@ -125,15 +124,6 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one RL step
 
-    def _put(self, tree):
-        """Host arrays onto the devices in one transfer: rows over the mesh's batch axes when they divide."""
-        if self.mesh is None:
-            return jax.device_put(tree)
-        shape = dict(self.mesh.shape)
-        spec = lambda x: logical_to_spec(("batch",) + (None,) * (x.ndim - 1), shape=x.shape,  # noqa: E731
-                                         mesh_shape=shape, strict=False)
-        return jax.device_put(tree, jax.tree.map(lambda x: jax.sharding.NamedSharding(self.mesh, spec(x)), tree))
-
     def rl_step(self) -> dict[str, Any]:
         """One RL step; returns its metrics (deterministic numbers) and timing."""
         cfg, c = self.config, self.components
@@ -147,7 +137,7 @@ class Trainer:
                               step=step)
         timing["rollout+reward"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        rollout = self._put(assemble_rollout(  # static shapes: the update compiles once per run
+        rollout = put_rows(self.mesh, assemble_rollout(  # static shapes: the update compiles once per run
             ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id, length=c.max_length,
             pack_length=(cfg.algo.pack_length or c.max_length) if cfg.algo.packing else None,
             rows_multiple_of=self._rows_multiple))
@@ -161,18 +151,8 @@ class Trainer:
         if update_metrics["skipped"]:
             log.warning("step %d: %d optimizer step(s) had a non-finite loss, gradient or update: skipped",
                         step, int(update_metrics["skipped"]))
-        lengths = ep.lengths
-        metrics = {
-            "reward/total": float(ep.rewards.mean()),
-            **{f"reward/{k}": float(v.mean()) for k, v in ep.components.items()},
-            "reward/failures": ep.failures,
-            "accuracy": float(ep.correct.mean()) if ep.correct is not None else 0.0,
-            "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
-            "response_length/clipped_frac": float(ep.truncated.mean()),
-            "weight_version_min": int(min(ep.versions)),
-            **{k: float(v) for k, v in update_metrics.items()},
-        }
-        timing["tokens_per_s"] = float(lengths.sum()) / max(sum(timing.values()), 1e-9)
+        metrics = {**ep.metrics(), **{k: float(v) for k, v in update_metrics.items()}}
+        timing["tokens_per_s"] = float(ep.lengths.sum()) / max(sum(timing.values()), 1e-9)
         return {"metrics": metrics, "timing": timing}
 
     # ------------------------------------------------------------------------------ evaluation, run

@@ -22,12 +22,13 @@ from r1jax.data.batching import pack_sequences, pad_sequences
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.rewards import RewardScorer, get_reward
 from r1jax.models import ModelConfig, save_pretrained
+from r1jax.models.sharding import logical_to_spec
 from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
 from r1jax.sampling.sampler import Sampler
 from r1jax.train.config import ExperimentConfig, RolloutConfig
 from r1jax.train.steps import Packed, Rollout
 
-__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "LENGTH_MULTIPLE", "Episodes",
+__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows", "LENGTH_MULTIPLE", "Episodes",
            "sample_and_score", "step_seed"]
 
 LENGTH_MULTIPLE = 8
@@ -154,6 +155,16 @@ def pack_rollout(prompts: Sequence[np.ndarray], completions: Sequence[Sequence[i
                   scatter=scatter, row_of_seq=pb.row.astype(np.int32))
 
 
+def put_rows(mesh: jax.sharding.Mesh | None, tree):
+    """Host arrays onto the devices in one transfer: rows over the mesh's batch axes when they divide."""
+    if mesh is None:
+        return jax.device_put(tree)
+    shape = dict(mesh.shape)
+    spec = lambda x: logical_to_spec(("batch",) + (None,) * (x.ndim - 1), shape=x.shape,  # noqa: E731
+                                     mesh_shape=shape, strict=False)
+    return jax.device_put(tree, jax.tree.map(lambda x: jax.sharding.NamedSharding(mesh, spec(x)), tree))
+
+
 def step_seed(run_seed: int, step: int, salt: int = 0) -> int:
     """A sampling seed that depends only on (run seed, step): resumed runs sample the same."""
     return int(np.random.SeedSequence([run_seed, step, salt]).generate_state(1)[0])
@@ -179,6 +190,17 @@ class Episodes:
     @property
     def truncated(self) -> np.ndarray:
         return np.array([[s.finish_reason == "length" for s in grp] for grp in self.samples])
+
+    def metrics(self) -> dict[str, float]:
+        """Rewards, accuracy, lengths and weight versions of the batch (the RL step's sampling metrics)."""
+        lengths = self.lengths
+        return {"reward/total": float(self.rewards.mean()),
+                **{f"reward/{k}": float(v.mean()) for k, v in self.components.items()},
+                "reward/failures": self.failures,
+                "accuracy": float(self.correct.mean()) if self.correct is not None else 0.0,
+                "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
+                "response_length/clipped_frac": float(self.truncated.mean()),
+                "weight_version_min": int(min(self.versions))}
 
 
 def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardScorer, params, examples, *,
