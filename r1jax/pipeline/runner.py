@@ -349,13 +349,15 @@ def format_table(manifest: Mapping[str, Any]) -> str:
     rows = table_rows(manifest)
     ks = sorted({r["eval"]["k"] for r in rows if r["eval"]})
     cons = f"cons@{ks[0]}" if len(ks) == 1 else "cons@k"
-    header = f"{'stage':16s}{'model':12s}{'status':9s}{'pass@1':>8s}{cons:>9s}{'format':>8s}{'length':>8s}"
+    w_stage = max([16, *(len(r["stage"]) + 2 for r in rows)])
+    w_label = max([12, *(len(r["label"]) + 2 for r in rows)])
+    header = f"{'stage':{w_stage}s}{'model':{w_label}s}{'status':9s}{'pass@1':>8s}{cons:>9s}{'format':>8s}{'length':>8s}"
     lines = [header, "-" * len(header)]
     for r in rows:
         e = r["eval"]
         nums = (f"{e['pass@1']:>8.3f}{e['cons@k']:>9.3f}{e['format_rate']:>8.3f}{e['response_length']:>8.1f}"
                 if e else f"{'-':>8s}{'-':>9s}{'-':>8s}{'-':>8s}")
-        lines.append(f"{r['stage']:16s}{r['label']:12s}{r['status']:9s}{nums}")
+        lines.append(f"{r['stage']:{w_stage}s}{r['label']:{w_label}s}{r['status']:9s}{nums}")
     return "\n".join(lines)
 
 
