@@ -48,6 +48,8 @@ from r1jax.train.steps import SFTBatch, make_sft_update
 DATA = dict(task="arithmetic", difficulty=2, operations=["+"], template="plain", num_train=200_000, seed=0)
 MODEL = dict(architecture="llama", hidden_size=128, intermediate_size=384, num_layers=4, num_heads=4,
              num_kv_heads=2, max_position_embeddings=256, tie_word_embeddings=True, rope_theta=10000.0)
+SIZES = {"base": {}, "small": dict(hidden_size=64, intermediate_size=192, num_layers=2)}
+"""``--size small`` is the distillation student's base (r1jax/assets/tiny_student_base)."""
 CHARS = "0123456789+-*=(), abcdefghijklmnopqrstuvwxyz."
 
 
@@ -81,12 +83,14 @@ def main(argv=None) -> int:
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--run-dir", default="runs/pretrain_base", help="checkpoints (resumed when present)")
     ap.add_argument("--checkpoint-every", type=int, default=200)
+    ap.add_argument("--size", choices=tuple(SIZES), default="base", help="base: the demo's model; small: a student")
     args = ap.parse_args(argv)
+    model = {**MODEL, **SIZES[args.size]}
 
     tokenizer = build_char_tokenizer(CHARS)
     data_cfg = from_dict(DataConfig, DATA)
     dataset = make_dataset(data_cfg, "train")
-    model_cfg = from_dict(ModelConfig, {**MODEL, "vocab_size": tokenizer.vocab_size,
+    model_cfg = from_dict(ModelConfig, {**model, "vocab_size": tokenizer.vocab_size,
                                         "bos_token_id": tokenizer.bos_id, "eos_token_ids": [tokenizer.eos_id]})
     print(f"model: {model_cfg.num_params() / 1e6:.2f}M parameters, vocab {tokenizer.vocab_size}")
 
@@ -129,7 +133,7 @@ def main(argv=None) -> int:
     save_pretrained(params, model_cfg, out)
     tokenizer.save(out)
     (out / "pretrain.json").write_text(json.dumps(
-        {"script": "experiments/pretrain_base.py", "args": vars(args), "data": DATA, "model": MODEL,
+        {"script": "experiments/pretrain_base.py", "args": vars(args), "data": DATA, "model": model,
          "final_loss": float(metrics["loss"]), "seconds": round(time.time() - t0, 1)}, indent=2))
     print(f"saved {out}")
     return 0

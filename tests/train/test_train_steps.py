@@ -66,11 +66,11 @@ def _run(algo, rollout, params, tx=None, kernels=KERNELS, hp=None):
 
 @pytest.mark.parametrize("mode", ["token_mean", "seq_mean_token_mean", "seq_mean_token_sum_norm"])
 def test_microbatching_is_exact(mode):
-    """One update with 1, 2 or 4 micro-batches gives the same loss, gradient norm and parameters (plain SGD,
-    so the parameter change is the gradient itself)."""
+    """One update with 1 or 4 micro-batches gives the same loss, gradient norm and parameters (plain SGD,
+    so the parameter change is the gradient itself; 2 micro-batches run in tests/train/test_packing.py)."""
     params, rollout = _rollout()
     results = []
-    for m in (1, 2, 4):
+    for m in (1, 4):
         state, metrics = _run(_algo(loss_agg=mode, num_microbatches=m, kl_coef=0.1, entropy_coef=0.01), rollout, params)
         results.append((state.params, metrics))
     for p, mets in results[1:]:
