@@ -55,6 +55,7 @@ def pipeline_config(out: pathlib.Path, seed: int, teacher: pathlib.Path, steps: 
              "config": {
                  "sample": {"n": 4, "temperature": 1.0, "max_new_tokens": 64, "template": "plain",
                             "drop_truncated": True, "verifier": "math_accuracy", "format_reward": "format_strict",
+                            "language_reward": "language_consistency_en",
                             "dedupe": False, "k_per_prompt": 4},
                  "sft": {"max_steps": steps, "batch_size": sft_batch, "max_len": 96, "lr": 1e-3, "warmup_steps": 5,
                          "checkpoint_every": 20, "heldout_fraction": 0.05,
