@@ -105,6 +105,11 @@ def main(argv=None) -> int:
             ci = t_interval(vals) if len(vals) > 1 else None
             summary[arm][key] = {"mean": float(np.mean(vals)), "values": vals,
                                  "ci95": None if ci is None else [ci.low, ci.high]}
+    diffs = [per_seed[s]["distill"]["pass@1"] - per_seed[s]["rl"]["pass@1"] for s in args.seeds]
+    paired = t_interval(diffs) if len(diffs) > 1 else None
+    summary["distill_minus_rl_pass@1"] = {"mean": float(np.mean(diffs)), "values": diffs,
+                                          "ci95": None if paired is None else [paired.low, paired.high],
+                                          "distill_ahead_in": int(sum(d > 0 for d in diffs))}
     result = {"teacher": str(teacher), "student_base": str(STUDENT), "steps": args.steps, "sft_batch": args.sft_batch,
               "seeds": args.seeds, "per_seed": per_seed, "summary": summary,
               "minutes": round((time.time() - t0) / 60, 2)}
@@ -117,6 +122,10 @@ def main(argv=None) -> int:
         ci_text = f"[{ci[0]:.3f}, {ci[1]:.3f}]" if ci else "-"
         print(f"{arm:12s}{s['pass@1']['mean']:>10.3f}   {ci_text:26s}{s['cons@k']['mean']:>8.3f}"
               f"{s['format_rate']['mean']:>8.3f}")
+    d = summary["distill_minus_rl_pass@1"]
+    ci_text = f"[{d['ci95'][0]:.3f}, {d['ci95'][1]:.3f}]" if d["ci95"] else "-"
+    print(f"\ndistill - rl, pass@1 paired by seed: {d['mean']:+.3f} {ci_text}; distillation ahead in "
+          f"{d['distill_ahead_in']} of {len(args.seeds)} seeds")
     png = plot(summary, args.seeds, out / "distill_vs_rl.png")
     print(f"\nresults: {out / 'results.json'}" + (f"  plot: {png}" if png else ""))
     return 0
