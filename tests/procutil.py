@@ -4,11 +4,11 @@ import signal
 import subprocess
 
 
-def kill_on_log_line(proc: subprocess.Popen, text: str) -> None:
-    """SIGKILLs ``proc`` as soon as a line containing ``text`` appears on its stderr (read line by line:
-    the event, not a timer); fails if the child ends without printing it."""
+def kill_on_log_line(proc: subprocess.Popen, text: str, stream=None) -> None:
+    """SIGKILLs ``proc`` as soon as a line containing ``text`` appears on ``stream`` (default its stderr;
+    read line by line: the event, not a timer); fails if the child ends without printing it."""
     try:
-        for line in proc.stderr:
+        for line in stream if stream is not None else proc.stderr:
             if text in line:
                 break
         else:

@@ -13,7 +13,6 @@ from __future__ import annotations
 import json
 import os
 import pathlib
-import signal
 import subprocess
 import sys
 import threading
@@ -175,16 +174,12 @@ def _cli(config: pathlib.Path, *, block: str | None = None) -> subprocess.Popen:
 
 
 def _kill_when_blocked(proc: subprocess.Popen, marker: str) -> None:
-    """Reads the child's stdout until the kind says it blocked (the event, not a timer), then SIGKILLs it."""
+    """SIGKILLs the child once the kind prints that it blocked on stdout (the event, not a timer)."""
+    from procutil import kill_on_log_line  # here: the child pipelines import this file to register its kinds
+
     try:
-        for line in proc.stdout:
-            if line.strip() == marker:
-                break
-        else:
-            raise AssertionError(f"the pipeline ended before {marker!r}: {proc.stderr.read()}")
+        kill_on_log_line(proc, marker, stream=proc.stdout)
     finally:
-        proc.send_signal(signal.SIGKILL)
-        proc.wait(timeout=60)
         proc.stdout.close()
         proc.stderr.close()
 
