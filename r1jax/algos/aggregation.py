@@ -71,7 +71,7 @@ def loss_numerator(per_token: ArrayLike, mask: ArrayLike, mode: AggregationMode)
 
 
 def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
-                     max_len: ArrayLike | None = None) -> Array:
+                     max_len: ArrayLike | None = None, num_sequences: ArrayLike | None = None) -> Array:
     """The denominator of ``mode`` for the batch whose ``mask`` is given (pass the WHOLE batch).
 
     Args:
@@ -79,6 +79,8 @@ def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
       mode: static; one of :data:`AGGREGATION_MODES`.
       max_len: the constant length normaliser of ``seq_mean_token_sum_norm`` (Dr.GRPO uses the
         generation budget); required for that mode, ignored otherwise (traceable).
+      num_sequences: the number of sequences when rows are packed several to a row (traceable);
+        default: the rows of ``mask`` with a valid token.
 
     Returns:
       A float32 scalar: valid tokens, sequences with at least one valid token, or that times
@@ -91,7 +93,9 @@ def loss_denominator(mask: ArrayLike, mode: AggregationMode, *,
     mask = _mask(mask, jnp.shape(mask))
     if mode == "token_mean":
         return jnp.sum(mask).astype(jnp.float32)
-    num_sequences = jnp.sum(jnp.any(mask, axis=-1)).astype(jnp.float32)
+    if num_sequences is None:
+        num_sequences = jnp.sum(jnp.any(mask, axis=-1))
+    num_sequences = jnp.asarray(num_sequences, jnp.float32)
     if mode == "seq_mean_token_sum_norm":
         if max_len is None:
             raise ValueError("max_len: required by mode 'seq_mean_token_sum_norm' "

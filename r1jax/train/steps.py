@@ -392,9 +392,8 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
 
         def step_fn(state, mb: _Rows):
             num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)
-            den = num_tokens if algo.loss_agg == "token_mean" else jnp.maximum(jnp.sum(mb.num_seqs), 1.0)
-            if algo.loss_agg == "seq_mean_token_sum_norm":
-                den = den * max_new_tokens
+            den = jnp.maximum(algos.loss_denominator(mb.loss_mask, algo.loss_agg, max_len=max_new_tokens,
+                                                     num_sequences=jnp.sum(mb.num_seqs)), 1.0)
             policy_loss, critic_loss = _rl_losses(algo, model, kernels, mesh, den, num_tokens)
             return _optimizer_step(
                 state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=algo.num_microbatches,

@@ -69,7 +69,9 @@ def test_token_weights_give_the_numerator_even_after_the_tokens_are_shuffled(mod
     assert np.all(w[~mask] == 0)
     perm = rng.permutation(per_token.size)
     moved = np.where(mask, per_token, 0).reshape(-1)[perm] * w.reshape(-1)[perm]
-    np.testing.assert_allclose(moved.sum() / den, np_aggregate(per_token, mask, mode, MAX_LEN), rtol=1e-5)
+    # all tokens in one "packed" row: the denominator needs the sequence count given
+    packed_den = loss_denominator(mask.reshape(1, -1)[:, perm], mode, max_len=MAX_LEN, num_sequences=4)
+    np.testing.assert_allclose(moved.sum() / packed_den, np_aggregate(per_token, mask, mode, MAX_LEN), rtol=1e-5)
 
 
 def test_empty_batch_gives_zero_not_nan():
