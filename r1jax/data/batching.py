@@ -33,6 +33,7 @@ __all__ = [
     "pad_sequences",
     "pack_sequences",
     "microbatch_slices",
+    "round_up",
     "expand_groups",
 ]
 
@@ -68,7 +69,7 @@ class TokenBatch(NamedTuple):
     completion_lengths: np.ndarray
 
 
-def _round_up(n: int, multiple: int) -> int:
+def round_up(n: int, multiple: int) -> int:
     return -(-n // multiple) * multiple
 
 
@@ -102,7 +103,7 @@ def pad_prompts(
         if a.size == 0:
             raise ValueError(f"prompt {i} is empty (a prompt needs at least one token, e.g. BOS)")
     longest = max(a.size for a in ids)
-    t = _round_up(longest, multiple_of) if length is None else length
+    t = round_up(longest, multiple_of) if length is None else length
     if longest > t:
         i = next(i for i, a in enumerate(ids) if a.size > t)
         raise ValueError(f"prompt {i} has {ids[i].size} tokens, more than length={t}")
@@ -221,7 +222,7 @@ def pad_sequences(
     """
     ps, cs, tv, sv = _validate(prompts, completions, token_values, sequence_values)
     longest = max(p.size + c.size for p, c in zip(ps, cs))
-    t = _round_up(longest, multiple_of) if length is None else length
+    t = round_up(longest, multiple_of) if length is None else length
     if longest > t:
         n = next(n for n in range(len(ps)) if ps[n].size + cs[n].size > t)
         raise ValueError(f"sequence {n} has {ps[n].size + cs[n].size} tokens, more than length={t}")
@@ -290,7 +291,7 @@ def pack_sequences(
             raise ValueError(f"packing needs {rows} rows of {row_length} tokens, more than num_rows={num_rows}")
         rows = num_rows
     else:
-        rows = _round_up(rows, rows_multiple_of)
+        rows = round_up(rows, rows_multiple_of)
     return _fill(rows, row_length, pad_id, ps, cs, tv, sv, placement)
 
 

@@ -15,13 +15,18 @@ import numpy as np
 
 from r1jax.config import ConfigError
 from r1jax.data import PromptIterator, encode_prompts, make_dataset
+from r1jax.data.batching import round_up
 from r1jax.data.tokenizer import load_tokenizer
 from r1jax.models import ModelConfig, init_params, load_pretrained
 from r1jax.models.sharding import make_mesh, maybe_initialize_distributed, shard_params
 from r1jax.rewards import RewardScorer
 from r1jax.train.config import ExperimentConfig
 
-__all__ = ["Components", "build", "check_prompt_lengths"]
+__all__ = ["Components", "build", "check_prompt_lengths", "LENGTH_MULTIPLE"]
+
+LENGTH_MULTIPLE = 8
+"""Rows are padded to a multiple of this many tokens (XLA on CPU runs a multiple of 8 no slower than any
+shorter length)."""
 
 
 @dataclasses.dataclass
@@ -35,8 +40,8 @@ class Components:
     train_set: Any = None
     eval_set: Any = None
     scorer: RewardScorer | None = None
-    max_length: int = 0               # longest prompt + rollout.max_new_tokens, rounded up to 8: rows of this
-                                      # length hold every sequence the run samples (one shape, one compile)
+    max_length: int = 0               # longest prompt + rollout.max_new_tokens, rounded up to LENGTH_MULTIPLE:
+                                      # rows this long hold every sequence the run samples (one shape, one compile)
 
     def close(self) -> None:
         if self.scorer is not None:
@@ -86,12 +91,8 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
         params = shard_params(params, mesh)
     return Components(
         tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
-        scorer=RewardScorer(cfg.reward) if rewards else None, 
-        max_length=_round_up(longest + cfg.rollout.max_new_tokens, 8))
-
-
-def _round_up(n: int, multiple: int) -> int:
-    return -(-n // multiple) * multiple
+        scorer=RewardScorer(cfg.reward) if rewards else None,
+        max_length=round_up(longest + cfg.rollout.max_new_tokens, LENGTH_MULTIPLE))
 
 
 def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: ModelConfig, train_set: Any = None,

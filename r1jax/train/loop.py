@@ -13,8 +13,8 @@ produces the same metrics, step for step, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
-import math
 import logging
+import math
 import pathlib
 import time
 from typing import Any, Callable, Sequence
@@ -32,7 +32,7 @@ from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
-from r1jax.train.rollout import assemble_rollout, put_rows, make_sampler, sample_and_score, step_seed
+from r1jax.train.rollout import assemble_rollout, make_sampler, put_rows, sample_and_score, step_seed
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 

@@ -25,16 +25,12 @@ from r1jax.models import ModelConfig, save_pretrained
 from r1jax.models.sharding import logical_to_spec
 from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
 from r1jax.sampling.sampler import Sampler
+from r1jax.train.components import LENGTH_MULTIPLE
 from r1jax.train.config import ExperimentConfig, RolloutConfig
 from r1jax.train.steps import Packed, Rollout
 
-__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows", "LENGTH_MULTIPLE", "Episodes",
-           "sample_and_score", "step_seed"]
-
-LENGTH_MULTIPLE = 8
-"""Rows are padded to a multiple of this many tokens (shapes, and so compiles, repeat; XLA on CPU
-runs a multiple of 8 no slower than any shorter length)."""
-
+__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows",
+           "LENGTH_MULTIPLE", "Episodes", "sample_and_score", "step_seed"]
 
 class EmbeddedSampler:
     """In-process sampling: ``generate(params, prompts, sampling, first_index)`` on any params."""
