@@ -22,6 +22,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import keyword
 import math
 import pathlib
 import types
@@ -35,6 +36,7 @@ T = TypeVar("T")
 __all__ = [
     "ConfigError",
     "field",
+    "key_of",
     "from_dict",
     "to_dict",
     "load_config",
@@ -128,7 +130,7 @@ def _coerce(value: Any, tp: Any, key: str) -> Any:
         raise ConfigError(f"{key}: {value!r} is not allowed; allowed: {', '.join(map(repr, args))}")
     if _is_config(tp):
         if isinstance(value, tp):  # re-validated: a default instance may hold plain dicts
-            value = {f.name: getattr(value, f.name) for f in dataclasses.fields(tp) if f.init}
+            value = {key_of(f): getattr(value, f.name) for f in dataclasses.fields(tp) if f.init}
         if not isinstance(value, Mapping):
             raise ConfigError(f"{key}: expected a mapping for section {tp.__name__}, got {value!r}")
         return _build(tp, value, key)
@@ -224,7 +226,13 @@ def validate_fields(obj: Any, prefix: str = "") -> None:
         meta = f.metadata.get(_META)
         value = getattr(obj, f.name)
         if meta and value is not None:
-            _check_bounds(value, meta, f"{prefix}{f.name}")
+            _check_bounds(value, meta, f"{prefix}{key_of(f)}")
+
+
+def key_of(f: dataclasses.Field) -> str:
+    """The YAML key of a config field: its name, less the trailing ``_`` of a name that would
+    otherwise be a Python keyword (field ``async_`` is key ``async``)."""
+    return f.name[:-1] if f.name.endswith("_") and keyword.iskeyword(f.name[:-1]) else f.name
 
 
 def _join(prefix: str, name: str) -> str:
@@ -233,7 +241,7 @@ def _join(prefix: str, name: str) -> str:
 
 def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     hints = typing.get_type_hints(cls)
-    fields = {f.name: f for f in dataclasses.fields(cls) if f.init}
+    fields = {key_of(f): f for f in dataclasses.fields(cls) if f.init}
     unknown = [k for k in data if k not in fields]
     if unknown:
         k = unknown[0]
@@ -247,17 +255,17 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for name, f in fields.items():
         key = _join(prefix, name)
         if name in data:
-            value = _coerce(data[name], hints[name], key)
+            value = _coerce(data[name], hints[f.name], key)
         elif f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]
-            value = _coerce(f.default_factory(), hints[name], key)  # type: ignore[misc]
+            value = _coerce(f.default_factory(), hints[f.name], key)  # type: ignore[misc]
         else:
-            raise ConfigError(f"missing required key '{key}' ({_type_name(hints[name])})")
+            raise ConfigError(f"missing required key '{key}' ({_type_name(hints[f.name])})")
         meta = f.metadata.get(_META)
         if meta:
             _check_bounds(value, meta, key)
-        kwargs[name] = value
+        kwargs[f.name] = value
     obj = cls(**kwargs)
     check = getattr(obj, "check", None)
     if callable(check):
@@ -293,7 +301,7 @@ def to_dict(config: Any) -> dict[str, Any]:
 
     def plain(v: Any) -> Any:
         if dataclasses.is_dataclass(v) and not isinstance(v, type):
-            return {f.name: plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
+            return {key_of(f): plain(getattr(v, f.name)) for f in dataclasses.fields(v)}
         if isinstance(v, (tuple, list)):
             return [plain(x) for x in v]
         if isinstance(v, Mapping):
@@ -401,7 +409,7 @@ def describe(cls: type, prefix: str = "") -> list[str]:
     lines = []
     hints = typing.get_type_hints(cls)
     for f in dataclasses.fields(cls):
-        key = _join(prefix, f.name)
+        key = _join(prefix, key_of(f))
         tp = hints[f.name]
         if _is_config(tp):
             lines.extend(describe(tp, key))

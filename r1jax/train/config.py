@@ -24,7 +24,7 @@ from r1jax.models.sharding import MeshConfig
 from r1jax.rewards import RewardConfig, get_reward, list_rewards
 
 __all__ = [
-    "AlgoConfig", "OptimConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
+    "AlgoConfig", "OptimConfig", "AsyncConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
     "ModelSection", "KernelConfig", "ExperimentConfig", "load_experiment", "import_user_modules",
 ]
 
@@ -134,6 +134,14 @@ class OptimConfig:
 
 
 @dataclasses.dataclass(frozen=True)
+class AsyncConfig:
+    """Asynchronous RL (YAML ``rollout.async``): a producer samples ahead of the trainer."""
+
+    max_staleness: int = field(0, ge=0, help="K: step u's samples come from the policy after update max(0, u-K) "
+                                           "(exactly, so runs are reproducible); 0 = synchronous")
+
+
+@dataclasses.dataclass(frozen=True)
 class RolloutConfig:
     """How samples are produced: in-process JAX engine, or remote rollout servers over gRPC."""
 
@@ -148,6 +156,7 @@ class RolloutConfig:
     top_p: float = field(1.0, gt=0.0, le=1.0)
     top_k: int = field(0, ge=0)
     max_new_tokens: int = field(64, ge=1)
+    async_: AsyncConfig = field(default_factory=AsyncConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -229,6 +238,10 @@ class ExperimentConfig:
                 f"rollout.prompts_per_step × rollout.group_size = {rows}")
         if self.rollout.mode == "remote" and not self.rollout.servers:
             raise ConfigError("rollout.servers: remote mode needs at least one host:port")
+        if self.rollout.async_.max_staleness and self.algo.tis == "off":
+            raise ConfigError(f"algo.tis: rollout.async.max_staleness={self.rollout.async_.max_staleness} trains on "
+                              "samples of older policies; set algo.tis (token, sequence or geometric) so the loss "
+                              "weights them by the importance ratio to the sampler's log-probs")
         if self.algo.overlong_buffer > self.rollout.max_new_tokens:
             raise ConfigError(f"algo.overlong_buffer: {self.algo.overlong_buffer} exceeds rollout.max_new_tokens="
                               f"{self.rollout.max_new_tokens}")

@@ -3,7 +3,9 @@
 One step: sample (the sampler is a function of the current params) → score → one ``device_put``
 of the rollout → the jitted pure ``update`` (:func:`r1jax.train.steps.make_rl_update`: advantages,
 mini-batches, optimizer steps, step counter, reference refresh) → one ``device_get`` of its
-metrics. Evaluation, checkpoints and weight pushes are hooks that run every N steps.
+metrics. Evaluation, checkpoints and weight pushes are hooks that run every N steps. With
+``rollout.async.max_staleness: K`` a producer thread samples and scores steps ahead with the
+policy K updates old (:mod:`r1jax.train.async_rollout`) while the trainer updates.
 
 Every random choice derives from ``run.seed`` and the step (sampling seeds) or from the key in the
 train state (mini-batch order), and the data iterator's position is checkpointed, so a resumed run
@@ -13,6 +15,7 @@ produces the same metrics, step for step, as an uninterrupted one.
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import logging
 import math
 import pathlib
@@ -26,13 +29,15 @@ import numpy as np
 from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
 from r1jax.models import init_value_head, save_pretrained
+from r1jax.train.async_rollout import Produced, Producer
 from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
-from r1jax.train.rollout import assemble_rollout, make_sampler, put_rows, sample_and_score, step_seed
+from r1jax.train.rollout import (Episodes, assemble_rollout, make_sampler, put_rows, sample_and_score,
+                                 step_seed)
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
@@ -93,6 +98,10 @@ class Trainer:
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
         self.start_step, weight_version = 0, 0
+        self.max_staleness = cfg.rollout.async_.max_staleness
+        self.producer: Producer | None = None
+        self._async_meta: dict | None = None   # the producer's part of the checkpoint resumed from
+        self._consumed_cursor: dict | None = None  # async: the data position of the last batch trained on
         checkpoints = self.run_dir / "checkpoints"
         self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep) if checkpoints.is_dir() else None
         try:
@@ -112,8 +121,14 @@ class Trainer:
         if self.checkpointer is None:
             self.checkpointer = Checkpointer(checkpoints, keep=cfg.checkpoint.keep)
         self.sampler = make_sampler(cfg.rollout, self.model_cfg, self.run_dir, weight_version)
+        self._live_version = int(self.state.step)  # the trainer version the sampler serves
         if cfg.rollout.mode == "remote":
             self.sampler.push(self.state.params)
+        # evaluation samples the current policy; asynchronous remote servers hold an older one
+        self.eval_sampler = self.sampler
+        if self.max_staleness and cfg.rollout.mode == "remote":
+            self.eval_sampler = make_sampler(dataclasses.replace(cfg.rollout, mode="embedded"), self.model_cfg,
+                                             self.run_dir)
         self.hooks: list[tuple[int, Callable[[int, dict], None]]] = []
         if cfg.eval.every:
             self.add_hook(lambda step, metrics: metrics.update(self.evaluate()), every=cfg.eval.every)
@@ -124,18 +139,57 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one RL step
 
+    def _sample(self, params, version: int, examples: list, step: int) -> Episodes:
+        """Samples and scores the examples of ``step`` with ``params`` (the policy after ``version``
+        updates; pushed first to remote servers that serve another)."""
+        cfg = self.config
+        if cfg.rollout.mode == "remote" and version != self._live_version:
+            self.sampler.push(params)
+            self._live_version = version
+        ep = sample_and_score(cfg, self.tokenizer, self.sampler, self.components.scorer, params, examples,
+                              n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
+                              seed=step_seed(cfg.run.seed, step), first_index=step * cfg.rollout.prompts_per_step,
+                              step=step)
+        if cfg.rollout.mode == "embedded":
+            ep = dataclasses.replace(ep, versions=[version] * len(examples))
+        return ep
+
+    def _start_producer(self) -> None:
+        """Starts sampling ahead (asynchronous RL), from the buffer of the checkpoint resumed from."""
+        version, meta = int(self.state.step), self._async_meta
+        buffered: tuple[Produced, ...] = ()
+        if meta is not None and meta["max_staleness"] == self.max_staleness:
+            buffered = tuple(Produced.from_json(b) for b in meta["buffer"])
+            if meta["cursor"] is not None:
+                self.iterator.restore(meta["cursor"])
+        elif meta is not None:  # K changed (an allowed config change): sample again from the consumed position
+            log.warning("rollout.async.max_staleness changed from %d to %d: the %d buffered batches of the checkpoint "
+                        "are sampled again", meta["max_staleness"], self.max_staleness, len(meta["buffer"]))
+        self.producer = Producer(self._sample, self.iterator, params=jax.tree.map(jnp.copy, self.state.params),
+                                 version=version, end_step=self.config.run.steps,
+                                 max_staleness=self.max_staleness, buffered=buffered)
+
+    def _next_episodes(self, step: int, timing: dict[str, float]) -> tuple[Episodes, int]:
+        """The scored samples of ``step`` and the version that sampled them."""
+        t0 = time.perf_counter()
+        if not self.max_staleness:
+            ep = self._sample(self.state.params, step, next(self.iterator), step)
+            timing["rollout+reward"] = time.perf_counter() - t0
+            return ep, step
+        if self.producer is None:
+            self._start_producer()
+        batch = self.producer.get(step)
+        self._consumed_cursor = batch.cursor
+        timing["rollout_wait"] = time.perf_counter() - t0
+        timing["rollout+reward"] = batch.seconds
+        return batch.episodes, batch.version
+
     def rl_step(self) -> dict[str, Any]:
         """One RL step; returns its metrics (deterministic numbers) and timing."""
         cfg, c = self.config, self.components
         step = int(self.state.step)
         timing: dict[str, float] = {}
-        t0 = time.perf_counter()
-        examples = next(self.iterator)
-        ep = sample_and_score(cfg, self.tokenizer, self.sampler, c.scorer, self.state.params, examples,
-                              n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
-                              seed=step_seed(cfg.run.seed, step), first_index=step * cfg.rollout.prompts_per_step,
-                              step=step)
-        timing["rollout+reward"] = time.perf_counter() - t0
+        ep, version = self._next_episodes(step, timing)
         t0 = time.perf_counter()
         rollout = put_rows(self.mesh, assemble_rollout(  # static shapes: the update compiles once per run
             ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id, length=c.max_length,
@@ -146,12 +200,16 @@ class Trainer:
         update_metrics = jax.device_get(update_metrics)
         timing["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
-        self.sampler.push(self.state.params)
+        if self.producer is not None:  # the producer samples step + 1 + K with these (pushed from its thread)
+            self.producer.publish(step + 1, jax.tree.map(jnp.copy, self.state.params))
+        else:
+            self.sampler.push(self.state.params)
+            self._live_version = step + 1
         timing["weight_sync"] = time.perf_counter() - t0
         if update_metrics["skipped"]:
             log.warning("step %d: %d optimizer step(s) had a non-finite loss, gradient or update: skipped",
                         step, int(update_metrics["skipped"]))
-        metrics = {**ep.metrics(), **{k: float(v) for k, v in update_metrics.items()}}
+        metrics = {**ep.metrics(), "staleness": step - version, **{k: float(v) for k, v in update_metrics.items()}}
         timing["tokens_per_s"] = float(ep.lengths.sum()) / max(sum(timing.values()), 1e-9)
         return {"metrics": metrics, "timing": timing}
 
@@ -160,7 +218,7 @@ class Trainer:
     def evaluate(self) -> dict[str, float]:
         """Accuracy, pass@k and cons@k on held-out prompts with the current policy."""
         c = self.components
-        return evaluate_policy(self.config, self.tokenizer, self.sampler, c.scorer, c.eval_set, self.state.params,
+        return evaluate_policy(self.config, self.tokenizer, self.eval_sampler, c.scorer, c.eval_set, self.state.params,
                                step=int(self.state.step))
 
     def run(self) -> list[dict[str, Any]]:
@@ -196,6 +254,9 @@ class Trainer:
     def save(self) -> None:
         meta = {"iterator": self.iterator.state(), "weight_version": self.sampler.weight_version,
                 "config": to_dict(self.config)}
+        if self.producer is not None:  # the iterator is the producer's, ahead of the trainer
+            meta["iterator"] = self._consumed_cursor
+            meta["async"] = self.producer.checkpoint(int(self.state.step))
         self.checkpointer.save(int(self.state.step), self.state, meta)
         log.info("checkpoint saved at step %d", int(self.state.step))
 
@@ -215,6 +276,7 @@ class Trainer:
             return 0
         _, self.state, meta = restored
         self.iterator.restore(meta["iterator"])
+        self._async_meta = meta.get("async")
         self.start_step = int(self.state.step)
         log.warning("resuming from step %d of %s", self.start_step, self.checkpointer.directory)
         return int(meta["weight_version"])
@@ -227,8 +289,12 @@ class Trainer:
         return directory
 
     def close(self) -> None:
-        """Releases the sampler, the reward workers and the checkpoint manager."""
+        """Releases the producer, the samplers, the reward workers and the checkpoint manager."""
+        if self.producer is not None:
+            self.producer.close()
         self.sampler.close()
+        if self.eval_sampler is not self.sampler:
+            self.eval_sampler.close()
         self.components.close()
         self.checkpointer.close()
 
