@@ -9,8 +9,8 @@ the cold-start format (``cold_start:``, :class:`r1jax.pipeline.sft.ColdStartForm
 
 What this stage does, in order:
 
-1. validate everything (config, the ``prompts`` / ``mix`` files' fields, reward names, the
-   cold-start tokens against the tokenizer) before any sampling;
+1. validate everything (config, the fields of the ``prompts`` / ``mix`` datasets, JSONL or Parquet,
+   reward names, the cold-start tokens against the tokenizer) before any sampling;
 2. sample ``n`` completions per prompt with the embedded :class:`~r1jax.sampling.Sampler`, in chunks
    of ``chunk_prompts`` prompts written to ``out_dir/candidates/`` (a rerun after a kill skips the
    chunks already written; a prompt's samples depend only on ``seed`` and its index, so chunking
@@ -49,7 +49,7 @@ from r1jax.config import ConfigError, field, from_dict, to_dict
 from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import load_pretrained
-from r1jax.pipeline.datasets import read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.datasets import read_jsonl, read_rows, write_json, write_jsonl
 from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
@@ -178,8 +178,8 @@ class JudgeConfig:
 class SampleConfig:
     """The ``sample`` stage's config section."""
 
-    prompt_field: str = field("prompt", help="JSONL field of the question")
-    reference_field: str = field("reference", help="JSONL field of the verifier's reference (any JSON value)")
+    prompt_field: str = field("prompt", help="dataset field of the question")
+    reference_field: str = field("reference", help="dataset field of the verifier's reference (any JSON value)")
     template: str = field("plain", choices=tuple(PROMPT_TEMPLATES), help="prompt template")
     n: int = field(4, ge=1, help="samples per prompt")
     temperature: float = field(1.0, ge=0.0)
@@ -414,9 +414,9 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
       stage: the stage's name (messages, provenance).
       config: the stage's config section (or a :class:`SampleConfig`).
       model: the HF directory sampled from.
-      prompts: the prompts JSONL.
+      prompts: the prompts dataset (JSONL, or Parquet by its ``.parquet`` suffix).
       out_dir: the stage directory.
-      mix: the non-reasoning JSONL mixed in (needed when ``mix_ratio > 0``).
+      mix: the non-reasoning dataset (JSONL or Parquet) mixed in (needed when ``mix_ratio > 0``).
       seed: the pipeline's seed (used when ``config.seed`` is None).
       judge: a judge to use (overrides ``config.judge``; e.g. a plain Python function).
 
@@ -429,7 +429,7 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
     seed = cfg.seed if cfg.seed is not None else seed
     out_dir = pathlib.Path(out_dir)
     fields, any_type = _prompt_fields(cfg)
-    rows = read_jsonl(prompts, fields, stage=stage, input_name="prompts", any_type=any_type)
+    rows = read_rows(prompts, fields, stage=stage, input_name="prompts", any_type=any_type)
     mix_rows = _read_mix(stage, cfg, mix)
     tokenizer = load_tokenizer(model)
     if cfg.cold_start is not None:
@@ -503,10 +503,11 @@ def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge,
 
 def _read_mix(stage: str, cfg: SampleConfig, mix: pathlib.Path | None) -> list[dict]:
     if cfg.mix_ratio > 0 and mix is None:
-        raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` (a JSONL dataset)")
+        raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` "
+                          "(a JSONL or Parquet dataset)")
     if mix is None:
         return []
-    return read_jsonl(mix, (cfg.mix_prompt_field, cfg.mix_completion_field), stage=stage, input_name="mix")
+    return read_rows(mix, (cfg.mix_prompt_field, cfg.mix_completion_field), stage=stage, input_name="mix")
 
 
 @register_stage_kind("sample")
@@ -521,9 +522,10 @@ class SampleStage(StageKind):
         cfg = parse_sample_config(stage, config)
         fields, any_type = _prompt_fields(cfg)
         if inputs.get("prompts") is not None:
-            read_jsonl(inputs["prompts"], fields, stage=stage, input_name="prompts", any_type=any_type)
+            read_rows(inputs["prompts"], fields, stage=stage, input_name="prompts", any_type=any_type)
         if cfg.mix_ratio > 0 and "mix" not in inputs:
-            raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` (a JSONL dataset)")
+            raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` "
+                          "(a JSONL or Parquet dataset)")
         if inputs.get("mix") is not None:
             _read_mix(stage, cfg, inputs["mix"])
         if cfg.cold_start is not None and inputs.get("model") is not None:
