@@ -1,6 +1,7 @@
 """The ``sample`` stage kind: each rejection filter removes what it should (hand-made samples and
 hand-computed counts), dedupe and k-per-prompt, the mixing ratio, a judge served by a real loopback
-rollout server (raw text or the chat template), a whole run from the tiny checkpoint (cold-start rewrite, provenance), bad inputs."""
+rollout server (raw text or the chat template), a whole run from the tiny checkpoint (cold-start rewrite,
+provenance), bad inputs."""
 
 import json
 import pathlib
