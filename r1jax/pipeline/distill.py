@@ -20,7 +20,7 @@ import pathlib
 from typing import Any, Mapping
 
 from r1jax.config import ConfigError, field, from_dict
-from r1jax.pipeline.datasets import read_jsonl, write_json
+from r1jax.pipeline.datasets import read_jsonl, read_rows, write_json
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sample import SampleStage, parse_sample_config, run_sample
 from r1jax.pipeline.sft import parse_sft_config, run_sft
@@ -92,7 +92,7 @@ class DistillStage(StageKind):
         if sft_cfg.model.config is not None and "student" in inputs:
             raise ConfigError(f"stage {stage}: sft: give either sft.model.config or the input `student`, not both")
         if inputs.get("eval_data") is not None:
-            read_jsonl(inputs["eval_data"], (sft_cfg.prompt_field, sft_cfg.completion_field), stage=stage,
+            read_rows(inputs["eval_data"], (sft_cfg.prompt_field, sft_cfg.completion_field), stage=stage,
                        input_name="eval_data")
 
     def run(self, ctx: StageContext) -> StageResult:

@@ -17,8 +17,8 @@ The manifest is written (atomically) before a stage starts (``running``) and whe
 ``failed``), so a SIGKILL at any point loses at most the work since the stage's last checkpoint.
 
 After each stage that outputs a ``model``, the pipeline's ``eval`` section evaluates it on held-out
-prompts (:func:`r1jax.train.evaluation.evaluate_policy`): pass@1, cons@k, format rate and mean
-response length, stored in the manifest (re-evaluated only when the model or the eval section
+prompts (:func:`r1jax.train.evaluation.evaluate_policy`): pass@1 with its 95% interval, cons@k, format
+rate and mean response length, stored in the manifest (re-evaluated only when the model or the eval section
 changes). At the end the runner prints the table of those numbers, one row per model, and writes
 ``table.txt`` and ``stages.png`` (with matplotlib) into the pipeline directory.
 """
@@ -90,10 +90,11 @@ def evaluate_model(section: EvalSection, model_dir: pathlib.Path, work_dir: path
     """Held-out evaluation of the HF model in ``model_dir``.
 
     Returns:
-      ``{"metrics": evaluate_policy's metrics, "summary": {pass@1, cons@k, k, format_rate,
-      response_length}}``: pass@1 is the mean share of correct samples per problem; cons@k is the
-      majority vote over the ``k = max(eval.ks)`` samples; the format rate is the mean of the reward
-      component ``eval.format_reward``; lengths are in tokens.
+      ``{"metrics": evaluate_policy's metrics, "summary": {pass@1, pass@1_ci, cons@k, k, format_rate,
+      response_length}}``: pass@1 is the mean share of correct samples per problem; ``pass@1_ci`` its
+      95% Student-t interval over the problems, ``[low, high]`` (None with fewer than 2 problems);
+      cons@k is the majority vote over the ``k = max(eval.ks)`` samples; the format rate is the mean
+      of the reward component ``eval.format_reward``; lengths are in tokens.
     """
     from r1jax.train.components import build  # noqa: PLC0415
     from r1jax.train.evaluation import evaluate_policy  # noqa: PLC0415
@@ -108,7 +109,9 @@ def evaluate_model(section: EvalSection, model_dir: pathlib.Path, work_dir: path
         sampler.close()
         c.close()
     k = max(cfg.eval.ks)
-    summary = {"pass@1": metrics["eval/accuracy"], "cons@k": metrics[f"eval/cons@{k}"], "k": k,
+    ci = (metrics.get("eval/accuracy/ci_low"), metrics.get("eval/accuracy/ci_high"))
+    summary = {"pass@1": metrics["eval/accuracy"], "pass@1_ci": None if None in ci else list(ci),
+               "cons@k": metrics[f"eval/cons@{k}"], "k": k,
                "format_rate": metrics[f"eval/{section.format_reward}"],
                "response_length": metrics["eval/response_length"]}
     return {"metrics": metrics, "summary": summary}
@@ -344,26 +347,41 @@ def table_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     return rows
 
 
+def _pass1_interval(summary: Mapping[str, Any] | None) -> tuple[float, float] | None:
+    """The summary's pass@1 interval; None when it has none (one problem, or a manifest written before
+    the interval was recorded)."""
+    ci = (summary or {}).get("pass@1_ci")
+    return None if not ci or None in ci else (float(ci[0]), float(ci[1]))
+
+
 def format_table(manifest: Mapping[str, Any]) -> str:
-    """The paper-style table: one row per stage (model), held-out pass@1, cons@k, format rate, length."""
+    """The paper-style table: one row per stage (model), held-out pass@1 (with its 95% interval
+    ``[low, high]`` where the manifest has one), cons@k, format rate, length."""
     rows = table_rows(manifest)
     ks = sorted({r["eval"]["k"] for r in rows if r["eval"]})
     cons = f"cons@{ks[0]}" if len(ks) == 1 else "cons@k"
     w_stage = max([16, *(len(r["stage"]) + 2 for r in rows)])
     w_label = max([12, *(len(r["label"]) + 2 for r in rows)])
-    header = f"{'stage':{w_stage}s}{'model':{w_label}s}{'status':9s}{'pass@1':>8s}{cons:>9s}{'format':>8s}{'length':>8s}"
+    cis = [_pass1_interval(r["eval"]) for r in rows]
+    ci_text = [f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "" for ci in cis]
+    w_ci = max(len(t) for t in ci_text) if ci_text else 0  # 0: no interval anywhere, the table as before
+    header = (f"{'stage':{w_stage}s}{'model':{w_label}s}{'status':9s}{'pass@1':>8s}{'':{w_ci}s}{cons:>9s}"
+              f"{'format':>8s}{'length':>8s}")
     lines = [header, "-" * len(header)]
-    for r in rows:
+    for r, ci in zip(rows, ci_text):
         e = r["eval"]
-        nums = (f"{e['pass@1']:>8.3f}{e['cons@k']:>9.3f}{e['format_rate']:>8.3f}{e['response_length']:>8.1f}"
-                if e else f"{'-':>8s}{'-':>9s}{'-':>8s}{'-':>8s}")
+        nums = (f"{e['pass@1']:>8.3f}{ci:<{w_ci}s}{e['cons@k']:>9.3f}{e['format_rate']:>8.3f}"
+                f"{e['response_length']:>8.1f}" if e else f"{'-':>8s}{'':{w_ci}s}{'-':>9s}{'-':>8s}{'-':>8s}")
         lines.append(f"{r['stage']:{w_stage}s}{r['label']:{w_label}s}{r['status']:9s}{nums}")
+    if any(cis):
+        lines.append("pass@1 [low, high]: 95% Student-t interval over the held-out problems")
     return "\n".join(lines)
 
 
 def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path | None:
-    """A PNG of each evaluated stage's pass@1, cons@k, format rate and response length (bars per stage);
-    None (and a note on stderr) without matplotlib or without any evaluated stage."""
+    """A PNG of each evaluated stage's pass@1 (with its 95% interval as an error bar where the manifest
+    has one), cons@k, format rate and response length (bars per stage); None (and a note on stderr)
+    without matplotlib or without any evaluated stage."""
     rows = [r for r in table_rows(manifest) if r["eval"]]
     if not rows:
         return None
@@ -380,16 +398,28 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
     labels = [r["label"] for r in rows]
     fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
     for ax, (key, title) in zip(axes, panels):
+        ax.set_title(title)
         bars = ax.bar(range(len(rows)), [r["eval"][key] for r in rows], color="tab:blue")
         ax.bar_label(bars, fmt="%.1f" if key == "response_length" else "%.3f", fontsize=8)
+        if key == "pass@1":
+            _interval_bars(ax, rows)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
-        ax.set_title(title)
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("r1jax pipeline: held-out evaluation per stage")
     fig.tight_layout()
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def _interval_bars(ax, rows: Sequence[Mapping[str, Any]]) -> None:
+    """Error bars of the pass@1 intervals on the pass@1 panel (stages without one get none)."""
+    marked = [(i, r["eval"]["pass@1"], ci) for i, r in enumerate(rows) if (ci := _pass1_interval(r["eval"]))]
+    if not marked:
+        return
+    x, y, cis = zip(*marked)
+    yerr = [[max(0.0, p - lo) for p, (lo, _) in zip(y, cis)], [max(0.0, hi - p) for p, (_, hi) in zip(y, cis)]]
+    ax.errorbar(x, y, yerr=yerr, fmt="none", ecolor="black", elinewidth=1, capsize=4)
 
 
 # ------------------------------------------------------------------------------------------ the CLI

@@ -9,8 +9,8 @@ the cold-start format (``cold_start:``, :class:`r1jax.pipeline.sft.ColdStartForm
 
 What this stage does, in order:
 
-1. validate everything (config, the ``prompts`` / ``mix`` files' fields, reward names, the
-   cold-start tokens against the tokenizer) before any sampling;
+1. validate everything (config, the fields of the ``prompts`` / ``mix`` datasets, JSONL or Parquet,
+   reward names, the cold-start tokens against the tokenizer) before any sampling;
 2. sample ``n`` completions per prompt with the embedded :class:`~r1jax.sampling.Sampler`, in chunks
    of ``chunk_prompts`` prompts written to ``out_dir/candidates/`` (a rerun after a kill skips the
    chunks already written; a prompt's samples depend only on ``seed`` and its index, so chunking
@@ -31,8 +31,9 @@ What this stage does, in order:
 
 Judges: anything with ``judge(prompt, completion, reference) -> bool | float`` (:class:`Judge`);
 :class:`RolloutJudge` asks a model served by ``r1jax serve`` through
-:class:`~r1jax.rollout.client.RolloutClient` with a prompt template, and parses its greedy answer
-(:func:`parse_verdict`).
+:class:`~r1jax.rollout.client.RolloutClient` with a prompt template (sent as raw text, or with
+``chat: true`` as one user message in the judge tokenizer's chat template), and parses its greedy
+answer (:func:`parse_verdict`).
 """
 
 from __future__ import annotations
@@ -46,10 +47,10 @@ from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
 import numpy as np
 
 from r1jax.config import ConfigError, field, from_dict, to_dict
-from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
+from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, encode_prompts, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import load_pretrained
-from r1jax.pipeline.datasets import read_jsonl, write_json, write_jsonl
+from r1jax.pipeline.datasets import read_jsonl, read_rows, write_json, write_jsonl
 from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
@@ -113,17 +114,31 @@ class RolloutJudge:
       template: the judge prompt, with ``{prompt}``, ``{completion}`` and ``{reference}`` fields
         (filled with ``str.replace``, so braces in the texts are safe).
       max_new_tokens: the verdict's generation budget.
+      chat: send the rendered judge prompt as one user message through the tokenizer's chat
+        template, ending with the assistant header (the ``chat`` prompt template of
+        :func:`r1jax.data.templates.encode_prompt`); False: the rendered text as it is.
+
+    Raises:
+      ConfigError: ``chat`` and the tokenizer has no chat template (naming ``judge.chat``), or a
+        template without ``{completion}``.
     """
 
     def __init__(self, client: Any, tokenizer: Tokenizer, *, template: str = DEFAULT_JUDGE_TEMPLATE,
-                 max_new_tokens: int = 8):
+                 max_new_tokens: int = 8, chat: bool = False):
         _check_judge_template(template)
+        if chat:
+            _check_judge_chat(tokenizer)
         self.client, self.tokenizer, self.template, self.max_new_tokens = client, tokenizer, template, max_new_tokens
+        self.chat = chat
 
     def render(self, prompt: str, completion: str, reference: Any) -> str:
         """The judge prompt of one item."""
         return (self.template.replace("{prompt}", prompt).replace("{completion}", completion)
                 .replace("{reference}", str(reference)))
+
+    def encode(self, items: Sequence[tuple[str, str, Any]]) -> list[list[int]]:
+        """The token ids sent for ``items``: the :meth:`render` text of each, in the chat template when ``chat``."""
+        return encode_prompts([self.render(*it) for it in items], self.tokenizer, "chat" if self.chat else "plain")
 
     def outputs(self, items: Sequence[tuple[str, str, Any]]) -> list[str]:
         """The judge model's raw answers to ``items`` (one request, greedy)."""
@@ -131,7 +146,7 @@ class RolloutJudge:
 
         if not items:
             return []
-        prompts = [self.tokenizer.encode(self.render(*it)) for it in items]
+        prompts = self.encode(items)
         sampling = SamplingParams(temperature=0.0, max_new_tokens=self.max_new_tokens,
                                   stop_token_ids=self.tokenizer.eos_ids, n=1, seed=0)
         results = self.client.generate(GenerateRequest(prompts, sampling, request_id="judge"))
@@ -148,6 +163,13 @@ class RolloutJudge:
 def _check_judge_template(template: str) -> None:
     if "{completion}" not in template:
         raise ConfigError("template: must contain {completion} (and usually {prompt} and {reference})")
+
+
+def _check_judge_chat(tokenizer: Tokenizer) -> None:
+    if tokenizer.chat_template is None:
+        raise ConfigError(f"judge.chat: true, but the judge's tokenizer ({tokenizer.source or 'in memory'}) has no "
+                          "chat_template (tokenizer_config.json 'chat_template' or chat_template.jinja); set "
+                          "judge.chat: false or judge.tokenizer to a tokenizer with one")
 
 
 def _verdicts(judge: Judge, items: list[tuple[str, str, Any]]) -> list[bool | float | None]:
@@ -167,6 +189,7 @@ class JudgeConfig:
     tokenizer: str | None = field(None, help="the judge model's tokenizer directory (default: the sampled model's)")
     template: str = field(DEFAULT_JUDGE_TEMPLATE, help="judge prompt with {prompt}, {completion}, {reference}")
     max_new_tokens: int = field(8, ge=1)
+    chat: bool = field(False, help="send the judge prompt as one user message in the tokenizer's chat template")
     token: str | None = field(None, help="the server's shared token (default $R1JAX_ROLLOUT_TOKEN)")
     timeout_s: float = field(120.0, gt=0.0)
 
@@ -178,8 +201,8 @@ class JudgeConfig:
 class SampleConfig:
     """The ``sample`` stage's config section."""
 
-    prompt_field: str = field("prompt", help="JSONL field of the question")
-    reference_field: str = field("reference", help="JSONL field of the verifier's reference (any JSON value)")
+    prompt_field: str = field("prompt", help="dataset field of the question")
+    reference_field: str = field("reference", help="dataset field of the verifier's reference (any JSON value)")
     template: str = field("plain", choices=tuple(PROMPT_TEMPLATES), help="prompt template")
     n: int = field(4, ge=1, help="samples per prompt")
     temperature: float = field(1.0, ge=0.0)
@@ -394,15 +417,30 @@ def _sample_chunks(params, model_cfg, tokenizer: Tokenizer, rows: list[dict], cf
     return out
 
 
-def _make_judge(cfg: SampleConfig, model: pathlib.Path) -> RolloutJudge | None:
+def _judge_tokenizer(stage: str, jc: JudgeConfig, model: pathlib.Path | str | None) -> Tokenizer:
+    """The judge's tokenizer (``judge.tokenizer``, else the sampled model's), checked to have a chat
+    template when ``judge.chat``; ConfigError lines start ``stage NAME:``."""
+    try:
+        tok = load_tokenizer(jc.tokenizer or model)
+    except (OSError, ValueError) as e:
+        raise ConfigError(f"stage {stage}: {'judge.tokenizer' if jc.tokenizer else 'inputs.model'}: {e}") from None
+    if jc.chat:
+        try:
+            _check_judge_chat(tok)
+        except ConfigError as e:
+            raise ConfigError(f"stage {stage}: {e}") from None
+    return tok
+
+
+def _make_judge(cfg: SampleConfig, model: pathlib.Path, *, stage: str = "?") -> RolloutJudge | None:
     jc = cfg.judge_config
     if jc is None:
         return None
     from r1jax.rollout.client import RolloutClient
 
-    tok = load_tokenizer(jc.tokenizer or model)
+    tok = _judge_tokenizer(stage, jc, model)
     client = RolloutClient(jc.server, token=jc.token, timeout=jc.timeout_s)
-    return RolloutJudge(client, tok, template=jc.template, max_new_tokens=jc.max_new_tokens)
+    return RolloutJudge(client, tok, template=jc.template, max_new_tokens=jc.max_new_tokens, chat=jc.chat)
 
 
 def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: pathlib.Path,
@@ -414,9 +452,9 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
       stage: the stage's name (messages, provenance).
       config: the stage's config section (or a :class:`SampleConfig`).
       model: the HF directory sampled from.
-      prompts: the prompts JSONL.
+      prompts: the prompts dataset (JSONL, or Parquet by its ``.parquet`` suffix).
       out_dir: the stage directory.
-      mix: the non-reasoning JSONL mixed in (needed when ``mix_ratio > 0``).
+      mix: the non-reasoning dataset (JSONL or Parquet) mixed in (needed when ``mix_ratio > 0``).
       seed: the pipeline's seed (used when ``config.seed`` is None).
       judge: a judge to use (overrides ``config.judge``; e.g. a plain Python function).
 
@@ -429,7 +467,7 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
     seed = cfg.seed if cfg.seed is not None else seed
     out_dir = pathlib.Path(out_dir)
     fields, any_type = _prompt_fields(cfg)
-    rows = read_jsonl(prompts, fields, stage=stage, input_name="prompts", any_type=any_type)
+    rows = read_rows(prompts, fields, stage=stage, input_name="prompts", any_type=any_type)
     mix_rows = _read_mix(stage, cfg, mix)
     tokenizer = load_tokenizer(model)
     if cfg.cold_start is not None:
@@ -438,7 +476,7 @@ def run_sample(stage: str, config: Mapping[str, Any] | SampleConfig, *, model: p
         except ConfigError as e:
             raise ConfigError(f"stage {stage}: {e}") from None
     own_judge = judge is None and cfg.judge is not None
-    judge = judge if judge is not None else _make_judge(cfg, model)
+    judge = judge if judge is not None else _make_judge(cfg, model, stage=stage)
     try:
         return _run(stage, cfg, model=model, prompts=prompts, out_dir=out_dir, mix=mix, seed=seed, judge=judge,
                     rows=rows, mix_rows=mix_rows, tokenizer=tokenizer)
@@ -503,10 +541,11 @@ def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge,
 
 def _read_mix(stage: str, cfg: SampleConfig, mix: pathlib.Path | None) -> list[dict]:
     if cfg.mix_ratio > 0 and mix is None:
-        raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` (a JSONL dataset)")
+        raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` "
+                          "(a JSONL or Parquet dataset)")
     if mix is None:
         return []
-    return read_jsonl(mix, (cfg.mix_prompt_field, cfg.mix_completion_field), stage=stage, input_name="mix")
+    return read_rows(mix, (cfg.mix_prompt_field, cfg.mix_completion_field), stage=stage, input_name="mix")
 
 
 @register_stage_kind("sample")
@@ -521,9 +560,10 @@ class SampleStage(StageKind):
         cfg = parse_sample_config(stage, config)
         fields, any_type = _prompt_fields(cfg)
         if inputs.get("prompts") is not None:
-            read_jsonl(inputs["prompts"], fields, stage=stage, input_name="prompts", any_type=any_type)
+            read_rows(inputs["prompts"], fields, stage=stage, input_name="prompts", any_type=any_type)
         if cfg.mix_ratio > 0 and "mix" not in inputs:
-            raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` (a JSONL dataset)")
+            raise ConfigError(f"stage {stage}: mix_ratio: {cfg.mix_ratio} > 0 needs the input `mix` "
+                          "(a JSONL or Parquet dataset)")
         if inputs.get("mix") is not None:
             _read_mix(stage, cfg, inputs["mix"])
         if cfg.cold_start is not None and inputs.get("model") is not None:
@@ -531,6 +571,9 @@ class SampleStage(StageKind):
                 cfg.cold_start_format.check_encodable(load_tokenizer(inputs["model"]))
             except ConfigError as e:
                 raise ConfigError(f"stage {stage}: {e}") from None
+        jc = cfg.judge_config
+        if jc is not None and jc.chat and (jc.tokenizer or inputs.get("model")) is not None:
+            _judge_tokenizer(stage, jc, inputs.get("model"))
 
     def run(self, ctx: StageContext) -> StageResult:
         return run_sample(ctx.name, ctx.config, model=ctx.inputs["model"], prompts=ctx.inputs["prompts"],

@@ -1,4 +1,4 @@
-"""The ``sft`` stage kind: supervised fine-tuning on a JSONL dataset of (prompt, completion) pairs.
+"""The ``sft`` stage kind: supervised fine-tuning on a dataset (JSONL or Parquet) of (prompt, completion) pairs.
 
 One config-driven SFT for every supervised step of the R1 pipeline (arXiv 2501.12948, Figure 2):
 the cold start of reasoning RL on a few thousand long-CoT examples (§2.3.1 / App. B.3.2), the SFT on
@@ -46,7 +46,7 @@ from r1jax.data.batching import pack_sequences, pad_sequences
 from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import ModelConfig, init_params, load_pretrained, save_pretrained
-from r1jax.pipeline.datasets import read_jsonl, write_json
+from r1jax.pipeline.datasets import read_rows, write_json
 from r1jax.pipeline.manifest import digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.rewards.parsing import extract_tag, extract_think
@@ -164,8 +164,8 @@ class SFTConfig:
     """The ``sft`` stage's config section."""
 
     model: SFTModelConfig = field(default_factory=SFTModelConfig)
-    prompt_field: str = field("prompt", help="JSONL field with the question (rendered with `template`)")
-    completion_field: str = field("completion", help="JSONL field with the target completion (EOS appended)")
+    prompt_field: str = field("prompt", help="dataset field with the question (rendered with `template`)")
+    completion_field: str = field("completion", help="dataset field with the target completion (EOS appended)")
     template: str = field("plain", choices=tuple(PROMPT_TEMPLATES), help="prompt template")
     epochs: int = field(1, ge=1, help="passes over the training rows")
     max_steps: int | None = field(None, ge=1, help="cap on optimizer steps (None: epochs × steps per epoch)")
@@ -225,7 +225,7 @@ class SFTData:
     prompts: list[list[int]]
     completions: list[list[int]]
     questions: list[str]
-    where: list[str]     # "file:line" of each example
+    where: list[str]     # "file:line" (JSONL) or "file: row k" (Parquet) of each example
 
     def subset(self, idx: Sequence[int]) -> "SFTData":
         return SFTData(*([getattr(self, f.name)[i] for i in idx] for f in dataclasses.fields(self)))
@@ -236,16 +236,15 @@ class SFTData:
 
 def encode_examples(path: str | pathlib.Path, tokenizer: Tokenizer, cfg: SFTConfig, *, stage: str,
                     input_name: str = "data") -> SFTData:
-    """Reads, checks and encodes a JSONL dataset; an example longer than ``max_len`` is a ConfigError."""
+    """Reads, checks and encodes a dataset (JSONL or Parquet); an example longer than ``max_len`` is a ConfigError."""
     if tokenizer.eos_id is None:
         raise ConfigError(f"stage {stage}: the tokenizer ({tokenizer.source}) has no eos_token")
-    rows, lines = read_jsonl(path, (cfg.prompt_field, cfg.completion_field), stage=stage, input_name=input_name,
-                             return_lines=True)
+    rows, where = read_rows(path, (cfg.prompt_field, cfg.completion_field), stage=stage, input_name=input_name,
+                            return_where=True)
     questions = [r[cfg.prompt_field] for r in rows]
     prompts = [encode_prompt(q, tokenizer, cfg.template) for q in questions]
     completions = [tokenizer.encode(r[cfg.completion_field], add_special_tokens=False) + [tokenizer.eos_id]
                    for r in rows]
-    where = [f"{path}:{n}" for n in lines]
     for p, c, w in zip(prompts, completions, where):
         if len(p) + len(c) > cfg.max_len:
             raise ConfigError(f"stage {stage}: {input_name}: {w}: example is {len(p) + len(c)} tokens "
@@ -408,10 +407,10 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
     Args:
       stage: the stage's name (messages, checkpoint meta).
       config: the stage's config section (or an :class:`SFTConfig`).
-      data: the training JSONL.
+      data: the training dataset (JSONL, or Parquet by its ``.parquet`` suffix).
       out_dir: the stage directory (checkpoints, log, model, metrics).
       model: the input HF directory to fine-tune (None: ``model.config`` from scratch).
-      eval_data: a held-out JSONL (None: hold out ``heldout_fraction`` of ``data``).
+      eval_data: a held-out dataset, JSONL or Parquet (None: hold out ``heldout_fraction`` of ``data``).
       tokenizer_dir: the tokenizer of a model from scratch when ``model.tokenizer`` is not set (the
         distill stage passes the teacher's).
       seed: the pipeline's seed (used when ``config.seed`` is None).
@@ -519,7 +518,7 @@ class SFTStage(StageKind):
         fields = (cfg.prompt_field, cfg.completion_field)
         for name in ("data", "eval_data"):
             if inputs.get(name) is not None:
-                read_jsonl(inputs[name], fields, stage=stage, input_name=name)
+                read_rows(inputs[name], fields, stage=stage, input_name=name)
         if cfg.model.config is not None and inputs.get("model") is not None:
             raise ConfigError(f"stage {stage}: give either the input `model` (fine-tune) or model.config "
                               "(train from scratch), not both")

@@ -78,6 +78,7 @@ def test_rl_stage_trains_exports_evaluates_and_is_skipped_when_done(tmp_path):
     summary = entry["eval"]["summary"]
     ev = entry["eval"]["metrics"]
     assert summary == {"pass@1": ev["eval/accuracy"], "cons@k": ev["eval/cons@2"], "k": 2,
+                       "pass@1_ci": [ev["eval/accuracy/ci_low"], ev["eval/accuracy/ci_high"]],
                        "format_rate": ev["eval/format_strict"], "response_length": ev["eval/response_length"]}
     assert 0 <= summary["pass@1"] <= 1 and 0 < summary["response_length"] <= 16
     table = format_table(manifest)
@@ -98,6 +99,7 @@ def test_rl_stage_trains_exports_evaluates_and_is_skipped_when_done(tmp_path):
     assert third["last_actions"] == {"zero": "skipped"}
     assert third["stages"]["zero"]["eval"]["key"] != entry["eval"]["key"]
     assert third["stages"]["zero"]["eval"]["metrics"]["eval/num_problems"] == 1.0
+    assert third["stages"]["zero"]["eval"]["summary"]["pass@1_ci"] is None  # one problem: no interval
 
 
 def test_rl_kind_resumes_its_own_run(tmp_path):

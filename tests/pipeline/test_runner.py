@@ -24,7 +24,7 @@ from r1jax.config import ConfigError
 from r1jax.pipeline.graph import load_pipeline, parse_pipeline
 from r1jax.pipeline.kinds import StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.manifest import digest_path, read_manifest
-from r1jax.pipeline.runner import run_pipeline
+from r1jax.pipeline.runner import format_table, plot_stages, run_pipeline
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
 THIS_FILE = pathlib.Path(__file__).resolve()
@@ -334,3 +334,61 @@ def test_two_runners_never_share_a_pipeline_directory(tmp_path):
         with pytest.raises(ConfigError, match="another r1jax pipeline is running in"):
             run_pipeline(parse_pipeline(_pipeline(tmp_path)))
     assert not (tmp_path / "pipe" / "manifest.json").exists()
+
+
+# ------------------------------------------------------------------------------------------ the table
+
+
+def _summary(p, ci=None, **kw):
+    s = {"pass@1": p, "cons@k": 0.5, "k": 4, "format_rate": 0.9, "response_length": 12.25, **kw}
+    return s if ci is False else {**s, "pass@1_ci": ci}
+
+
+def _manifest(**summaries) -> dict:
+    """A hand-made manifest: one done stage per summary (None: a stage that made no model)."""
+    return {"order": list(summaries),
+            "stages": {n: {"status": "done", "label": n.upper(), **({"eval": {"summary": s}} if s else {})}
+                       for n, s in summaries.items()}}
+
+
+def test_the_table_shows_the_pass1_interval_and_formats_old_manifests_without_it():
+    table = format_table(_manifest(zero=_summary(0.865, [0.83, 0.9]), cold=None, dev1=_summary(0.1, [-0.12, 0.32]),
+                                   dev2=_summary(0.7, None), old=_summary(0.25, False)))
+    lines = table.splitlines()
+    assert lines[0].split() == ["stage", "model", "status", "pass@1", "cons@4", "format", "length"]
+    rows = {line.split()[0]: line for line in lines[2:7]}
+    assert "0.865 [0.83, 0.90]" in rows["zero"] and "0.100 [-0.12, 0.32]" in rows["dev1"]
+    assert rows["zero"].split()[3:] == ["0.865", "[0.83,", "0.90]", "0.500", "0.900", "12.2"]
+    assert rows["cold"].split()[2:] == ["done", "-", "-", "-", "-"]
+    assert rows["dev2"].split()[3:] == ["0.700", "0.500", "0.900", "12.2"]  # one problem: no interval
+    assert rows["old"].split()[3:] == ["0.250", "0.500", "0.900", "12.2"]  # written before the key existed
+    assert len({len(line) for line in lines[:7]}) == 1  # the columns line up
+    assert lines[7] == "pass@1 [low, high]: 95% Student-t interval over the held-out problems" and len(lines) == 8
+
+    # a manifest without any interval formats exactly as before the column was widened
+    old = format_table(_manifest(zero=_summary(0.865, False), cold=None))
+    assert old.splitlines() == [
+        "stage           model       status     pass@1   cons@4  format  length",
+        "-" * 70,
+        "zero            ZERO        done        0.865    0.500   0.900    12.2",
+        "cold            COLD        done            -        -       -       -"]
+
+
+def test_the_stage_plot_draws_the_pass1_interval_as_an_error_bar(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    calls = []
+    errorbar = matplotlib.axes.Axes.errorbar
+
+    def spy(ax, x, y, *args, **kw):
+        calls.append((ax.get_title(), list(x), list(y), kw["yerr"]))
+        return errorbar(ax, x, y, *args, **kw)
+
+    monkeypatch.setattr(matplotlib.axes.Axes, "errorbar", spy)
+    out = plot_stages(_manifest(zero=_summary(0.5, [0.25, 0.875]), old=_summary(0.25, False),
+                                dev=_summary(0.75, [0.5, 1.0])), tmp_path / "stages.png")
+    assert out == tmp_path / "stages.png" and out.stat().st_size > 0
+    assert calls == [("pass@1 (held-out)", [0, 2], [0.5, 0.75], [[0.25, 0.25], [0.375, 0.25]])]
+    calls.clear()
+    assert plot_stages(_manifest(old=_summary(0.25, False)), tmp_path / "old.png").stat().st_size > 0
+    assert calls == []  # an old manifest: bars without error bars

@@ -1,6 +1,7 @@
 """The ``sample`` stage kind: each rejection filter removes what it should (hand-made samples and
 hand-computed counts), dedupe and k-per-prompt, the mixing ratio, a judge served by a real loopback
-rollout server, a whole run from the tiny checkpoint (cold-start rewrite, provenance), bad inputs."""
+rollout server (raw text or the chat template), a whole run from the tiny checkpoint (cold-start rewrite,
+provenance), bad inputs."""
 
 import json
 import pathlib
@@ -157,9 +158,65 @@ def test_rollout_judge_against_a_real_loopback_server(tiny):
             "server": f"127.0.0.1:{port}", "template": "{prompt}={completion} so ", "max_new_tokens": 6}}), TINY)
         assert configured.outputs(items) == served
         configured.client.close()
+
+        # chat: the rendered judge prompt goes over the wire as one user message in the chat template
+        client = _Recording(RolloutClient(f"127.0.0.1:{port}", timeout=120))
+        chat = RolloutJudge(client, tok, template="{prompt}={completion} so ", max_new_tokens=6, chat=True)
+        chat_served = chat.outputs(items)
+        chat_ids = [tok.apply_chat_template([{"role": "user", "content": judge.render(*it)}],
+                                            add_generation_prompt=True, tokenize=True) for it in items]
+        assert [list(map(int, p)) for p in client.requests[0].prompts] == chat_ids
+        assert chat_ids[0][0] == tok.bos_id and chat_ids[0].count(tok.bos_id) == 1  # the template's BOS, once
+        assert chat_ids != [tok.encode(judge.render(*it)) for it in items]  # not the raw-text prompt
+        local = Sampler(cfg, max_batch_rows=8, min_batch_bucket=8).generate(
+            params, chat_ids, SamplingParams(temperature=0.0, max_new_tokens=6, stop_token_ids=tok.eos_ids, seed=0))
+        assert chat_served == [tok.decode(g[0].token_ids) for g in local]
+        client.client.close()
+        configured = _make_judge(parse_sample_config("rs", {"judge": {
+            "server": f"127.0.0.1:{port}", "template": "{prompt}={completion} so ", "max_new_tokens": 6,
+            "chat": True}}), TINY)
+        assert configured.chat and configured.encode(items) == chat_ids
+        configured.client.close()
     finally:
         server.stop(0)
         engine.close()
+
+
+class _Recording:
+    """A rollout client that keeps each request it passes on to the real one."""
+
+    def __init__(self, client):
+        self.client, self.requests = client, []
+
+    def generate(self, request):
+        self.requests.append(request)
+        return self.client.generate(request)
+
+
+def test_a_chat_judge_needs_a_tokenizer_with_a_chat_template_before_any_work(prompts_file, tmp_path):
+    tok = load_tokenizer(TINY)
+    plain_dir = tmp_path / "plain_tok"
+    tok.chat_template = None
+    tok.save(plain_dir)  # the tiny tokenizer without its chat template
+    assert load_tokenizer(plain_dir).chat_template is None
+    with pytest.raises(ConfigError, match=r"^judge\.chat: true, but the judge's tokenizer .* has no chat_template"):
+        RolloutJudge(None, tok, chat=True)
+    RolloutJudge(None, tok)  # raw text: no template needed
+    judge = {"server": "127.0.0.1:1", "chat": True, "tokenizer": str(plain_dir)}
+    with pytest.raises(ConfigError) as e:
+        STAGE_KINDS["sample"]().check("rs", {"judge": judge}, {"model": None, "prompts": prompts_file})
+    msg = str(e.value)
+    assert msg.startswith(f"stage rs: judge.chat: true, but the judge's tokenizer ({plain_dir}) has no chat_template")
+    assert "\n" not in msg
+    out = tmp_path / "stage"
+    with pytest.raises(ConfigError, match=r"^stage rs: judge\.chat: "):
+        run_sample("rs", {"judge": judge}, model=TINY, prompts=prompts_file, out_dir=out)
+    assert not out.exists()  # nothing sampled, nothing written
+    STAGE_KINDS["sample"]().check("rs", {"judge": {**judge, "tokenizer": str(TINY)}},
+                                  {"model": None, "prompts": prompts_file})  # TINY has a chat template
+    with pytest.raises(ConfigError, match=r"^stage rs: judge\.tokenizer: tokenizer directory not found"):
+        STAGE_KINDS["sample"]().check("rs", {"judge": {**judge, "tokenizer": str(tmp_path / "nope")}},
+                                      {"model": None, "prompts": prompts_file})
 
 
 def _write(path, rows):
