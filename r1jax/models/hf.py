@@ -34,6 +34,7 @@ __all__ = [
     "SUPPORTED_ARCHITECTURES",
     "load_pretrained",
     "save_pretrained",
+    "hf_state_dict",
     "config_from_hf",
     "config_to_hf",
 ]
@@ -406,6 +407,45 @@ def _to_host(x: Any) -> np.ndarray:
     return np.asarray(jax.device_get(x))
 
 
+def hf_state_dict(params: Params, config: ModelConfig, *, dtype: str | None = None) -> dict[str, np.ndarray]:
+    """The Hugging Face tensors (names, layouts) of ``params``, on the host: what
+    :func:`save_pretrained` writes, or what a rollout engine serving the HF checkpoint takes.
+
+    Args:
+      params: parameter pytree matching ``config`` (a ``value_head`` is left out).
+      config: the architecture.
+      dtype: "float32" or "bfloat16"; default ``config.param_dtype``.
+
+    Raises:
+      ValueError: a parameter missing or of the wrong shape (named, expected vs found).
+    """
+    flat = _flatten({k: v for k, v in params.items() if k != "value_head"})
+    specs = param_specs(config)
+    for path, (shape, _) in specs.items():
+        if path not in flat:
+            raise ValueError(f"params: '{path}' is missing for this config")
+        if tuple(np.shape(flat[path])) != tuple(shape):
+            raise ValueError(f"params: '{path}' has shape {tuple(np.shape(flat[path]))}, expected {tuple(shape)}")
+    extra = sorted(set(flat) - set(specs))
+    if extra:
+        raise ValueError(f"params: {extra} are not parameters of this config")
+    if dtype is not None and dtype not in _NP_DTYPES:
+        raise ValueError(f"dtype: {dtype!r} is not supported; supported: {', '.join(_NP_DTYPES)}")
+    np_dtype = _NP_DTYPES[dtype or config.param_dtype]
+    tensors: dict[str, np.ndarray] = {}
+    for ours, name, layout in HF_NAME_TABLE:
+        if ours not in specs:
+            continue
+        to_hf = _LAYOUTS[layout][0]
+        array = _to_host(flat[ours]).astype(np_dtype)
+        if ours.startswith("layers/"):
+            for i in range(config.num_layers):
+                tensors[name.format(i=i)] = np.ascontiguousarray(to_hf(array[i]))
+        else:
+            tensors[name] = np.ascontiguousarray(to_hf(array))
+    return tensors
+
+
 def save_pretrained(
     params: Params,
     config: ModelConfig,
@@ -432,32 +472,9 @@ def save_pretrained(
     Raises:
       ValueError: a parameter missing or of the wrong shape (named, expected vs found).
     """
-    flat = _flatten({k: v for k, v in params.items() if k != "value_head"})
-    specs = param_specs(config)
-    for path, (shape, _) in specs.items():
-        if path not in flat:
-            raise ValueError(f"params: '{path}' is missing for this config")
-        if tuple(np.shape(flat[path])) != tuple(shape):
-            raise ValueError(f"params: '{path}' has shape {tuple(np.shape(flat[path]))}, expected {tuple(shape)}")
-    extra = sorted(set(flat) - set(specs))
-    if extra:
-        raise ValueError(f"params: {extra} are not parameters of this config")
-    if dtype is not None and dtype not in _NP_DTYPES:
-        raise ValueError(f"dtype: {dtype!r} is not supported; supported: {', '.join(_NP_DTYPES)}")
+    tensors = hf_state_dict(params, config, dtype=dtype)
     if dtype is not None and dtype != config.param_dtype:
         config = dataclasses.replace(config, param_dtype=dtype)
-    np_dtype = _NP_DTYPES[config.param_dtype]
-    tensors: dict[str, np.ndarray] = {}
-    for ours, name, layout in HF_NAME_TABLE:
-        if ours not in specs:
-            continue
-        to_hf = _LAYOUTS[layout][0]
-        array = _to_host(flat[ours]).astype(np_dtype)
-        if ours.startswith("layers/"):
-            for i in range(config.num_layers):
-                tensors[name.format(i=i)] = np.ascontiguousarray(to_hf(array[i]))
-        else:
-            tensors[name] = np.ascontiguousarray(to_hf(array))
     if jax.process_index() != 0:
         return
     out = pathlib.Path(directory)

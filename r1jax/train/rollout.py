@@ -22,6 +22,7 @@ from r1jax.data.batching import pack_sequences, pad_sequences
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.rewards import RewardScorer, get_reward
 from r1jax.models import ModelConfig, save_pretrained
+from r1jax.models.hf import hf_state_dict
 from r1jax.models.sharding import logical_to_spec
 from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
 from r1jax.sampling.sampler import Sampler
@@ -72,6 +73,12 @@ class RemoteSampler:
         self.client = RolloutClient(list(config.servers), timeout=config.timeout_s, token=config.token)
         live = [h["weight_version"] for h in self.client.health().values() if h]
         self.weight_version = max([weight_version, *live])
+        # the JAX engine takes r1jax's parameter names; vLLM the served HF checkpoint's tensors
+        # (names, layouts, dtype: a push is checked against them)
+        info = self.client.info()
+        self.hf_tensors = info.engine != "jax"
+        dtypes = {t.dtype for t in info.tensors}
+        self.hf_dtype = dtypes.pop() if len(dtypes) == 1 and self.hf_tensors else None
 
     def generate(self, params, prompts, sampling: SamplingParams, first_index: int):
         del params  # the servers sample with the last pushed weights
@@ -87,6 +94,8 @@ class RemoteSampler:
             save_pretrained(jax.device_get(params), self.model, directory)
             self.client.update_weights_from_dir(str(directory), version)
             shutil.rmtree(self.weights_dir / f"v{self.weight_version}", ignore_errors=True)
+        elif self.hf_tensors:
+            self.client.update_weights(hf_state_dict(params, self.model, dtype=self.hf_dtype), version=version)
         else:
             self.client.update_weights(jax.device_get(params), version=version)
         self.weight_version = version

@@ -334,3 +334,27 @@ def test_updates_of_a_tied_model_serve_the_new_weights(tiny, tmp_path, transport
     assert [[s.token_ids.tolist() for s in r.samples] for r in got] == \
         jax_engine_tokens(new_dir, GenerateRequest(PROMPTS, GREEDY))
     _check_logprobs(got, PROMPTS, new_dir, 0.0)
+
+
+@pytest.mark.parametrize("transport", ["grpc", "safetensors"])
+def test_the_trainers_remote_sampler_pushes_its_params_to_vllm(tiny, tmp_path, transport):
+    """What an RL run with rollout.mode: remote does: RemoteSampler.push of the trainer's param
+    pytree (r1jax names) reaches vLLM as the served checkpoint's HF tensors; greedy samples then
+    equal the JAX engine's on those params."""
+    from r1jax.models import load_pretrained
+    from r1jax.train.config import RolloutConfig
+    from r1jax.train.rollout import RemoteSampler
+
+    server, _, arrays = tiny
+    new_dir = write_checkpoint(perturbed(arrays, seed=101), TINY_BASE, str(tmp_path / "new"))
+    params, model = load_pretrained(new_dir)
+    sampler = RemoteSampler(RolloutConfig(mode="remote", servers=(server.address,), weight_transport=transport),
+                            model, tmp_path / "weights")
+    try:
+        sampler.push(params)
+        samples, versions = sampler.generate(None, PROMPTS, GREEDY, first_index=0)
+    finally:
+        sampler.close()
+    assert versions == [sampler.weight_version] * len(PROMPTS)
+    assert [[s.token_ids.tolist() for s in grp] for grp in samples] == \
+        jax_engine_tokens(new_dir, GenerateRequest(PROMPTS, GREEDY))
