@@ -35,6 +35,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import pathlib
 import threading
 from typing import Any, Mapping, Sequence
 
@@ -49,6 +50,7 @@ __all__ = ["RewardComponent", "RewardConfig", "RewardOutput", "RewardScorer"]
 logger = logging.getLogger("r1jax.rewards")
 
 _LOGGED_FAILURES_PER_COMPONENT = 3
+_NOT_SCORED = TaskResult(0.0, "ok")  # a sample outside a component's domains: 0, not a failure
 
 
 @dataclasses.dataclass(frozen=True)
@@ -61,6 +63,9 @@ class RewardComponent:
     end_step: int | None = field(None, ge=1, help="first step at which it is inactive again (None: never)")
     last_n_steps: int | None = field(None, ge=1, help="active only in the last N steps (needs total_steps)")
     timeout_s: float | None = field(None, gt=0.0, help="per-sample timeout (None: the reward's default, then rewards.timeout_s)")
+    domains: tuple[str, ...] = field((), help="score only the prompts of these domains (data.mixture; a single "
+                                              "task's domain is its name); the others get 0 from it. () = all")
+    model: str | None = field(None, help="an external reward's reward-model directory (made by `r1jax rm`)")
 
     def check(self) -> None:
         if not self.name:
@@ -69,6 +74,16 @@ class RewardComponent:
             raise ConfigError(f"end_step: {self.end_step} must be > start_step ({self.start_step})")
         if self.last_n_steps is not None and (self.start_step != 0 or self.end_step is not None):
             raise ConfigError("last_n_steps: use either last_n_steps or start_step/end_step, not both")
+        if self.model is not None and not pathlib.Path(self.model).is_dir():
+            raise ConfigError(f"model: reward-model directory not found: {self.model}")
+
+    def applies_to(self, domains: Sequence[str | None] | None, n: int) -> np.ndarray:
+        """[n] bool: the samples this component scores (every one without ``domains``)."""
+        if not self.domains:
+            return np.ones(n, bool)
+        if domains is None:
+            raise ValueError(f"reward {self.name!r} scores domains {list(self.domains)}: pass the samples' domains")
+        return np.array([d in self.domains for d in domains], bool)
 
     def is_active(self, step: int, total_steps: int | None = None) -> bool:
         """Whether this component counts at training step ``step`` (0-based).
@@ -194,6 +209,7 @@ class RewardScorer:
         step: int = 0,
         total_steps: int | None = None,
         precomputed: Mapping[str, Any] | None = None,
+        domains: Sequence[str | None] | None = None,
     ) -> RewardOutput:
         """Scores a batch.
 
@@ -204,6 +220,8 @@ class RewardScorer:
           total_steps: the run's length (needed by ``last_n_steps`` components).
           precomputed: name -> [N] scores of the *external* components (e.g. reward-model outputs);
             non-finite entries count as errors.
+          domains: the N samples' domains, for components limited to some (``RewardComponent.domains``):
+            they score 0 elsewhere, are not run there, and count no failures there.
 
         Returns:
           A :class:`RewardOutput`.
@@ -215,6 +233,8 @@ class RewardScorer:
         n = len(completions)
         if len(prompts) != n or len(references) != n:
             raise ValueError(f"score: got {len(prompts)} prompts, {n} completions and {len(references)} references")
+        if domains is not None and len(domains) != n:
+            raise ValueError(f"score: got {len(domains)} domains for {n} samples")
         precomputed = dict(precomputed or {})
         for key in precomputed:
             if key not in self._specs or self._specs[key].kind != "external":
@@ -227,19 +247,27 @@ class RewardScorer:
         errors: dict[str, int] = {}
         timeouts: dict[str, int] = {}
         rule = [c for c in active if self._specs[c.name].kind == "rule"]
+        where = {c.name: np.flatnonzero(c.applies_to(domains, n)) for c in active}
         results: dict[str, list[TaskResult]] = {}
         if rule and n:
             tasks = [
                 RewardTask(self._specs[c.name].fn, prompts[i], completions[i], references[i], self.timeout_for(c))
-                for c in rule for i in range(n)
+                for c in rule for i in where[c.name]
             ]
             with self._lock:
-                if self.config.num_workers > 0 or not self._owns_pool:
+                if not tasks:
+                    flat = []
+                elif self.config.num_workers > 0 or not self._owns_pool:
                     flat = self._get_pool().map(tasks)
                 else:
                     flat = [call_with_timeout(t.fn, t.prompt, t.completion, t.reference, t.timeout_s) for t in tasks]
-            for k, c in enumerate(rule):
-                results[c.name] = flat[k * n : (k + 1) * n]
+            start = 0
+            for c in rule:
+                res = [_NOT_SCORED] * n
+                for i, r in zip(where[c.name], flat[start:start + len(where[c.name])]):
+                    res[i] = r
+                results[c.name] = res
+                start += len(where[c.name])
         for c in active:
             spec = self._specs[c.name]
             if spec.kind == "external":
@@ -251,6 +279,8 @@ class RewardScorer:
                 bad = ~np.isfinite(arr)
                 res = [TaskResult(0.0, "error", "non-finite score") if b else TaskResult(float(v), "ok")
                        for v, b in zip(arr, bad)]
+                scored = set(where[c.name].tolist())
+                res = [r if i in scored else _NOT_SCORED for i, r in enumerate(res)]
             else:
                 res = results.get(c.name, [])
             values[c.name] = np.array([r.value for r in res], dtype=np.float32).reshape(n)
