@@ -187,6 +187,7 @@ class Episodes:
     components: dict[str, np.ndarray]  # {reward name: [P, n]}
     correct: np.ndarray | None      # [P, n] bool by the accuracy reward(s) (None: no accuracy reward)
     failures: int                   # rewards that raised, timed out or were non-finite
+    domains: list[str] | None = None  # each prompt's domain (data.mixture; a single task's name)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -221,16 +222,18 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
     sampling = SamplingParams(temperature=temperature, top_p=ro.top_p, top_k=ro.top_k,
                               max_new_tokens=ro.max_new_tokens, stop_token_ids=tokenizer.eos_ids, n=n, seed=seed)
     samples, versions = sampler.generate(params, prompts, sampling, first_index)
+    domains = [str(e.get("domain") or e.get("task") or "") for e in examples]
     texts = [tokenizer.decode(s.token_ids) for grp in samples for s in grp]
     rendered = [render_prompt(e, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
                 for e in examples]
     result = scorer.score(prompts=[r for r in rendered for _ in range(n)], completions=texts,
                           references=[e["reference"] for e in examples for _ in range(n)],
-                          step=step, total_steps=cfg.run.steps)
+                          step=step, total_steps=cfg.run.steps, domains=[d for d in domains for _ in range(n)])
     shape = (len(examples), n)
     comps = {k: np.asarray(v, np.float32).reshape(shape) for k, v in result.components.items()}
     acc = [v for k, v in comps.items() if get_reward(k).accuracy]
     return Episodes(prompts=list(prompts), samples=samples, versions=list(versions), texts=texts,
                     rewards=np.asarray(result.total, np.float32).reshape(shape), components=comps,
                     correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
-                    failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())))
+                    failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())),
+                    domains=domains)
