@@ -163,6 +163,10 @@ class RewardScorer:
         the global registry.
       pool: an existing pool to use (not closed by :meth:`close`); default: one of the scorer's
         own, started on first use from the config's worker settings.
+      models: external component name -> ``fn(prompts, completions) -> [n] scores`` (a reward model,
+        e.g. :func:`r1jax.train.components.reward_model_fn`): called on the component's samples at
+        the steps it is active, unless the caller passes the scores as ``precomputed``. A model that
+        raises scores 0 on those samples, counted as errors and logged, like a failing rule reward.
 
     Raises:
       KeyError: a component names no registered reward.
@@ -174,8 +178,10 @@ class RewardScorer:
         *,
         registry: Mapping[str, RewardSpec] | None = None,
         pool: RewardPool | None = None,
+        models: Mapping[str, Any] | None = None,
     ):
         self.config = config
+        self.models = dict(models or {})
         self._specs: dict[str, RewardSpec] = {}
         for c in config.components:
             spec = (registry or {}).get(c.name) or get_reward(c.name)
@@ -210,6 +216,7 @@ class RewardScorer:
         total_steps: int | None = None,
         precomputed: Mapping[str, Any] | None = None,
         domains: Sequence[str | None] | None = None,
+        model_prompts: Sequence[str] | None = None,
     ) -> RewardOutput:
         """Scores a batch.
 
@@ -222,6 +229,8 @@ class RewardScorer:
             non-finite entries count as errors.
           domains: the N samples' domains, for components limited to some (``RewardComponent.domains``):
             they score 0 elsewhere, are not run there, and count no failures there.
+          model_prompts: the prompts the reward ``models`` read (default ``prompts``; the trainer passes
+            the raw prompts, which a reward model applies its own template to).
 
         Returns:
           A :class:`RewardOutput`.
@@ -269,6 +278,9 @@ class RewardScorer:
                 results[c.name] = res
                 start += len(where[c.name])
         for c in active:
+            if self._specs[c.name].kind == "external" and c.name not in precomputed and c.name in self.models:
+                precomputed[c.name] = self._run_model(c.name, where[c.name], model_prompts or prompts, completions)
+        for c in active:
             spec = self._specs[c.name]
             if spec.kind == "external":
                 if c.name not in precomputed:
@@ -292,6 +304,22 @@ class RewardScorer:
         for c in active:
             total += c.weight * values[c.name].astype(np.float64)
         return RewardOutput(total.astype(np.float32), values, weights, failed, errors, timeouts)
+
+    def _run_model(self, name: str, idx: np.ndarray, prompts: Sequence[str], completions: Sequence[str]) -> np.ndarray:
+        """[N] scores of reward model ``name`` on the samples ``idx`` (0 elsewhere; NaN where it raised)."""
+        out = np.zeros(len(completions), np.float64)
+        if idx.size:
+            try:
+                scores = np.asarray(self.models[name]([prompts[i] for i in idx], [completions[i] for i in idx]),
+                                    np.float64).reshape(-1)
+                if scores.shape != (idx.size,):
+                    raise ValueError(f"returned {scores.size} scores for {idx.size} samples")
+            except Exception as e:  # noqa: BLE001 - a broken reward model scores 0 and is counted, as a rule reward
+                logger.warning("reward model %r failed on %d samples, scored 0: %s: %s", name, idx.size,
+                               type(e).__name__, e)
+                scores = np.full(idx.size, np.nan)
+            out[idx] = scores
+        return out
 
     @staticmethod
     def _log_failures(name: str, res: Sequence[TaskResult], step: int) -> None:

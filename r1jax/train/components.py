@@ -22,7 +22,7 @@ from r1jax.models.sharding import make_mesh, maybe_initialize_distributed, shard
 from r1jax.rewards import RewardScorer
 from r1jax.train.config import ExperimentConfig
 
-__all__ = ["Components", "build", "check_prompt_lengths", "LENGTH_MULTIPLE"]
+__all__ = ["Components", "build", "check_prompt_lengths", "reward_model_fn", "reward_models", "LENGTH_MULTIPLE"]
 
 LENGTH_MULTIPLE = 8
 """Rows are padded to a multiple of this many tokens (XLA on CPU runs a multiple of 8 no slower than any
@@ -91,8 +91,38 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
         params = shard_params(params, mesh)
     return Components(
         tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
-        scorer=RewardScorer(cfg.reward) if rewards else None,
+        scorer=RewardScorer(cfg.reward, models=reward_models(cfg)) if rewards else None,
         max_length=round_up(longest + cfg.rollout.max_new_tokens, LENGTH_MULTIPLE))
+
+
+def reward_model_fn(directory: str):
+    """``fn(prompts, completions) -> [n] scores`` of the reward model in ``directory`` (made by
+    ``r1jax rm``): it reads each prompt through its own template, then the completion, in batches of
+    one compiled shape (its training length; longer sequences keep their end).
+
+    Raises:
+      ConfigError: not a reward-model directory (e.g. a policy's, with no value head), one line.
+    """
+    from r1jax.pipeline.rm import load_reward_model, score_texts  # noqa: PLC0415 - the pipeline builds on train
+
+    params, model_cfg, tokenizer, info = load_reward_model(directory)
+
+    def fn(prompts, completions):
+        return score_texts(params, model_cfg, tokenizer, info, prompts, completions, max_len=info.max_len)
+
+    return fn
+
+
+def reward_models(cfg: ExperimentConfig) -> dict[str, Any]:
+    """The reward-model functions of the config's external components (``reward.components[i].model``)."""
+    out = {}
+    for i, c in enumerate(cfg.reward.components):
+        if c.model is not None:
+            try:
+                out[c.name] = reward_model_fn(c.model)
+            except ConfigError as e:
+                raise ConfigError(f"reward.components[{i}].model: {e}") from None
+    return out
 
 
 def check_prompt_lengths(cfg: ExperimentConfig, tokenizer: Any, model_cfg: ModelConfig, train_set: Any = None,

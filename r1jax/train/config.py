@@ -254,9 +254,12 @@ class ExperimentConfig:
             except KeyError:
                 raise ConfigError(f"reward.components[{i}].name: no reward named {component.name!r}; "
                                   f"registered: {', '.join(list_rewards())}") from None
-            if spec.kind == "external":
-                raise ConfigError(f"reward.components[{i}].name: {component.name!r} is an external (reward-model) "
-                                  "reward; the RL loop does not run reward models yet")
+            if spec.kind == "external" and component.model is None:
+                raise ConfigError(f"reward.components[{i}].model: {component.name!r} is an external reward: name the "
+                                  "reward-model directory that scores it (made by `r1jax rm`)")
+            if spec.kind == "rule" and component.model is not None:
+                raise ConfigError(f"reward.components[{i}].model: {component.name!r} is a rule reward; only external "
+                                  "rewards are scored by a reward model")
         self._check_something_trains()
         if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
             raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "

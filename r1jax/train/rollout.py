@@ -228,7 +228,8 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
                 for e in examples]
     result = scorer.score(prompts=[r for r in rendered for _ in range(n)], completions=texts,
                           references=[e["reference"] for e in examples for _ in range(n)],
-                          step=step, total_steps=cfg.run.steps, domains=[d for d in domains for _ in range(n)])
+                          step=step, total_steps=cfg.run.steps, domains=[d for d in domains for _ in range(n)],
+                          model_prompts=[str(e["prompt"]) for e in examples for _ in range(n)])
     shape = (len(examples), n)
     comps = {k: np.asarray(v, np.float32).reshape(shape) for k, v in result.components.items()}
     acc = [v for k, v in comps.items() if get_reward(k).accuracy]

@@ -58,3 +58,33 @@ def test_domain_limited_components_need_the_samples_domains():
 def test_a_missing_reward_model_directory_is_named(tmp_path):
     with pytest.raises(ConfigError, match=r"components\[0\]: model: reward-model directory not found: .*nope"):
         from_dict(RewardConfig, {"components": [{"name": "helpfulness", "model": str(tmp_path / "nope")}]})
+
+
+def test_a_reward_model_scores_its_components_samples_with_the_raw_prompts():
+    seen = []
+
+    def model(prompts, completions):
+        seen.append((list(prompts), list(completions)))
+        return [len(c) for c in completions]
+
+    config = RewardConfig(components=(RewardComponent("rm", 1.0, domains=("general",), last_n_steps=2),), num_workers=0)
+    scorer = RewardScorer(config, registry=SPECS, models={"rm": model})
+    kwargs = dict(prompts=["<t>hi", "<t>1+1", "<t>bye"], completions=["abc", "2", "x"], references=[None, 2, None],
+                  domains=["general", "arithmetic", "general"], model_prompts=["hi", "1+1", "bye"], total_steps=10)
+    early = scorer.score(step=7, **kwargs)
+    assert seen == [] and early.weights == {"rm": 0.0}  # inactive before the last 2 steps: not run
+    late = scorer.score(step=8, **kwargs)
+    assert seen == [(["hi", "bye"], ["abc", "x"])]
+    np.testing.assert_array_equal(late.components["rm"], [3.0, 0.0, 1.0])
+
+
+def test_a_reward_model_that_raises_scores_zero_and_is_counted(caplog):
+    def broken(prompts, completions):
+        raise RuntimeError("out of memory")
+
+    config = RewardConfig(components=(RewardComponent("rm", 1.0),), num_workers=0)
+    out = RewardScorer(config, registry=SPECS, models={"rm": broken}).score(
+        prompts=["a", "b"], completions=["x", "y"], references=[None, None])
+    np.testing.assert_array_equal(out.total, [0.0, 0.0])
+    assert out.num_errors == {"rm": 2}
+    assert any("reward model 'rm' failed on 2 samples" in m for m in caplog.messages)
