@@ -255,7 +255,11 @@ def _build(cls: type[T], data: Mapping[str, Any], prefix: str = "") -> T:
     for name, f in fields.items():
         key = _join(prefix, name)
         if name in data:
-            value = _coerce(data[name], hints[f.name], key)
+            value = data[name]
+            choices = _choices(f.metadata.get(_META) or {})
+            if isinstance(value, bool) and choices and ("off" if value is False else "on") in choices:
+                value = "off" if value is False else "on"  # YAML 1.1 reads a bare off / on as a bool
+            value = _coerce(value, hints[f.name], key)
         elif f.default is not dataclasses.MISSING:
             value = f.default
         elif f.default_factory is not dataclasses.MISSING:  # type: ignore[misc]

@@ -210,3 +210,13 @@ def test_an_async_run_sigkilled_at_random_points_resumes_to_the_same_samples_and
         assert a.keys() == b.keys(), where
         for k in a:
             np.testing.assert_allclose(b[k], a[k], rtol=1e-6, atol=1e-9, err_msg=f"step {a['step']} {k}: {where}")
+
+
+def test_a_bare_yaml_off_is_the_choice_off(tmp_path):
+    """YAML 1.1 reads `tis: off` as False; a field whose choices include "off" takes it as "off"."""
+    path = _config(tmp_path)
+    data = yaml.safe_load(path.read_text())
+    data["rollout"]["async"]["max_staleness"] = 0
+    path.write_text(yaml.safe_dump(data).replace("tis: token", "tis: off"))
+    assert "tis: off" in path.read_text()
+    assert load_config(ExperimentConfig, path).algo.tis == "off"
