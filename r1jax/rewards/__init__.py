@@ -13,6 +13,8 @@ registered by name (:func:`list_rewards` shows them with their descriptions):
 ``countdown``               expression reaching the target with each number once (TinyZero)
 ``multiple_choice``         chosen option letter == reference letter
 ``code_tests``              share of test cases the program passes in the sandbox
+``exact_match``             final answer == reference string (case and edge punctuation ignored)
+``domain_verifier``         a mixture example's own verifier (``reference["verifier"]``) on it
 ``helpfulness``, ``safety`` external: reward-model scores passed in by the caller
 ==========================  ====================================================================
 
@@ -26,6 +28,8 @@ from __future__ import annotations
 
 from r1jax.rewards.code_exec import code_tests
 from r1jax.rewards.countdown import countdown
+from r1jax.rewards.domain import domain_verifier
+from r1jax.rewards.exact_match import exact_match
 from r1jax.rewards.format_reward import format_lenient, format_strict
 from r1jax.rewards.language import (
     detect_language,
@@ -57,6 +61,8 @@ __all__ = [
     "countdown",
     "multiple_choice",
     "code_tests",
+    "exact_match",
+    "domain_verifier",
     "RewardSpec",
     "register_reward",
     "register_external_reward",
@@ -100,9 +106,14 @@ _BUILTINS = (  # (name, function, description, default per-sample timeout or Non
      "1 if the answer expression reaches the target using each number exactly once, else 0", None),
     ("multiple_choice", multiple_choice, "1 if the chosen option letter equals the reference letter, else 0", None),
     ("code_tests", code_tests, "share in [0, 1] of test cases the program passes in the sandbox", 120.0),
+    ("exact_match", exact_match,
+     "1 if the final answer equals the reference string (case, blanks, edge punctuation ignored), else 0", None),
+    ("domain_verifier", domain_verifier,
+     "a data.mixture example's own verifier reward on its reference (0 for verifier none)", 120.0),
 )
 
-_ACCURACY = ("math_accuracy", "countdown", "multiple_choice", "code_tests")  # rewards that score correctness
+# rewards that score correctness (1 = correct)
+_ACCURACY = ("math_accuracy", "countdown", "multiple_choice", "code_tests", "exact_match", "domain_verifier")
 for _name, _fn, _desc, _timeout in _BUILTINS:
     register_reward(_name, _fn, description=_desc, default_timeout_s=_timeout, accuracy=_name in _ACCURACY,
                     overwrite=True)
