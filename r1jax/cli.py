@@ -9,7 +9,7 @@
     r1jax config CONFIG [key=value ...]  print the fully resolved config (and check it)
     r1jax pipeline CONFIG [key=value ...] run (or resume) a multi-stage pipeline; prints its table
           [--status]                     print the table of its manifest, run nothing
-    r1jax rl|sft|sample|distill CONFIG [key=value ...] [--out DIR]
+    r1jax rl|sft|sample|distill|rm CONFIG [key=value ...] [--out DIR]
                                          run one stage of that kind (a one-stage pipeline in DIR)
 
 Subcommands import their modules lazily, so `r1jax --help` is instant and a missing optional
@@ -111,7 +111,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     for kind, what in (("rl", "RL (GRPO / PPO) from an input model"), ("sft", "supervised fine-tuning"),
                        ("sample", "sampling (rejection sampling, distillation data)"),
-                       ("distill", "distillation into a student")):
+                       ("distill", "distillation into a student"),
+                       ("rm", "reward-model training (pairwise preferences or pointwise labels)")):
         p = sub.add_parser(kind, help=f"one {kind} stage: {what}: r1jax {kind} CONFIG [key=value ...] [--out DIR]")
         p.add_argument("config", help="YAML stage config (inputs, config; optional name, label, seed, imports, eval)")
         p.add_argument("overrides", nargs="*", metavar="key=value", help="dotted overrides, e.g. inputs.model=DIR")

@@ -6,7 +6,8 @@
 * :mod:`~r1jax.pipeline.runner`: runs, skips, resumes or re-runs stages; evaluates models; the table.
 * :mod:`~r1jax.pipeline.rl`: the ``rl`` kind (the RL trainer as a stage); :mod:`~r1jax.pipeline.sft`
   (``sft``, cold-start format), :mod:`~r1jax.pipeline.sample` (``sample``: rejection sampling, judge),
-  :mod:`~r1jax.pipeline.distill` (``distill``), :mod:`~r1jax.pipeline.prompts` (``prompts``).
+  :mod:`~r1jax.pipeline.distill` (``distill``), :mod:`~r1jax.pipeline.prompts` (``prompts``),
+  :mod:`~r1jax.pipeline.rm` (``rm``: helpfulness / safety reward models).
 
 The kinds register themselves when their module is imported; :func:`load_kinds` imports them.
 """
@@ -21,7 +22,7 @@ __all__ = ["STAGE_KINDS", "StageContext", "StageKind", "StageResult", "register_
            "KIND_MODULES"]
 
 KIND_MODULES = ("r1jax.pipeline.rl", "r1jax.pipeline.sft", "r1jax.pipeline.sample", "r1jax.pipeline.distill",
-                "r1jax.pipeline.prompts")
+                "r1jax.pipeline.prompts", "r1jax.pipeline.rm")
 """The modules that register the built-in stage kinds."""
 
 

@@ -45,7 +45,7 @@ __all__ = ["run_pipeline", "stage_fingerprint", "eval_experiment", "evaluate_mod
 
 log = logging.getLogger("r1jax.pipeline")
 
-STAGE_VERBS = ("sft", "sample", "rl", "distill")
+STAGE_VERBS = ("sft", "sample", "rl", "distill", "rm")
 """Stage kinds that are also ``r1jax`` verbs (a one-stage pipeline)."""
 
 STAGES_DIR = "stages"
