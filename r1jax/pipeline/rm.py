@@ -312,12 +312,14 @@ def _score_fn(model_cfg: ModelConfig):
 
 def score_sequences(params: Any, model_cfg: ModelConfig, seqs: Sequence[Sequence[int]], pad_id: int, *,
                     max_len: int, batch_size: int = 32) -> np.ndarray:
-    """Raw head scores of id sequences, in fixed-shape batches of ``batch_size`` rows of ``max_len``.
+    """Raw head scores of id sequences, in fixed-shape batches of ``batch_size`` rows of ``max_len``
+    (a longer sequence keeps its last ``max_len`` ids).
 
     Returns:
       [len(seqs)] float32.
     """
     fn, out = _score_fn(model_cfg), []
+    seqs = [list(s)[-max_len:] for s in seqs]  # longer than the model reads: keep the end (the response)
     for start in range(0, len(seqs), batch_size):
         chunk = list(seqs[start:start + batch_size])
         real = len(chunk)

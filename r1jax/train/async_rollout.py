@@ -72,7 +72,8 @@ def episodes_to_json(ep: Episodes) -> dict[str, Any]:
             "rewards": np.asarray(ep.rewards).tolist(),
             "components": {k: np.asarray(v).tolist() for k, v in ep.components.items()},
             "correct": None if ep.correct is None else np.asarray(ep.correct).tolist(),
-            "failures": int(ep.failures), "domains": ep.domains}
+            "failures": int(ep.failures), "domains": ep.domains,
+            "verifiers": ep.verifiers}
 
 
 def episodes_from_json(d: Mapping[str, Any]) -> Episodes:
@@ -84,7 +85,7 @@ def episodes_from_json(d: Mapping[str, Any]) -> Episodes:
                     rewards=np.asarray(d["rewards"], np.float32),
                     components={k: np.asarray(v, np.float32) for k, v in d["components"].items()},
                     correct=None if d["correct"] is None else np.asarray(d["correct"], bool),
-                    failures=int(d["failures"]), domains=d.get("domains"))
+                    failures=int(d["failures"]), domains=d.get("domains"), verifiers=d.get("verifiers"))
 
 
 class Producer:

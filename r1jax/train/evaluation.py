@@ -46,7 +46,8 @@ def evaluate_policy(cfg: ExperimentConfig, tokenizer, sampler, scorer, eval_set:
     ep = sample_and_score(cfg, tokenizer, sampler, scorer, params, examples, n=n, temperature=ecfg.temperature,
                           seed=step_seed(cfg.run.seed, 0, salt=1), first_index=0, step=step)
     out = {"eval/reward": float(ep.rewards.mean()), "eval/response_length": float(ep.lengths.mean()),
-           **{f"eval/{name}": float(v.mean()) for name, v in ep.components.items()}}
+           **{f"eval/{name}": float(v.mean()) for name, v in ep.components.items()},
+           **{f"eval/{k}": v for k, v in ep.domain_metrics().items()}}
     if ep.correct is None:
         return out
     by_problem = [ep.texts[i * n:(i + 1) * n] for i in range(count)]

@@ -19,6 +19,7 @@ import jax
 import numpy as np
 
 from r1jax.data.batching import pack_sequences, pad_sequences
+from r1jax.data.mixture import domain_metrics
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.rewards import RewardScorer, get_reward
 from r1jax.models import ModelConfig, save_pretrained
@@ -188,6 +189,7 @@ class Episodes:
     correct: np.ndarray | None      # [P, n] bool by the accuracy reward(s) (None: no accuracy reward)
     failures: int                   # rewards that raised, timed out or were non-finite
     domains: list[str] | None = None  # each prompt's domain (data.mixture; a single task's name)
+    verifiers: list[str] | None = None  # each prompt's verifier (data.mixture; "none": nothing checks it)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -206,7 +208,14 @@ class Episodes:
                 "accuracy": float(self.correct.mean()) if self.correct is not None else 0.0,
                 "response_length/mean": float(lengths.mean()), "response_length/max": float(lengths.max()),
                 "response_length/clipped_frac": float(self.truncated.mean()),
-                "weight_version_min": int(min(self.versions))}
+                "weight_version_min": int(min(self.versions)), **self.domain_metrics()}
+
+    def domain_metrics(self) -> dict[str, float]:
+        """``accuracy_by_domain/<d>`` and ``reward_by_domain/<d>`` when the batch mixes domains."""
+        if not self.domains or len(set(self.domains)) < 2:
+            return {}
+        return domain_metrics(self.domains, self.correct, self.rewards, verifiers=self.verifiers,
+                              prefixes=("accuracy_by_domain", "reward_by_domain"))
 
 
 def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardScorer, params, examples, *,
@@ -237,4 +246,5 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
                     rewards=np.asarray(result.total, np.float32).reshape(shape), components=comps,
                     correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
                     failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())),
-                    domains=domains)
+                    domains=domains, verifiers=[str(e["verifier"]) for e in examples] if all(
+                        "verifier" in e for e in examples) else None)
