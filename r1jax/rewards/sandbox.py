@@ -144,7 +144,7 @@ class SandboxError(RuntimeError):
 # Trusted code; everything it does before `execve` happens with the host's privileges.
 
 _RUNNER = r'''
-import ctypes, json, os, resource, signal, sys
+import ctypes, json, os, resource, signal, sys, time
 
 SETUP_EXIT = %(setup_exit)d
 TAG = %(tag)r
@@ -277,6 +277,27 @@ while status is None:
         continue
     if done == pid:
         status = os.waitstatus_to_exitcode(st)
+if uid is not None and mode != "namespaces":
+    # Descendants that outlived the program (daemons that left its session included) are orphans
+    # of this subreaper: kill them by uid and reap them here, so none is left to the host's init
+    # (which, in a container, may never reap them).
+    deadline = time.monotonic() + 5.0
+    while time.monotonic() < deadline:
+        for d in os.listdir("/proc"):
+            if d.isdigit():
+                try:
+                    with open("/proc/" + d + "/status", "rb") as f:
+                        owner = [l for l in f if l.startswith(b"Uid:")][0].split()[1]
+                    if int(owner) == uid:
+                        os.kill(int(d), signal.SIGKILL)
+                except (OSError, IndexError, ValueError):
+                    pass
+        try:
+            while os.waitpid(-1, os.WNOHANG)[0]:
+                pass
+        except ChildProcessError:
+            break
+        time.sleep(0.005)
 os.write(status_fd, b"%%d\n" %% (status if status is not None else -9))
 os._exit(0)
 ''' % {"setup_exit": _SETUP_EXIT, "tag": _SETUP_TAG}
