@@ -7,8 +7,14 @@ A pipeline config (YAML)::
     imports: []                        # modules or .py files that register extra stage kinds
     eval:                              # optional: held-out evaluation of every model a stage makes
       format_reward: format_strict     # the reward component whose mean is the "format rate"
+      language_reward: language_consistency_en   # optional: a component whose mean is the "lang" column
       config: {data: ..., reward: ..., rollout: ..., eval: ..., run: {seed: 0}}   # an experiment
                                        # config without `model` (r1jax.train.config.ExperimentConfig)
+      extra:                           # optional: more evaluations of each model, each adding columns
+        - name: general
+          config: {data: {task: general}, reward: {components: [{name: helpfulness}]}, ...}
+          columns: {help: helpfulness}             # column -> metric of that evaluation (eval/<metric>)
+          reward_models: {helpfulness: stages.helpful_rm.reward_model}   # its external components' models
     stages:
       - name: zero                     # [A-Za-z_][A-Za-z0-9_-]*, unique
         kind: rl                       # a registered stage kind (r1jax.pipeline.STAGE_KINDS)
@@ -18,6 +24,10 @@ A pipeline config (YAML)::
       - name: cold_start
         kind: sft
         inputs: {model: stages.zero.model, data: data/cold_start.jsonl}
+
+An extra evaluation's ``reward_models`` may refer to any stage's output, earlier or later: a model
+is evaluated with it once that stage has finished (the runner's last pass evaluates what it could
+not before).
 
 An input value that starts with ``stages.`` is a reference to an output of an earlier stage (write
 ``./stages...`` for a path that really starts so); any other string is a path that must exist.
@@ -38,12 +48,13 @@ from typing import Any, Mapping, Sequence
 from r1jax.config import ConfigError, parse_overrides, read_config
 from r1jax.pipeline.kinds import STAGE_KINDS, StageKind
 
-__all__ = ["InputRef", "Stage", "EvalSection", "Pipeline", "parse_pipeline", "load_pipeline",
+__all__ = ["InputRef", "Stage", "EvalSection", "ExtraEval", "Pipeline", "parse_pipeline", "load_pipeline",
            "apply_pipeline_overrides", "TOP_KEYS", "STAGE_KEYS", "EVAL_KEYS"]
 
 TOP_KEYS = ("out_dir", "seed", "imports", "eval", "stages")
 STAGE_KEYS = ("name", "kind", "label", "inputs", "config")
-EVAL_KEYS = ("format_reward", "config")
+EVAL_KEYS = ("format_reward", "language_reward", "config", "extra")
+EXTRA_EVAL_KEYS = ("name", "config", "columns", "reward_models")
 _NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_-]*$")
 _REF_PREFIX = "stages."
 
@@ -78,11 +89,23 @@ class Stage:
 
 
 @dataclasses.dataclass(frozen=True)
+class ExtraEval:
+    """A further evaluation of each model (``eval.extra[i]``): its metrics become table columns."""
+
+    name: str
+    config: Mapping[str, Any]                               # an ExperimentConfig mapping without `model`
+    columns: Mapping[str, str]                              # column header -> metric (without "eval/")
+    reward_models: Mapping[str, pathlib.Path | InputRef]    # external component -> reward-model directory
+
+
+@dataclasses.dataclass(frozen=True)
 class EvalSection:
     """The held-out evaluation of each model a stage makes (see :mod:`r1jax.pipeline.runner`)."""
 
     config: Mapping[str, Any]       # an ExperimentConfig mapping without `model`
     format_reward: str
+    language_reward: str | None = None
+    extra: tuple[ExtraEval, ...] = ()
 
 
 @dataclasses.dataclass(frozen=True)
@@ -154,6 +177,26 @@ def _parse_input(stage: str, name: str, value: Any, earlier: Mapping[str, Stage]
     return ref
 
 
+def _parse_ref_anywhere(where: str, value: Any, stages: Mapping[str, Stage]) -> pathlib.Path | InputRef:
+    """A path that exists, or ``stages.<stage>.<output>`` naming a declared output of any stage."""
+    if not isinstance(value, str) or not value:
+        raise ConfigError(f"{where}: expected a path or stages.<stage>.<output>, got {value!r}")
+    if not value.startswith(_REF_PREFIX):
+        path = pathlib.Path(value).expanduser()
+        if not path.exists():
+            raise ConfigError(f"{where}: no such file or directory: {value}")
+        return path.resolve()
+    parts = value[len(_REF_PREFIX):].split(".")
+    if len(parts) != 2 or parts[0] not in stages:
+        raise ConfigError(f"{where}: {value!r} is not stages.<stage>.<output> of a stage in the pipeline "
+                          f"({', '.join(stages)})")
+    outputs = stages[parts[0]].kind_class().outputs
+    if parts[1] not in outputs:
+        raise ConfigError(f"{where}: {value}: stage {parts[0]!r} has no output {parts[1]!r}; its outputs: "
+                          f"{', '.join(outputs) or '(none)'}")
+    return InputRef(*parts)
+
+
 def _parse_stage(i: int, raw: Any, earlier: Mapping[str, Stage], all_names: Sequence[str]) -> Stage:
     if not isinstance(raw, Mapping):
         raise ConfigError(f"stages[{i}]: expected a mapping with name, kind, inputs, config; got {raw!r}")
@@ -173,7 +216,8 @@ def _parse_stage(i: int, raw: Any, earlier: Mapping[str, Stage], all_names: Sequ
     if not isinstance(label, str) or not label:
         raise ConfigError(f"stage {name}: label: expected a non-empty string, got {label!r}")
     raw_inputs = _mapping(raw.get("inputs"), f"stage {name}: inputs")
-    allowed = tuple(cls.inputs) + tuple(cls.optional_inputs)
+    config = _mapping(raw.get("config"), f"stage {name}: config")
+    allowed = cls().input_names(config)
     for key in raw_inputs:
         if key not in allowed:
             raise ConfigError(f"stage {name}: inputs.{key}: kind {kind} takes no input {key!r}; its inputs: "
@@ -183,11 +227,10 @@ def _parse_stage(i: int, raw: Any, earlier: Mapping[str, Stage], all_names: Sequ
             raise ConfigError(f"stage {name}: inputs.{key}: missing required input of kind {kind} "
                               "(a path or stages.<stage>.<output>)")
     inputs = {k: _parse_input(name, k, v, earlier, all_names) for k, v in raw_inputs.items()}
-    config = _mapping(raw.get("config"), f"stage {name}: config")
     return Stage(name=name, kind=kind, label=label, inputs=inputs, config=config)
 
 
-def _parse_eval(raw: Any) -> EvalSection | None:
+def _parse_eval(raw: Any, stages: Mapping[str, Stage]) -> EvalSection | None:
     if raw is None:
         return None
     section = _mapping(raw, "eval")
@@ -199,11 +242,44 @@ def _parse_eval(raw: Any) -> EvalSection | None:
     fmt = section.get("format_reward", "format_strict")
     if not isinstance(fmt, str) or not fmt:
         raise ConfigError(f"eval.format_reward: expected a reward component name, got {fmt!r}")
-    ev = EvalSection(config=config, format_reward=fmt)
-    from r1jax.pipeline.runner import eval_experiment  # noqa: PLC0415 (checks the section in full)
+    lang = section.get("language_reward")
+    if lang is not None and (not isinstance(lang, str) or not lang):
+        raise ConfigError(f"eval.language_reward: expected a reward component name, got {lang!r}")
+    raw_extra = section.get("extra") or []
+    if not isinstance(raw_extra, Sequence) or isinstance(raw_extra, str):
+        raise ConfigError(f"eval.extra: expected a list of evaluations (name, config, columns), got {raw_extra!r}")
+    extra = tuple(_parse_extra(i, raw, stages, [e.get("name") for e in raw_extra[:i] if isinstance(e, Mapping)])
+                  for i, raw in enumerate(raw_extra))
+    ev = EvalSection(config=config, format_reward=fmt, language_reward=lang, extra=extra)
+    from r1jax.pipeline.runner import eval_experiment, extra_eval_experiment  # noqa: PLC0415 (checks in full)
 
     eval_experiment(ev, None)
+    for e in extra:
+        extra_eval_experiment(e, None, {k: None for k in e.reward_models})
     return ev
+
+
+def _parse_extra(i: int, raw: Any, stages: Mapping[str, Stage], earlier_names: Sequence[str]) -> ExtraEval:
+    where = f"eval.extra[{i}]"
+    section = _mapping(raw, where)
+    _unknown(section, EXTRA_EVAL_KEYS, f"{where}: ")
+    name = section.get("name")
+    if not isinstance(name, str) or not _NAME.match(name):
+        raise ConfigError(f"{where}.name: expected a name matching {_NAME.pattern}, got {name!r}")
+    if name in earlier_names:
+        raise ConfigError(f"{where}.name: duplicate evaluation name {name!r}")
+    config = _mapping(section.get("config"), f"{where}.config")
+    if "model" in config:
+        raise ConfigError(f"{where}.config.model: the evaluated model is each stage's output `model`; "
+                          "remove the model section")
+    columns = _mapping(section.get("columns"), f"{where}.columns")
+    if not columns or not all(isinstance(k, str) and isinstance(v, str) and v for k, v in columns.items()):
+        raise ConfigError(f"{where}.columns: expected a non-empty mapping column -> metric name, got {columns!r}")
+    models = {}
+    for key, value in _mapping(section.get("reward_models"), f"{where}.reward_models").items():
+        # any stage's output: the evaluation waits until that stage has finished
+        models[key] = _parse_ref_anywhere(f"{where}.reward_models.{key}", value, stages)
+    return ExtraEval(name=name, config=config, columns=columns, reward_models=models)
 
 
 def parse_pipeline(data: Mapping[str, Any]) -> Pipeline:
@@ -239,7 +315,7 @@ def parse_pipeline(data: Mapping[str, Any]) -> Pipeline:
     for i, raw in enumerate(raw_stages):
         stage = _parse_stage(i, raw, stages, all_names)
         stages[stage.name] = stage
-    evaluation = _parse_eval(data.get("eval"))
+    evaluation = _parse_eval(data.get("eval"), stages)
     for stage in stages.values():
         kind = stage.kind_class()()
         inputs = {k: (None if isinstance(v, InputRef) else v) for k, v in stage.inputs.items()}

@@ -9,7 +9,8 @@ single-stage verbs ``r1jax sft``, ``r1jax sample``, ``r1jax rl`` and ``r1jax dis
 Contract of a kind:
 
 * ``inputs`` / ``optional_inputs``: the input names it reads (``model``: an HF model directory,
-  ``data``: a dataset file, ...); ``outputs``: the names it writes, each a path inside its directory.
+  ``data``: a dataset file, ...), or ``input_names(config)`` where they depend on the config;
+  ``outputs``: the names it writes, each a path inside its directory.
 * ``check(stage, config, inputs)``: raises :class:`r1jax.config.ConfigError` with one line that names
   the stage and the field at fault (``stage cold_start: data: .../x.jsonl:3: missing field 'completion'``).
   ``inputs[name]`` is a path, or None when an earlier stage will make it (check it then, in ``run``,
@@ -55,6 +56,11 @@ class StageKind:
     inputs: ClassVar[tuple[str, ...]] = ()
     optional_inputs: ClassVar[tuple[str, ...]] = ()
     outputs: ClassVar[tuple[str, ...]] = ()
+
+    def input_names(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+        """The inputs a stage of this kind with this config may name (required ones first). A kind
+        whose inputs depend on its config (an ``rl`` stage's reward models) overrides this."""
+        return tuple(self.inputs) + tuple(self.optional_inputs)
 
     def check(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, pathlib.Path | None]) -> None:
         """Validates the stage before any work; raises ConfigError naming ``stage`` and the field."""

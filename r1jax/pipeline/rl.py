@@ -7,6 +7,10 @@ config (:class:`r1jax.train.config.ExperimentConfig`, as in ``configs/r1_zero_ti
 (``checkpoint.resume: true``), so a killed stage continues from its last checkpoint
 (``checkpoint.every``) with the same data order and sampling seeds.
 
+Inputs named after the config's external reward components (``helpfulness``, ``safety``): the
+reward-model directories (``stages.<rm stage>.reward_model``) that score them, in place of the
+component's ``model`` key, so a retrained reward model re-runs the stage.
+
 Outputs: ``model``, the final policy exported as a Hugging Face directory (``<stage dir>/model``),
 and ``metrics``, a JSON file of the final held-out evaluation (:meth:`Trainer.evaluate`).
 """
@@ -23,12 +27,30 @@ from r1jax.config import ConfigError, from_dict
 from r1jax.pipeline.datasets import write_json
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 
-__all__ = ["RLKind", "rl_experiment"]
+__all__ = ["RLKind", "rl_experiment", "external_components"]
 
 log = logging.getLogger("r1jax.pipeline")
 
 
-def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | None, seed: int | None = None):
+def external_components(config: Mapping[str, Any]) -> tuple[str, ...]:
+    """The names of the external (reward-model) components in an experiment config's reward section."""
+    from r1jax.rewards import get_reward  # noqa: PLC0415
+
+    reward = config.get("reward") if isinstance(config, Mapping) else None
+    components = (reward or {}).get("components") if isinstance(reward, Mapping) else None
+    names = []
+    for c in components if isinstance(components, (list, tuple)) else ():
+        name = c.get("name") if isinstance(c, Mapping) else None
+        try:
+            if isinstance(name, str) and get_reward(name).kind == "external":
+                names.append(name)
+        except KeyError:
+            pass  # an unknown reward: the experiment config's own check names it
+    return tuple(names)
+
+
+def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | None, seed: int | None = None,
+                  reward_models: Mapping[str, pathlib.Path | None] | None = None):
     """The checked :class:`~r1jax.train.config.ExperimentConfig` of an ``rl`` stage.
 
     Args:
@@ -37,6 +59,8 @@ def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | N
       model: the input policy directory; None when an earlier stage makes it (the check before any
         stage runs): then every key but ``model.path`` is checked.
       seed: ``run.seed`` when the config does not set one.
+      reward_models: external component name -> its reward-model directory (the stage's inputs of
+        those names); None for one an earlier stage will make.
 
     Raises:
       ConfigError: ``stage <name>: config: <dotted key>: ...``.
@@ -66,6 +90,13 @@ def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | N
     else:
         model_section.setdefault("tokenizer", ".")  # stands in for the model an earlier stage will make
     data.update(model=model_section, checkpoint=checkpoint, run=run)
+    for name, directory in (reward_models or {}).items():
+        for i, c in enumerate(data["reward"]["components"]):
+            if c.get("name") == name:
+                if c.get("model") is not None:
+                    raise ConfigError(f"{where}.reward.components[{i}].model: {name!r} gets its reward model from "
+                                      f"inputs.{name}; remove one of the two")
+                c["model"] = str(directory) if directory is not None else "."  # "." stands in before it exists
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as e:
@@ -79,6 +110,10 @@ class RLKind(StageKind):
     inputs = ("model",)
     outputs = ("model", "metrics")
 
+    def input_names(self, config: Mapping[str, Any]) -> tuple[str, ...]:
+        """``model`` and one input per external reward component (its reward-model directory)."""
+        return ("model", *external_components(config))
+
     def check(self, stage: str, config: Mapping[str, Any], inputs: Mapping[str, pathlib.Path | None]) -> None:
         """Checks the experiment config, the input model directory and the data (fields of a data file)."""
         from r1jax.data import make_dataset  # noqa: PLC0415
@@ -87,7 +122,7 @@ class RLKind(StageKind):
         if model is not None and not (pathlib.Path(model) / "config.json").is_file():
             raise ConfigError(f"stage {stage}: inputs.model: {model} is not a Hugging Face model directory "
                               "(no config.json)")
-        cfg = rl_experiment(stage, config, model)
+        cfg = rl_experiment(stage, config, model, reward_models={k: v for k, v in inputs.items() if k != "model"})
         try:
             make_dataset(cfg.data, "train")
             make_dataset(cfg.data, "eval")
@@ -99,7 +134,8 @@ class RLKind(StageKind):
         from r1jax.train.loop import Trainer  # noqa: PLC0415
         from r1jax.train.run_dir import move_aside  # noqa: PLC0415
 
-        cfg = rl_experiment(ctx.name, ctx.config, ctx.inputs["model"], ctx.seed)
+        cfg = rl_experiment(ctx.name, ctx.config, ctx.inputs["model"], ctx.seed,
+                            reward_models={k: v for k, v in ctx.inputs.items() if k != "model"})
         model_dir, metrics_path = ctx.out_dir / "model", ctx.out_dir / "metrics.json"
         trainer = Trainer(cfg, ctx.out_dir / "run")
         try:

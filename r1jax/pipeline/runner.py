@@ -18,8 +18,10 @@ The manifest is written (atomically) before a stage starts (``running``) and whe
 
 After each stage that outputs a ``model``, the pipeline's ``eval`` section evaluates it on held-out
 prompts (:func:`r1jax.train.evaluation.evaluate_policy`): pass@1 with its 95% interval, cons@k, format
-rate and mean response length, stored in the manifest (re-evaluated only when the model or the eval section
-changes). At the end the runner prints the table of those numbers, one row per model, and writes
+rate and mean response length (and, with ``eval.language_reward``, the mean language consistency),
+stored in the manifest (re-evaluated only when the model or the eval section changes). Each
+``eval.extra`` evaluation adds its own columns (per-domain accuracy, reward-model scores on general
+prompts); one that needs a reward model a later stage makes runs in the runner's final pass. At the end the runner prints the table of those numbers, one row per model, and writes
 ``table.txt`` and ``stages.png`` (with matplotlib) into the pipeline directory.
 """
 
@@ -36,11 +38,11 @@ import time
 from typing import Any, Mapping, Sequence
 
 from r1jax.config import ConfigError, from_dict, read_config
-from r1jax.pipeline.graph import EvalSection, InputRef, Pipeline, Stage, apply_pipeline_overrides, parse_pipeline
+from r1jax.pipeline.graph import EvalSection, ExtraEval, InputRef, Pipeline, Stage, apply_pipeline_overrides, parse_pipeline
 from r1jax.pipeline.kinds import STAGE_KINDS, StageContext, StageResult
 from r1jax.pipeline.manifest import digest_data, digest_path, read_manifest, write_manifest
 
-__all__ = ["run_pipeline", "stage_fingerprint", "eval_experiment", "evaluate_model", "format_table",
+__all__ = ["run_pipeline", "stage_fingerprint", "eval_experiment", "extra_eval_experiment", "evaluate_model", "format_table",
            "table_rows", "plot_stages", "pipeline_from_cli", "stage_from_cli", "STAGE_VERBS"]
 
 log = logging.getLogger("r1jax.pipeline")
@@ -80,10 +82,42 @@ def eval_experiment(section: EvalSection, model_dir: str | pathlib.Path | None):
     if not any(get_reward(n).accuracy for n in names):
         raise ConfigError(f"eval.config.reward.components: no accuracy reward among {', '.join(names)}: "
                           "pass@1 and cons@k need one (e.g. math_accuracy)")
-    if section.format_reward not in names:
-        raise ConfigError(f"eval.format_reward: {section.format_reward!r} is not one of the eval's reward "
-                          f"components ({', '.join(names)})")
+    for key, name in (("format_reward", section.format_reward), ("language_reward", section.language_reward)):
+        if name is not None and name not in names:
+            raise ConfigError(f"eval.{key}: {name!r} is not one of the eval's reward components ({', '.join(names)})")
     return cfg
+
+
+def extra_eval_experiment(extra: ExtraEval, model_dir: str | pathlib.Path | None,
+                          reward_models: Mapping[str, str | pathlib.Path | None]):
+    """The experiment config of the extra evaluation ``extra`` of ``model_dir`` (None: the up-front
+    check), its external components scored by ``reward_models`` (None: made by a stage yet to run).
+
+    Raises:
+      ConfigError: naming ``eval.extra[<name>]...``: a bad config, a ``reward_models`` key that is no
+        external component of it, or a component's ``model`` given twice.
+    """
+    from r1jax.pipeline.rl import external_components  # noqa: PLC0415
+    from r1jax.train.config import ExperimentConfig  # noqa: PLC0415
+
+    where = f"eval.extra[{extra.name}]"
+    data = copy.deepcopy(dict(extra.config))
+    external = external_components(data)
+    for name, directory in reward_models.items():
+        if name not in external:
+            raise ConfigError(f"{where}.reward_models.{name}: not an external reward component of its config "
+                              f"(external components: {', '.join(external) or '(none)'})")
+        for i, c in enumerate(data["reward"]["components"]):
+            if c.get("name") == name:
+                if c.get("model") is not None:
+                    raise ConfigError(f"{where}.config.reward.components[{i}].model: given here and in "
+                                      f"reward_models.{name}; remove one of the two")
+                c["model"] = str(directory) if directory is not None else "."
+    data["model"] = {"path": str(model_dir)} if model_dir is not None else {"tokenizer": "."}
+    try:
+        return from_dict(ExperimentConfig, data)
+    except ConfigError as e:
+        raise ConfigError(f"{where}.config: {e}") from None
 
 
 def evaluate_model(section: EvalSection, model_dir: pathlib.Path, work_dir: pathlib.Path) -> dict[str, Any]:
@@ -96,25 +130,40 @@ def evaluate_model(section: EvalSection, model_dir: pathlib.Path, work_dir: path
       cons@k is the majority vote over the ``k = max(eval.ks)`` samples; the format rate is the mean
       of the reward component ``eval.format_reward``; lengths are in tokens.
     """
-    from r1jax.train.components import build  # noqa: PLC0415
-    from r1jax.train.evaluation import evaluate_policy  # noqa: PLC0415
-    from r1jax.train.rollout import make_sampler  # noqa: PLC0415
-
     cfg = eval_experiment(section, model_dir)
-    c = build(cfg, train=False)
-    sampler = make_sampler(cfg.rollout, c.model_cfg, work_dir)
-    try:
-        metrics = evaluate_policy(cfg, c.tokenizer, sampler, c.scorer, c.eval_set, c.params, step=0)
-    finally:
-        sampler.close()
-        c.close()
+    metrics = _evaluate(cfg, work_dir)
     k = max(cfg.eval.ks)
     ci = (metrics.get("eval/accuracy/ci_low"), metrics.get("eval/accuracy/ci_high"))
     summary = {"pass@1": metrics["eval/accuracy"], "pass@1_ci": None if None in ci else list(ci),
                "cons@k": metrics[f"eval/cons@{k}"], "k": k,
                "format_rate": metrics[f"eval/{section.format_reward}"],
                "response_length": metrics["eval/response_length"]}
+    if section.language_reward is not None:
+        summary["language"] = metrics[f"eval/{section.language_reward}"]
     return {"metrics": metrics, "summary": summary}
+
+
+def _evaluate(cfg, work_dir: pathlib.Path) -> dict[str, float]:
+    """:func:`~r1jax.train.evaluation.evaluate_policy` of ``cfg.model.path`` on ``cfg``'s held-out set."""
+    from r1jax.train.components import build  # noqa: PLC0415
+    from r1jax.train.evaluation import evaluate_policy  # noqa: PLC0415
+    from r1jax.train.rollout import make_sampler  # noqa: PLC0415
+
+    c = build(cfg, train=False)
+    sampler = make_sampler(cfg.rollout, c.model_cfg, work_dir)
+    try:
+        return evaluate_policy(cfg, c.tokenizer, sampler, c.scorer, c.eval_set, c.params, step=0)
+    finally:
+        sampler.close()
+        c.close()
+
+
+def evaluate_extra(extra: ExtraEval, model_dir: pathlib.Path, work_dir: pathlib.Path,
+                   reward_models: Mapping[str, pathlib.Path]) -> dict[str, Any]:
+    """The extra evaluation ``extra`` of the model in ``model_dir``: ``{"metrics", "summary": {column:
+    value}}`` (a column whose metric the evaluation did not produce is None)."""
+    metrics = _evaluate(extra_eval_experiment(extra, model_dir, reward_models), work_dir)
+    return {"metrics": metrics, "summary": {col: metrics.get(f"eval/{m}") for col, m in extra.columns.items()}}
 
 
 # ------------------------------------------------------------------------------------------ one stage
@@ -263,15 +312,36 @@ def _evaluate_stage(pipeline: Pipeline, stage: Stage, manifest: dict[str, Any]) 
     model = (entry.get("outputs") or {}).get("model")
     if pipeline.eval is None or model is None:
         return
-    key = digest_data({"model": model["digest"], "config": pipeline.eval.config,
-                       "format_reward": pipeline.eval.format_reward})
-    if (entry.get("eval") or {}).get("key") == key:
-        return
-    log.info("stage %s: evaluating its model on held-out prompts", stage.name)
+    keyed = {"model": model["digest"], "config": pipeline.eval.config, "format_reward": pipeline.eval.format_reward}
+    if pipeline.eval.language_reward is not None:
+        keyed["language_reward"] = pipeline.eval.language_reward
+    key = digest_data(keyed)
     root = pipeline.out_dir
-    result = evaluate_model(pipeline.eval, root / model["path"], root / entry["dir"])
-    entry["eval"] = {"key": key, **result}
-    write_manifest(root, manifest)
+    if (entry.get("eval") or {}).get("key") != key:
+        log.info("stage %s: evaluating its model on held-out prompts", stage.name)
+        result = evaluate_model(pipeline.eval, root / model["path"], root / entry["dir"])
+        entry["eval"] = {"key": key, **result}
+        write_manifest(root, manifest)
+    for extra in pipeline.eval.extra:
+        models, digests = {}, {}
+        for name, ref in extra.reward_models.items():
+            if isinstance(ref, InputRef):
+                up = manifest["stages"].get(ref.stage) or {}
+                out = (up.get("outputs") or {}).get(ref.output)
+                if up.get("status") != "done" or out is None:
+                    break  # made by a stage that has not finished yet: the final pass evaluates it
+                models[name], digests[name] = root / out["path"], out["digest"]
+            else:
+                models[name], digests[name] = ref, digest_path(ref)
+        else:
+            key = digest_data({"model": model["digest"], "config": extra.config, "columns": extra.columns,
+                               "reward_models": digests})
+            done = entry.setdefault("eval_extra", {})
+            if (done.get(extra.name) or {}).get("key") != key:
+                log.info("stage %s: evaluation %s of its model", stage.name, extra.name)
+                done[extra.name] = {"key": key, **evaluate_extra(extra, root / model["path"], root / entry["dir"],
+                                                                 models)}
+                write_manifest(root, manifest)
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
@@ -325,6 +395,8 @@ def run_pipeline(pipeline: Pipeline) -> dict[str, Any]:
         for stage in pipeline.stages:
             actions[stage.name] = _run_stage(pipeline, stage, manifest)
             _evaluate_stage(pipeline, stage, manifest)
+        for stage in pipeline.stages:  # extra evaluations that waited for a later stage's reward model
+            _evaluate_stage(pipeline, stage, manifest)
         manifest["last_actions"] = actions
         write_manifest(root, manifest)
     text = format_table(manifest)
@@ -342,9 +414,24 @@ def table_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name in manifest.get("order", ()):
         entry = manifest["stages"].get(name, {})
+        extra = {col: v for e in (entry.get("eval_extra") or {}).values() for col, v in e["summary"].items()}
         rows.append({"stage": name, "label": entry.get("label", name), "status": entry.get("status", "pending"),
-                     "eval": (entry.get("eval") or {}).get("summary")})
+                     "eval": (entry.get("eval") or {}).get("summary"), "extra": extra})
     return rows
+
+
+def extra_columns(rows: Sequence[Mapping[str, Any]]) -> list[str]:
+    """The columns beyond the fixed ones, in first-seen order: ``lang`` (language consistency) when an
+    evaluation recorded it, then each extra evaluation's columns."""
+    cols = ["lang"] if any(r["eval"] and r["eval"].get("language") is not None for r in rows) else []
+    for r in rows:
+        cols += [c for c in r.get("extra") or {} if c not in cols]
+    return cols
+
+
+def _column(row: Mapping[str, Any], col: str) -> float | None:
+    value = (row["eval"] or {}).get("language") if col == "lang" else (row.get("extra") or {}).get(col)
+    return None if value is None else float(value)
 
 
 def _pass1_interval(summary: Mapping[str, Any] | None) -> tuple[float, float] | None:
@@ -365,17 +452,44 @@ def format_table(manifest: Mapping[str, Any]) -> str:
     cis = [_pass1_interval(r["eval"]) for r in rows]
     ci_text = [f" [{ci[0]:.2f}, {ci[1]:.2f}]" if ci else "" for ci in cis]
     w_ci = max(len(t) for t in ci_text) if ci_text else 0  # 0: no interval anywhere, the table as before
+    extra = extra_columns(rows)
+    widths = [max(8, len(c) + 2) for c in extra]
     header = (f"{'stage':{w_stage}s}{'model':{w_label}s}{'status':9s}{'pass@1':>8s}{'':{w_ci}s}{cons:>9s}"
-              f"{'format':>8s}{'length':>8s}")
+              f"{'format':>8s}{'length':>8s}" + "".join(f"{c:>{w}s}" for c, w in zip(extra, widths)))
     lines = [header, "-" * len(header)]
     for r, ci in zip(rows, ci_text):
         e = r["eval"]
         nums = (f"{e['pass@1']:>8.3f}{ci:<{w_ci}s}{e['cons@k']:>9.3f}{e['format_rate']:>8.3f}"
                 f"{e['response_length']:>8.1f}" if e else f"{'-':>8s}{'':{w_ci}s}{'-':>9s}{'-':>8s}{'-':>8s}")
+        for c, w in zip(extra, widths):
+            v = _column(r, c) if e else None
+            nums += f"{v:>{w}.3f}" if v is not None else f"{'-':>{w}s}"
         lines.append(f"{r['stage']:{w_stage}s}{r['label']:{w_label}s}{r['status']:9s}{nums}")
     if any(cis):
         lines.append("pass@1 [low, high]: 95% Student-t interval over the held-out problems")
+    if "lang" in extra:
+        lines.append("lang: mean language consistency of the chain of thought (eq. 7) on the held-out prompts")
+    lines += _reward_model_lines(manifest)
     return "\n".join(lines)
+
+
+def _reward_model_lines(manifest: Mapping[str, Any]) -> list[str]:
+    """One line per finished ``rm`` stage: its held-out accuracy (and AUC) with 95% intervals, after
+    training and with the fresh head it started from."""
+    lines = []
+    for name in manifest.get("order", ()):
+        entry = manifest["stages"].get(name, {})
+        m = entry.get("metrics") or {}
+        if entry.get("kind") != "rm" or entry.get("status") != "done" or "heldout_accuracy" not in m:
+            continue
+        parts = []
+        for key, what in (("heldout_accuracy", "accuracy"), ("heldout_auc", "AUC")):
+            if key in m:
+                parts.append(f"{what} {m[key]:.3f} [{m[key + '_low']:.3f}, {m[key + '_high']:.3f}]"
+                             + (f" (fresh head {m[key + '_initial']:.3f})" if key + "_initial" in m else ""))
+        lines.append(f"{entry.get('label', name)} ({name}), {int(m.get('heldout_examples', 0))} held-out: "
+                     + ", ".join(parts))
+    return lines
 
 
 def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path | None:
@@ -394,12 +508,18 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
         print("matplotlib is not installed: no stage plot (pip install 'r1jax[plot]')", file=sys.stderr)
         return None
     panels = (("pass@1", "pass@1 (held-out)"), ("cons@k", f"cons@{rows[0]['eval']['k']}"),
-              ("format_rate", "format rate"), ("response_length", "response length (tokens)"))
+              ("format_rate", "format rate"), ("response_length", "response length (tokens)"),
+              *((c, c) for c in extra_columns(rows)))
     labels = [r["label"] for r in rows]
-    fig, axes = plt.subplots(1, len(panels), figsize=(3.6 * len(panels), 3.2))
-    for ax, (key, title) in zip(axes, panels):
+    ncol = min(4, len(panels))
+    nrow = -(-len(panels) // ncol)
+    fig, axes = plt.subplots(nrow, ncol, figsize=(3.6 * ncol, 3.2 * nrow), squeeze=False)
+    for ax in axes.flat[len(panels):]:
+        ax.axis("off")
+    for ax, (key, title) in zip(axes.flat, panels):
         ax.set_title(title)
-        bars = ax.bar(range(len(rows)), [r["eval"][key] for r in rows], color="tab:blue")
+        values = [r["eval"][key] if key in r["eval"] else _column(r, key) for r in rows]
+        bars = ax.bar(range(len(rows)), [0.0 if v is None else v for v in values], color="tab:blue")
         ax.bar_label(bars, fmt="%.1f" if key == "response_length" else "%.3f", fontsize=8)
         if key == "pass@1":
             _interval_bars(ax, rows)
