@@ -39,7 +39,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import pathlib
@@ -56,14 +55,14 @@ from r1jax.eval.stats import auc_interval, t_interval, wilson_interval
 from r1jax.models import ModelConfig, init_value_head, load_pretrained, save_pretrained
 from r1jax.pipeline.datasets import read_rows, write_json
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
-from r1jax.pipeline.manifest import digest_path
-from r1jax.pipeline.sft import batch_indices, steps_per_epoch
+from r1jax.pipeline.manifest import digest_data, digest_path
+from r1jax.pipeline.sft import batch_indices, restore_stage, stage_optimizer, steps_per_epoch, truncate_log
 from r1jax.rewards.reward_model import (bradley_terry_loss, pairwise_accuracy, pointwise_bce_loss,
                                         reward_model_scores)
 from r1jax.train.checkpoint import Checkpointer
 from r1jax.train.config import AlgoConfig, OptimConfig
 from r1jax.train.state import Hyper, TrainState, init_state, make_optimizer
-from r1jax.train.steps import _optimizer_step
+from r1jax.train.steps import optimizer_step
 
 __all__ = [
     "OBJECTIVES", "RMConfig", "parse_rm_config", "RMData", "RMBatch", "encode_sequence", "encode_rm_data",
@@ -290,7 +289,7 @@ def make_rm_update(model: ModelConfig, objective: str, tx, *, jit: bool = True
         return objective_loss(objective, scores, rows.labels, rows.weights)
 
     def update(state: TrainState, batch: RMBatch, hp: Hyper):
-        state, metrics = _optimizer_step(state, batch, hp, policy_loss=loss_fn, tx=tx, m=1)
+        state, metrics = optimizer_step(state, batch, hp, policy_loss=loss_fn, tx=tx, m=1)
         metrics["skipped_in_a_row"] = state.skipped_in_a_row.astype(jnp.float32)
         return state.replace(step=state.step + 1), metrics
 
@@ -502,17 +501,6 @@ def score_texts(params: Any, model_cfg: ModelConfig, tokenizer: Tokenizer, info:
 # The run.
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
-
-def _truncate_log(path: pathlib.Path, step: int) -> None:
-    """Drops log lines after ``step`` (written by a run that was killed after its last checkpoint)."""
-    if path.is_file():
-        lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
-        path.write_text("".join(ln + "\n" for ln in lines))
-
-
 def _check_model_dir(stage: str, model: pathlib.Path | None) -> None:
     if model is not None and not (pathlib.Path(model) / "config.json").is_file():
         raise ConfigError(f"stage {stage}: inputs.model: {model} has no config.json (expected an HF model directory)")
@@ -559,7 +547,7 @@ def run_rm(stage: str, config: Mapping[str, Any] | RMConfig, *, data: pathlib.Pa
     out_dir.mkdir(parents=True, exist_ok=True)
     rm_out, metrics_path = out_dir / "reward_model", out_dir / "metrics.json"
     outputs = {"reward_model": rm_out, "metrics": metrics_path}
-    run_id = _digest({"kind": "rm", "config": to_dict(cfg), "seed": seed, "data": digest_path(data),
+    run_id = digest_data({"kind": "rm", "config": to_dict(cfg), "seed": seed, "data": digest_path(data),
                       "eval_data": digest_path(eval_data) if eval_data else None, "model": digest_path(model)})
     if metrics_path.is_file() and (rm_out / RM_META_FILE).is_file():
         done = json.loads(metrics_path.read_text())
@@ -568,9 +556,7 @@ def run_rm(stage: str, config: Mapping[str, Any] | RMConfig, *, data: pathlib.Pa
 
     params = {**trunk, **init_value_head(model_cfg, jax.random.fold_in(jax.random.PRNGKey(seed), 1))}
     total = cfg.max_steps or cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
-    optim = OptimConfig(lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
-    tx, update = _rm_update(model_cfg, cfg.objective, optim, total)
+    tx, update = _rm_update(model_cfg, cfg.objective, stage_optimizer(cfg), total)
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])  # one device, like a restored state
     state = jax.device_put(init_state(params, tx, jax.random.PRNGKey(seed)), device)
     hp = Hyper.from_config(AlgoConfig())
@@ -578,19 +564,14 @@ def run_rm(stage: str, config: Mapping[str, Any] | RMConfig, *, data: pathlib.Pa
 
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=2)
     try:
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            _, state, meta = restored
-            state = jax.device_put(state, device)
-            if meta.get("run_id") != run_id:
-                raise ConfigError(f"stage {stage}: {checkpointer.directory} holds checkpoints of another run (config, "
-                                  "data or model changed); remove them or use another directory")
+        state, meta = restore_stage(checkpointer, state, device, run_id, stage)
+        if meta is not None:
             initial = meta["heldout_initial"]
         else:
             initial = _evaluate(state.params, model_cfg, held, cfg, pad, seed)
         meta = {"stage": stage, "run_id": run_id, "heldout_initial": initial, "total_steps": total}
         metrics: dict = {}
-        _truncate_log(out_dir / "log.jsonl", int(state.step))
+        truncate_log(out_dir / "log.jsonl", int(state.step))
         with (out_dir / "log.jsonl").open("a") as log:
             for step in range(int(state.step), total):
                 batch = make_rm_batch(train, batch_indices(len(train), cfg.batch_size, seed, step), cfg.max_len, pad)

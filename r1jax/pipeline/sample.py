@@ -39,7 +39,6 @@ answer (:func:`parse_verdict`).
 from __future__ import annotations
 
 import dataclasses
-import hashlib
 import json
 import pathlib
 from typing import Any, Callable, Mapping, Protocol, Sequence, runtime_checkable
@@ -51,7 +50,7 @@ from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, encode_prompts
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import load_pretrained
 from r1jax.pipeline.datasets import read_jsonl, read_rows, write_json, write_jsonl
-from r1jax.pipeline.manifest import digest_path
+from r1jax.pipeline.manifest import digest_data, digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
 from r1jax.rewards.registry import get_reward
@@ -380,9 +379,6 @@ def mix_examples(mix_rows: Sequence[Mapping[str, Any]], num_kept: int, ratio: fl
 # The run.
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
-
 
 def _sample_chunks(params, model_cfg, tokenizer: Tokenizer, rows: list[dict], cfg: SampleConfig, seed: int,
                    cand_dir: pathlib.Path) -> list[dict]:
@@ -489,7 +485,7 @@ def _run(stage, cfg: SampleConfig, *, model, prompts, out_dir, mix, seed, judge,
     """The work of :func:`run_sample` once everything is validated: sample, filter, mix, write."""
     out_dir.mkdir(parents=True, exist_ok=True)
     model_digest = digest_path(model)
-    sampling_id = _digest({k: getattr(cfg, k) for k in ("prompt_field", "reference_field", "template", "n",
+    sampling_id = digest_data({k: getattr(cfg, k) for k in ("prompt_field", "reference_field", "template", "n",
                                                           "temperature", "top_p", "top_k", "max_new_tokens",
                                                           "chunk_prompts")}
                           | {"seed": seed, "model": model_digest, "prompts": digest_path(prompts)})

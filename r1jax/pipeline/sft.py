@@ -30,7 +30,6 @@ from __future__ import annotations
 
 import dataclasses
 import functools
-import hashlib
 import json
 import math
 import pathlib
@@ -47,7 +46,7 @@ from r1jax.data.templates import PROMPT_TEMPLATES, encode_prompt, render_prompt
 from r1jax.data.tokenizer import Tokenizer, load_tokenizer
 from r1jax.models import ModelConfig, init_params, load_pretrained, save_pretrained
 from r1jax.pipeline.datasets import read_rows, write_json
-from r1jax.pipeline.manifest import digest_path
+from r1jax.pipeline.manifest import digest_data, digest_path
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 from r1jax.rewards.parsing import extract_tag, extract_think
 from r1jax.rewards.registry import get_reward
@@ -387,15 +386,34 @@ def _split(data: SFTData, fraction: float, seed: int) -> tuple[SFTData, SFTData]
     return data.subset(sorted(perm[k:])), data.subset(sorted(perm[:k]))
 
 
-def _truncate_log(path: pathlib.Path, step: int) -> None:
+def truncate_log(path: pathlib.Path, step: int) -> None:
     """Drops log lines after ``step`` (written by a run that was killed after its last checkpoint)."""
     if path.is_file():
         lines = [ln for ln in path.read_text().splitlines() if ln.strip() and json.loads(ln)["step"] <= step]
         path.write_text("".join(ln + "\n" for ln in lines))
 
 
-def _digest(obj: Any) -> str:
-    return hashlib.sha256(json.dumps(obj, sort_keys=True, default=str).encode()).hexdigest()
+def stage_optimizer(cfg: Any) -> OptimConfig:
+    """The optimizer section of a training stage's config (``lr``, ``schedule``, ``warmup_steps``,
+    ``weight_decay``, ``grad_clip``: the fields an sft and an rm config share)."""
+    return OptimConfig(lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
+                       weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
+
+
+def restore_stage(checkpointer: Checkpointer, state: Any, device: Any, run_id: str, stage: str) -> tuple[Any, dict | None]:
+    """The stage's newest checkpoint as ``(state on device, its meta)``, or ``(state, None)`` without one.
+
+    Raises:
+      ConfigError: the checkpoints belong to another run (its config, data or model changed).
+    """
+    restored = checkpointer.restore_latest(state)
+    if restored is None:
+        return state, None
+    _, state, meta = restored
+    if meta.get("run_id") != run_id:
+        raise ConfigError(f"stage {stage}: {checkpointer.directory} holds checkpoints of another run (config, "
+                          "data or model changed); remove them or use another directory")
+    return jax.device_put(state, device), meta
 
 
 def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.Path, out_dir: pathlib.Path,
@@ -437,7 +455,7 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
     if cfg.max_len > model_cfg.max_position_embeddings:
         raise ConfigError(f"stage {stage}: max_len: {cfg.max_len} exceeds the model's max_position_embeddings "
                           f"{model_cfg.max_position_embeddings}")
-    run_id = _digest({"config": to_dict(cfg), "seed": seed, "data": digest_path(data),
+    run_id = digest_data({"config": to_dict(cfg), "seed": seed, "data": digest_path(data),
                       "eval_data": digest_path(eval_data) if eval_data else None,
                       "model": digest_path(model) if model else None})
     if metrics_path.is_file() and (model_out / "config.json").is_file():
@@ -446,9 +464,7 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
             return StageResult({"model": model_out, "metrics": metrics_path}, done["metrics"])
 
     total = cfg.max_steps or cfg.epochs * steps_per_epoch(len(train), cfg.batch_size)
-    optim = OptimConfig(lr=cfg.lr, schedule=cfg.schedule, warmup_steps=cfg.warmup_steps,
-                        weight_decay=cfg.weight_decay, grad_clip=cfg.grad_clip)
-    tx, update = _sft_update(model_cfg, cfg.kernels, optim, total)
+    tx, update = _sft_update(model_cfg, cfg.kernels, stage_optimizer(cfg), total)
     # One device (this stage does not shard); committed like a restored state, so both share compiles.
     device = jax.sharding.SingleDeviceSharding(jax.devices()[0])
     state = jax.device_put(init_state(params, tx, jax.random.PRNGKey(seed)), device)
@@ -458,19 +474,14 @@ def run_sft(stage: str, config: Mapping[str, Any] | SFTConfig, *, data: pathlib.
 
     checkpointer = Checkpointer(out_dir / "checkpoints", keep=2)
     try:
-        restored = checkpointer.restore_latest(state)
-        if restored is not None:
-            _, state, meta = restored
-            state = jax.device_put(state, device)
-            if meta.get("run_id") != run_id:
-                raise ConfigError(f"stage {stage}: {checkpointer.directory} holds checkpoints of another run (config, "
-                                  "data or model changed); remove them or use another directory")
+        state, meta = restore_stage(checkpointer, state, device, run_id, stage)
+        if meta is not None:
             initial = meta["heldout_loss_initial"]
         else:
             initial = heldout_loss(state.params, model_cfg, held, cfg, pad, nll_sum=nll_sum)
         meta = {"stage": stage, "run_id": run_id, "heldout_loss_initial": initial, "total_steps": total}
         metrics: dict = {}
-        _truncate_log(out_dir / "log.jsonl", int(state.step))
+        truncate_log(out_dir / "log.jsonl", int(state.step))
         with (out_dir / "log.jsonl").open("a") as log:
             for step in range(int(state.step), total):
                 try:

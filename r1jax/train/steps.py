@@ -29,7 +29,7 @@ from r1jax_kernels import grpo_token_terms, sharded_token_logprobs, token_logpro
 
 Params = Any
 
-__all__ = ["Rollout", "SFTBatch", "policy_logprobs", "critic_values", "make_rl_update", "make_sft_update",
+__all__ = ["Rollout", "SFTBatch", "policy_logprobs", "critic_values", "make_rl_update", "make_sft_update", "optimizer_step",
            "STATIC_HPARAMS"]
 
 STATIC_HPARAMS = ("std_scaling", "std_ddof", "whiten_advantages")
@@ -181,7 +181,7 @@ def _select(ok, new, old):
     return jax.tree.map(lambda a, b: jnp.where(ok, a, b), new, old)
 
 
-def _optimizer_step(state: TrainState, rows, hp: Hyper, *, policy_loss, tx, m: int,
+def optimizer_step(state: TrainState, rows, hp: Hyper, *, policy_loss, tx, m: int,
                     critic_loss=None, critic_tx=None) -> tuple[TrainState, dict]:
     """One optimizer step of the policy (and critic) on a mini-batch; skipped when anything is non-finite."""
     grads, metrics = _accumulated_grad(policy_loss, state.params, rows, m)
@@ -395,7 +395,7 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
             den = jnp.maximum(algos.loss_denominator(mb.loss_mask, algo.loss_agg, max_len=max_new_tokens,
                                                      num_sequences=jnp.sum(mb.num_seqs)), 1.0)
             policy_loss, critic_loss = _rl_losses(algo, model, kernels, mesh, den, num_tokens)
-            return _optimizer_step(
+            return optimizer_step(
                 state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=algo.num_microbatches,
                 critic_loss=(lambda p, r: critic_loss(p, r, hp)) if algo.needs_critic else None, critic_tx=critic_tx)
 
@@ -432,7 +432,7 @@ def make_sft_update(model: ModelConfig, kernels: KernelConfig, tx: optax.Gradien
             nll = algos.loss_numerator(out.loss, rows.loss_mask, "token_mean") / num_tokens
             return nll, {"loss": nll}
 
-        return _optimizer_step(state, mb, hp, policy_loss=loss_fn, tx=tx, m=num_microbatches)
+        return optimizer_step(state, mb, hp, policy_loss=loss_fn, tx=tx, m=num_microbatches)
 
     def update(state: TrainState, batch: SFTBatch, hp: Hyper):
         state, metrics = _over_minibatches(state, batch, lambda s, mb: step_fn(s, mb, hp), num_epochs=1,
