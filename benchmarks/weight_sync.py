@@ -352,9 +352,8 @@ def main(argv=None) -> int:
     print(f"load average (1 min) {load['before']:.2f} before, {load['after']:.2f} after")
     if server is not None and server_rc != 0:
         print(f"warning: the server exited with code {server_rc}", file=sys.stderr)
-    results = ROOT / "benchmarks" / "results"
-    out = pathlib.Path(args.out) if args.out else (
-        results / (f"weight_sync_jax_{args.name}.json" if args.engine == "jax" else f"vllm_weight_sync_{args.name}.json"))
+    default = f"weight_sync_jax_{args.name}.json" if args.engine == "jax" else f"vllm_weight_sync_{args.name}.json"
+    out = pathlib.Path(args.out) if args.out else ROOT / "benchmarks" / "results" / default
     out.write_text(json.dumps(result, indent=2) + "\n")
     print(f"wrote {out}")
     return 0
