@@ -161,9 +161,13 @@ def _evaluate(cfg, work_dir: pathlib.Path) -> dict[str, float]:
 def evaluate_extra(extra: ExtraEval, model_dir: pathlib.Path, work_dir: pathlib.Path,
                    reward_models: Mapping[str, pathlib.Path]) -> dict[str, Any]:
     """The extra evaluation ``extra`` of the model in ``model_dir``: ``{"metrics", "summary": {column:
-    value}}`` (a column whose metric the evaluation did not produce is None)."""
+    value}, "intervals": {column: [low, high]}}`` (a column whose metric the evaluation did not produce
+    is None; intervals: 95% Student-t over the problems, for the columns that are reward components)."""
     metrics = _evaluate(extra_eval_experiment(extra, model_dir, reward_models), work_dir)
-    return {"metrics": metrics, "summary": {col: metrics.get(f"eval/{m}") for col, m in extra.columns.items()}}
+    summary = {col: metrics.get(f"eval/{m}") for col, m in extra.columns.items()}
+    intervals = {col: [metrics[f"eval/{m}/ci_low"], metrics[f"eval/{m}/ci_high"]] for col, m in extra.columns.items()
+                 if f"eval/{m}/ci_low" in metrics}
+    return {"metrics": metrics, "summary": summary, "intervals": intervals}
 
 
 # ------------------------------------------------------------------------------------------ one stage
@@ -335,7 +339,7 @@ def _evaluate_stage(pipeline: Pipeline, stage: Stage, manifest: dict[str, Any]) 
                 models[name], digests[name] = ref, digest_path(ref)
         else:
             key = digest_data({"model": model["digest"], "config": extra.config, "columns": extra.columns,
-                               "reward_models": digests})
+                               "reward_models": digests, "with": "intervals"})
             done = entry.setdefault("eval_extra", {})
             if (done.get(extra.name) or {}).get("key") != key:
                 log.info("stage %s: evaluation %s of its model", stage.name, extra.name)
@@ -414,9 +418,11 @@ def table_rows(manifest: Mapping[str, Any]) -> list[dict[str, Any]]:
     rows = []
     for name in manifest.get("order", ()):
         entry = manifest["stages"].get(name, {})
-        extra = {col: v for e in (entry.get("eval_extra") or {}).values() for col, v in e["summary"].items()}
+        done = (entry.get("eval_extra") or {}).values()
+        extra = {col: v for e in done for col, v in e["summary"].items()}
+        extra_ci = {col: ci for e in done for col, ci in (e.get("intervals") or {}).items()}
         rows.append({"stage": name, "label": entry.get("label", name), "status": entry.get("status", "pending"),
-                     "eval": (entry.get("eval") or {}).get("summary"), "extra": extra})
+                     "eval": (entry.get("eval") or {}).get("summary"), "extra": extra, "extra_ci": extra_ci})
     return rows
 
 
@@ -523,6 +529,8 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
         ax.bar_label(bars, fmt="%.1f" if key == "response_length" else "%.3f", fontsize=8)
         if key == "pass@1":
             _interval_bars(ax, rows)
+        else:
+            _interval_bars(ax, rows, key)
         ax.set_xticks(range(len(rows)), labels, rotation=30, ha="right")
         ax.grid(axis="y", alpha=0.3)
     fig.suptitle("r1jax pipeline: held-out evaluation per stage")
@@ -532,9 +540,14 @@ def plot_stages(manifest: Mapping[str, Any], out: pathlib.Path) -> pathlib.Path 
     return out
 
 
-def _interval_bars(ax, rows: Sequence[Mapping[str, Any]]) -> None:
-    """Error bars of the pass@1 intervals on the pass@1 panel (stages without one get none)."""
-    marked = [(i, r["eval"]["pass@1"], ci) for i, r in enumerate(rows) if (ci := _pass1_interval(r["eval"]))]
+def _interval_bars(ax, rows: Sequence[Mapping[str, Any]], column: str | None = None) -> None:
+    """Error bars of the pass@1 intervals on the pass@1 panel, or of an extra column's intervals on its
+    panel (stages without one get none)."""
+    if column is None:
+        marked = [(i, r["eval"]["pass@1"], ci) for i, r in enumerate(rows) if (ci := _pass1_interval(r["eval"]))]
+    else:
+        marked = [(i, r["extra"][column], r["extra_ci"][column]) for i, r in enumerate(rows)
+                  if column in r.get("extra_ci", {}) and r["extra"].get(column) is not None]
     if not marked:
         return
     x, y, cis = zip(*marked)

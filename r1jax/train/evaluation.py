@@ -14,6 +14,7 @@ import jax
 import numpy as np
 
 from r1jax.eval import evaluate
+from r1jax.eval.stats import t_interval
 from r1jax.rewards.parsing import extract_final_answer
 from r1jax.models import init_value_head
 from r1jax.train.checkpoint import Checkpointer
@@ -48,6 +49,10 @@ def evaluate_policy(cfg: ExperimentConfig, tokenizer, sampler, scorer, eval_set:
     out = {"eval/reward": float(ep.rewards.mean()), "eval/response_length": float(ep.lengths.mean()),
            **{f"eval/{name}": float(v.mean()) for name, v in ep.components.items()},
            **{f"eval/{k}": v for k, v in ep.domain_metrics().items()}}
+    if count >= 2:  # each component's 95% Student-t interval over the problems (their mean over samples)
+        for name, v in ep.components.items():
+            iv = t_interval(np.asarray(v, np.float64).reshape(count, n).mean(axis=1))
+            out[f"eval/{name}/ci_low"], out[f"eval/{name}/ci_high"] = iv.low, iv.high
     if ep.correct is None:
         return out
     by_problem = [ep.texts[i * n:(i + 1) * n] for i in range(count)]

@@ -105,6 +105,8 @@ def test_language_and_reward_model_columns_reach_every_model_even_one_made_befor
         entry = manifest["stages"][stage]
         general = entry["eval_extra"]["general"]
         assert general["summary"] == {"help_rm": general["metrics"]["eval/helpfulness"]}
+        low, high = general["intervals"]["help_rm"]
+        assert low <= general["summary"]["help_rm"] <= high and low < high
         assert entry["eval"]["summary"]["language"] == entry["eval"]["metrics"]["eval/language_consistency_en"]
     table = format_table(manifest)
     header, _, *rows = table.splitlines()
