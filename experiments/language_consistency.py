@@ -22,6 +22,7 @@ PNG next to it.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import json
 import os
 import pathlib
@@ -85,9 +86,26 @@ def evaluate(trainer: Trainer, params, *, prompts: int, samples: int, seed: int)
             "response_length": float(ep.lengths.mean())}
 
 
+def seed_key(seed: int, args) -> dict:
+    """What a seed's result depends on: a finished seed with the same key is not run again."""
+    digest = hashlib.sha256((BASE / "model.safetensors").read_bytes()).hexdigest()[:16]
+    return {"seed": seed, "steps": args.steps, "lang_weight": args.lang_weight, "eval_prompts": args.eval_prompts,
+            "eval_samples": args.eval_samples, "quick": args.quick, "base_sha256": digest}
+
+
 def run_seed(seed: int, args, work: pathlib.Path) -> dict:
-    """Both arms of one seed (and the base's evaluation); returns their metrics and learning curves."""
-    out = {}
+    """Both arms of one seed (and the base's evaluation); returns their metrics and learning curves.
+
+    The result is kept in ``work/seed<S>/result.json`` with its :func:`seed_key`; a later call with the same key
+    reads it instead of training again (so adding seeds to a finished run costs only the new seeds).
+    """
+    done, key = work / f"seed{seed}" / "result.json", seed_key(seed, args)
+    if done.is_file():
+        cached = json.loads(done.read_text())
+        if cached.get("key") == key:
+            print(f"seed {seed}: finished earlier, read from {done}", flush=True)
+            return {**cached["result"], "from_earlier_run": True}
+    out, t0 = {}, time.time()
     for arm in ARMS:
         run_dir = work / f"seed{seed}" / arm
         cfg = from_dict(ExperimentConfig, rl_config(seed, args.steps, args.lang_weight if arm == "with" else 0.0,
@@ -99,13 +117,16 @@ def run_seed(seed: int, args, work: pathlib.Path) -> dict:
             kw = dict(prompts=args.eval_prompts, samples=args.eval_samples, seed=seed)
             if arm == ARMS[0]:
                 out["base"] = evaluate(trainer, trainer.state.params, **kw)
-            t0 = time.time()
+            t_train = time.time()
             records = trainer.run()
-            out[arm] = {**evaluate(trainer, trainer.state.params, **kw), "train_seconds": round(time.time() - t0, 1),
+            out[arm] = {**evaluate(trainer, trainer.state.params, **kw),
+                        "train_seconds": round(time.time() - t_train, 1),
                         "curves": {k: [float(r[k]) for r in records] for k in CURVES}}
         finally:
             trainer.close()
-    return out
+    out["minutes"] = round((time.time() - t0) / 60, 2)
+    done.write_text(json.dumps({"key": key, "result": out}, indent=2))
+    return {**out, "from_earlier_run": False}
 
 
 def summarise(per_seed: dict, seeds) -> dict:
@@ -164,7 +185,8 @@ def main(argv=None) -> int:
     ap.add_argument("--eval-prompts", type=int, default=128)
     ap.add_argument("--eval-samples", type=int, default=4)
     ap.add_argument("--out", default=str(REPO / "experiments" / "results" / "language_consistency.json"))
-    ap.add_argument("--work-dir", default="runs/language_consistency", help="the runs' directories")
+    ap.add_argument("--work-dir", default="runs/language_consistency",
+                    help="the runs' directories; a seed finished there with the same settings is not run again")
     ap.add_argument("--quick", action="store_true", help="a smoke run: 2 steps, 4 prompts x 4 samples, 8 eval prompts")
     args = ap.parse_args(argv)
     if args.quick:
@@ -189,7 +211,9 @@ def main(argv=None) -> int:
               "rewards": {"without": {"math_accuracy": 1.0, "format_strict": 1.0, LANG: 0.0},
                           "with": {"math_accuracy": 1.0, "format_strict": 1.0, LANG: args.lang_weight}},
               "summary": summary, "verdict": verdict(summary), "per_seed": per_seed,
-              "machine": machine(), "wall_minutes": round((time.time() - t0) / 60, 2)}
+              "machine": machine(), "wall_minutes": round((time.time() - t0) / 60, 2),
+              "seeds_from_earlier_runs": [s for s in args.seeds if per_seed[s]["from_earlier_run"]],
+              "minutes_per_seed": {s: per_seed[s].get("minutes") for s in args.seeds}}
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2, allow_nan=True))
     print(format_table(summary, len(args.seeds)))

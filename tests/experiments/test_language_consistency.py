@@ -1,5 +1,6 @@
 """The language-consistency experiment: its bilingual corpus, the vocabulary extension, and a quick run."""
 
+import argparse
 import importlib.util
 import json
 import pathlib
@@ -120,3 +121,12 @@ def test_quick_run_writes_both_arms(tmp_path):
     assert result["machine"]["nproc"] >= 1 and result["wall_minutes"] > 0
     if importlib.util.find_spec("matplotlib") is not None:
         assert out.with_suffix(".png").is_file()
+    assert result["seeds_from_earlier_runs"] == []
+    # a finished seed is read back, not trained again; other settings train again
+    again = tmp_path / "again.json"
+    assert lc.main(["--quick", "--seeds", "0", "--out", str(again), "--work-dir", str(tmp_path / "runs")]) == 0
+    second = json.loads(again.read_text())
+    assert second["seeds_from_earlier_runs"] == [0]
+    assert second["summary"] == result["summary"]
+    assert lc.seed_key(0, argparse.Namespace(steps=2, lang_weight=0.5, eval_prompts=8, eval_samples=2, quick=True)) \
+        != lc.seed_key(0, argparse.Namespace(steps=2, lang_weight=1.0, eval_prompts=8, eval_samples=2, quick=True))
