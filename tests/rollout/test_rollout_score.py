@@ -2,8 +2,13 @@
 over real loopback gRPC with a real tiny reward model (the tiny base's trunk and a random head)."""
 
 import argparse
+import os
 import pathlib
+import signal
+import subprocess
+import sys
 import threading
+import time
 
 import grpc
 import jax
@@ -16,7 +21,8 @@ from r1jax.rollout.client import RolloutClient
 from r1jax.rollout.server import make_server
 from r1jax.rollout.types import InvalidRequestError, RequestLimits
 
-TINY_BASE = pathlib.Path(__file__).resolve().parents[2] / "r1jax" / "assets" / "tiny_base"
+ROOT = pathlib.Path(__file__).resolve().parents[2]
+TINY_BASE = ROOT / "r1jax" / "assets" / "tiny_base"
 PROMPTS = ["What is 2+3?", "Say hi", "x" * 300, "q", "Tell me a story about a cat"] * 7   # 35 pairs: 2 batches
 RESPONSES = ["5", "hello there", "y", "z" * 50, ""] * 7
 
@@ -151,3 +157,48 @@ def test_reward_model_flags_repeat_and_names_are_unique():
     assert parse_reward_model_flags(_parse("--model", "m").reward_model) == {}
     with pytest.raises(ValueError, match=r"--reward-model 'a=/z': the name 'a' is given twice"):
         parse_reward_model_flags(["a=/x", "a=/z"])
+
+
+def test_serve_process_with_a_reward_model_scores_like_the_trainer(cfg, weights, rm_dir, tmp_path):
+    """`r1jax serve --reward-model helpful=DIR` in its own process: Info lists it, Score gives the
+    trainer-side scores (bitwise)."""
+    from r1jax.models import save_pretrained
+    from r1jax.train.components import reward_model_fn
+
+    save_pretrained(weights[0], cfg, tmp_path / "model")
+    port_file = tmp_path / "port"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),
+         "--port", "0", "--port-file", str(port_file), "--reward-model", f"helpful={rm_dir}"],
+        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 120
+        while not port_file.exists():
+            assert proc.poll() is None, proc.stdout.read()
+            assert time.monotonic() < deadline, "server did not start"
+            time.sleep(0.1)
+        with RolloutClient(f"127.0.0.1:{port_file.read_text()}") as c:
+            assert c.info().reward_models == ("helpful",)
+            remote = c.score("helpful", PROMPTS[:6], RESPONSES[:6])
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        out, _ = proc.communicate(timeout=60)
+    np.testing.assert_array_equal(remote, reward_model_fn(str(rm_dir))(PROMPTS[:6], RESPONSES[:6]))
+    assert proc.returncode == 0, out
+    assert f"reward models helpful={rm_dir}" in out
+
+
+def test_without_jax_the_server_imports_and_refuses_reward_models_in_one_line():
+    """The vLLM engine's environment may lack JAX: the server, client and CLI import without it, and
+    `--reward-model` is then refused before any engine loads (here JAX is made unimportable)."""
+    script = (
+        "import sys; sys.modules['jax'] = None\n"
+        "import r1jax.rollout.server, r1jax.rollout.client, r1jax.rollout.reward_models\n"
+        "from r1jax.rollout import cli\n"
+        "sys.exit(cli.main(['--engine', 'vllm', '--model', '/nonexistent', '--reward-model', 'helpful=/rm']))\n")
+    proc = subprocess.run([sys.executable, "-c", script], cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)},
+                          capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    err = proc.stderr.strip()
+    assert err.startswith("r1jax serve: --reward-model: scoring reward models is JAX code, and JAX cannot be "
+                          "imported in this environment") and "\n" not in err, err
