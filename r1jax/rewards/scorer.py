@@ -23,7 +23,8 @@ Example (YAML section of an experiment config)::
         - {name: math_accuracy, weight: 1.0}
         - {name: format_strict, weight: 1.0}
         - {name: language_consistency, weight: 0.1, start_step: 200}
-        - {name: helpfulness, weight: 0.5, last_n_steps: 400}   # external: a reward model's scores
+        - {name: helpfulness, weight: 0.5, last_n_steps: 400, model: runs/rm/reward_model}  # a reward model's
+        - {name: safety, weight: 0.5, served_model: safe}       # scored by the rollout servers (Score RPC)
 
 References:
   DeepSeek-AI, "DeepSeek-R1", arXiv 2501.12948: rule-based rewards for R1-Zero (accuracy + format),
@@ -65,7 +66,11 @@ class RewardComponent:
     timeout_s: float | None = field(None, gt=0.0, help="per-sample timeout (None: the reward's default, then rewards.timeout_s)")
     domains: tuple[str, ...] = field((), help="score only the prompts of these domains (data.mixture; a single "
                                               "task's domain is its name); the others get 0 from it. () = all")
-    model: str | None = field(None, help="an external reward's reward-model directory (made by `r1jax rm`)")
+    model: str | None = field(None, help="an external reward's reward-model directory (made by `r1jax rm`), "
+                                         "loaded and run on the trainer's devices")
+    served_model: str | None = field(None, help="instead of model: the name of a reward model the rollout servers "
+                                                "serve (`r1jax serve --reward-model NAME=DIR`), scored there by "
+                                                "their Score RPC; needs rollout.mode: remote")
 
     def check(self) -> None:
         if not self.name:

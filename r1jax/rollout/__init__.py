@@ -9,6 +9,7 @@ Public API (imported lazily, so that ``r1jax.rollout.server`` / ``vllm_engine`` 
     VLLMEngine                                                                      (vllm_engine; needs vLLM)
     RolloutClient                                                                   (client)
     make_server                                                                     (server)
+    ServedRewardModel, load_served_reward_models      (reward_models; the Score RPC; imports JAX on load)
     RolloutError, InvalidRequestError, PreconditionError, UnavailableError          (errors)
 
 Regenerating ``rollout_pb2.py`` / ``rollout_pb2_grpc.py`` after editing ``rollout.proto``
@@ -23,7 +24,8 @@ _HOME = {
     "PreconditionError": "types", "UnavailableError": "types", "SamplingParams": "types", "Sample": "types",
     "Engine": "engine", "ResultStream": "engine", "make_engine": "engine", "validate_request": "engine",
     "JaxEngine": "jax_engine", "VLLMEngine": "vllm_engine", "RolloutClient": "client",
-    "make_server": "server", "flatten_params": "weights",
+    "make_server": "server", "flatten_params": "weights", "ServedRewardModel": "reward_models",
+    "load_served_reward_models": "reward_models",
 }
 
 __all__ = sorted(_HOME)

@@ -5,6 +5,7 @@ No JAX at import: ``--engine vllm`` runs in vLLM's own environment.
 Examples::
 
     r1jax serve --engine jax --model runs/tiny/hf --port 50051                 # loopback only
+    r1jax serve --engine jax --model DIR --reward-model helpful=runs/rm/reward_model   # + the Score RPC
     R1JAX_ROLLOUT_TOKEN=s3cret r1jax serve --engine jax --model DIR --host 0.0.0.0 --allow-remote
     r1jax serve --engine vllm --model DIR --host 0.0.0.0 --allow-remote --token s3cret \
         --tensor-parallel-size 1 --weight-transfer nccl                         # on a GPU node
@@ -41,6 +42,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     p.add_argument("--max-workers", type=int, default=32, help="concurrent gRPC calls")
     p.add_argument("--weight-version", type=int, default=0, help="version of the initial weights")
     p.add_argument("--max-length", type=int, default=None, help="longest prompt + generation (default: model's)")
+    p.add_argument("--reward-model", action="append", default=[], metavar="NAME=DIR",
+                   help="serve the reward model in DIR (made by `r1jax rm`) to the Score RPC under NAME; repeatable. "
+                        "Loaded before serving; scoring is JAX code (the vllm engine's env needs JAX for it)")
     d = RequestLimits()
     g = p.add_argument_group("request limits (checked before any work: INVALID_ARGUMENT / RESOURCE_EXHAUSTED)")
     g.add_argument("--max-n", type=int, default=d.max_n, help=f"samples per prompt (default {d.max_n})")
@@ -116,14 +120,24 @@ def run_serve(args) -> int:
     if not 0 <= args.weight_version <= MAX_WEIGHT_VERSION:
         print(f"r1jax serve: --weight-version must be in [0, 2**63 - 1], got {args.weight_version}", file=sys.stderr)
         return 2
+    # Reward models next: a bad --reward-model fails in one line before the engine loads.
+    from r1jax.rollout.reward_models import load_served_reward_models, parse_reward_model_flags
+
+    try:
+        reward_models = load_served_reward_models(parse_reward_model_flags(args.reward_model))
+    except ValueError as e:
+        print(f"r1jax serve: {e}", file=sys.stderr)
+        return 2
     engine = make_engine(args.engine, args.model, **_engine_kwargs(args))
     server, port = make_server(engine, args.host, args.port, token=token, allow_remote=args.allow_remote,
-                               max_workers=args.max_workers, limits=limits)
+                               max_workers=args.max_workers, limits=limits, reward_models=reward_models)
     info = engine.info()
     print(f"r1jax serve: {info.engine} engine, model {info.model_name!r} (vocab {info.vocab_size}, max length "
           f"{info.max_length}) on {args.host}:{port}{' with token' if token else ''}; limits: max n "
           f"{limits.max_n}, {limits.max_request_rows} rows and {limits.max_request_tokens} tokens per request, "
-          f"{limits.max_queued_rows} rows queued", flush=True)
+          f"{limits.max_queued_rows} rows queued"
+          + (f"; reward models {', '.join(f'{k}={m.directory}' for k, m in reward_models.items())}"
+             if reward_models else ""), flush=True)
     if args.port_file:
         tmp = f"{args.port_file}.tmp"
         with open(tmp, "w") as f:

@@ -27,6 +27,9 @@ queue behind it); :class:`~r1jax.rollout.types.DeadlineExceededError` says so. C
 Before sending, every slice of a request is checked against ``limits`` (the servers' limits,
 :class:`~r1jax.rollout.types.RequestLimits`; the defaults match ``r1jax serve``'s), so an
 oversized request fails here with the field and both numbers, not after a round trip.
+
+``score(model, prompts, responses)`` asks the servers' reward model ``model`` (``Score`` RPC,
+``r1jax serve --reward-model NAME=DIR``) for one score per (prompt, response) text pair.
 """
 
 from __future__ import annotations
@@ -39,6 +42,7 @@ import time
 from typing import Any, Iterator, Mapping, Sequence
 
 import grpc
+import numpy as np
 
 from r1jax.rollout import convert
 from r1jax.rollout import rollout_pb2 as pb
@@ -162,10 +166,11 @@ class RolloutClient:
             else:
                 s.down_until = 0.0
 
-    def _call(self, fn, rows: int = 1, *, generation: bool = False):
+    def _call(self, fn, rows: int = 1, *, generation: bool = False, what: str = "generation"):
         """Runs ``fn(server)`` on a balanced server, retrying others on transport failures.
 
-        ``generation``: a ``DEADLINE_EXCEEDED`` is raised at once (DeadlineExceededError), not retried.
+        ``generation``: a ``DEADLINE_EXCEEDED`` is raised at once (DeadlineExceededError), not retried
+        (``what`` names the call in its message).
         """
         tried: list[str] = []
         delay = self.backoff
@@ -178,7 +183,7 @@ class RolloutClient:
             except grpc.RpcError as e:
                 if generation and e.code() == grpc.StatusCode.DEADLINE_EXCEEDED:
                     raise DeadlineExceededError(
-                        f"{s.addr}: generation did not finish within timeout={self.timeout} s; the server "
+                        f"{s.addr}: {what} did not finish within timeout={self.timeout} s; the server "
                         "cancels it and it is not retried (a retry would redo the whole request): raise "
                         "RolloutClient(timeout=...) or send smaller requests") from None
                 if e.code() not in _RETRYABLE:
@@ -298,6 +303,57 @@ class RolloutClient:
             else:
                 yield item
 
+    # -- reward models -----------------------------------------------------------------------------
+
+    def score(self, model: str, prompts: Sequence[str], responses: Sequence[str]) -> np.ndarray:
+        """Scores of (prompt, response) text pairs by the servers' reward model ``model`` (``Score`` RPC).
+
+        The pairs are split into contiguous slices across servers like a generation request (every
+        server must serve ``model`` as the same reward model: ``r1jax serve --reward-model NAME=DIR``),
+        each slice checked against ``limits.max_request_rows`` before sending. No pair: no call.
+
+        Args:
+          model: a reward-model name the servers were started with.
+          prompts, responses: raw texts, as many of each (the reward model applies its template).
+
+        Returns:
+          [len(prompts)] float32, in pair order.
+
+        Raises:
+          InvalidRequestError: unequal lengths or a slice over ``limits`` (before sending), or a server
+            refused the request (unknown model, too many tokens).
+          DeadlineExceededError: a server did not finish within ``timeout`` (not retried).
+          UnavailableError: no server answered.
+        """
+        prompts, responses = list(prompts), list(responses)
+        n = len(prompts)
+        if len(responses) != n:
+            raise InvalidRequestError(f"responses: {len(responses)} responses for {n} prompts; "
+                                      "give one response per prompt")
+        if n == 0:
+            return np.zeros((0,), np.float32)
+        k = min(n, len(self._servers)) if self.split else 1
+        bounds = [round(i * n / k) for i in range(k + 1)]
+        slices = [(a, b) for a, b in zip(bounds[:-1], bounds[1:]) if b > a]
+        if self.limits is not None:
+            for a, b in slices:
+                self.limits.check_score(b - a)
+
+        def one(a: int, b: int) -> np.ndarray:
+            msg = pb.ScoreRequest(model=model, prompts=prompts[a:b], responses=responses[a:b])
+
+            def call(s: _Server):
+                resp = s.stub.Score(msg, timeout=self.timeout, metadata=s.md)
+                return np.asarray(resp.scores, np.float32)
+
+            out = self._call(call, b - a, generation=True, what="scoring")
+            if out.shape != (b - a,):
+                raise RolloutError(f"Score returned {out.size} scores for {b - a} pairs")
+            return out
+
+        futs = [self._pool.submit(one, a, b) for a, b in slices]
+        return np.concatenate([f.result() for f in futs])
+
     # -- status ------------------------------------------------------------------------------------
 
     def info(self) -> EngineInfo:
@@ -360,8 +416,6 @@ class RolloutClient:
                              "update_weights_from_dir for safetensors, begin_nccl_update for NCCL)")
         flat = flatten_params(weights) if any(isinstance(v, (Mapping, list, tuple)) for v in weights.values()) \
             else dict(weights)
-        import numpy as np
-
         host = {n: np.asarray(a) for n, a in flat.items()}  # one device->host copy for all servers
 
         def push(s: _Server):

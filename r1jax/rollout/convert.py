@@ -95,7 +95,8 @@ def info_to_pb(i: EngineInfo) -> pb.InfoResponse:
     return pb.InfoResponse(model_name=i.model_name, engine=i.engine, vocab_size=i.vocab_size,
                            max_length=i.max_length, weight_version=i.weight_version,
                            transports=[TRANSPORT_TO_PB[t] for t in i.transports],
-                           tensors=[spec_to_pb(s) for s in i.tensors], max_batch_rows=i.max_batch_rows)
+                           tensors=[spec_to_pb(s) for s in i.tensors], max_batch_rows=i.max_batch_rows,
+                           reward_models=list(i.reward_models))
 
 
 def info_from_pb(msg: pb.InfoResponse) -> EngineInfo:
@@ -103,4 +104,4 @@ def info_from_pb(msg: pb.InfoResponse) -> EngineInfo:
                       max_length=int(msg.max_length), weight_version=int(msg.weight_version),
                       transports=tuple(TRANSPORT_FROM_PB[t] for t in msg.transports),
                       tensors=tuple(spec_from_pb(s) for s in msg.tensors),
-                      max_batch_rows=int(msg.max_batch_rows))
+                      max_batch_rows=int(msg.max_batch_rows), reward_models=tuple(msg.reward_models))

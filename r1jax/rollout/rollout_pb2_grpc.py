@@ -64,6 +64,11 @@ class RolloutStub:
                 request_serializer=r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateRequest.SerializeToString,
                 response_deserializer=r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateResponse.FromString,
                 _registered_method=True)
+        self.Score = channel.unary_unary(
+                '/r1jax.rollout.Rollout/Score',
+                request_serializer=r1jax_dot_rollout_dot_rollout__pb2.ScoreRequest.SerializeToString,
+                response_deserializer=r1jax_dot_rollout_dot_rollout__pb2.ScoreResponse.FromString,
+                _registered_method=True)
         self.Health = channel.unary_unary(
                 '/r1jax.rollout.Rollout/Health',
                 request_serializer=r1jax_dot_rollout_dot_rollout__pb2.HealthRequest.SerializeToString,
@@ -119,6 +124,14 @@ class RolloutServicer:
         context.set_details('Method not implemented!')
         raise NotImplementedError('Method not implemented!')
 
+    def Score(self, request, context):
+        """Scores (prompt, response) text pairs with a reward model the server was started with
+        (`r1jax serve --reward-model NAME=DIR`): one batched, jitted forward per batch of pairs.
+        """
+        context.set_code(grpc.StatusCode.UNIMPLEMENTED)
+        context.set_details('Method not implemented!')
+        raise NotImplementedError('Method not implemented!')
+
     def Health(self, request, context):
         """Missing associated documentation comment in .proto file."""
         context.set_code(grpc.StatusCode.UNIMPLEMENTED)
@@ -163,6 +176,11 @@ def add_RolloutServicer_to_server(servicer, server):
                     servicer.AbortWeightUpdate,
                     request_deserializer=r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateRequest.FromString,
                     response_serializer=r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateResponse.SerializeToString,
+            ),
+            'Score': grpc.unary_unary_rpc_method_handler(
+                    servicer.Score,
+                    request_deserializer=r1jax_dot_rollout_dot_rollout__pb2.ScoreRequest.FromString,
+                    response_serializer=r1jax_dot_rollout_dot_rollout__pb2.ScoreResponse.SerializeToString,
             ),
             'Health': grpc.unary_unary_rpc_method_handler(
                     servicer.Health,
@@ -337,6 +355,33 @@ class Rollout:
             '/r1jax.rollout.Rollout/AbortWeightUpdate',
             r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateRequest.SerializeToString,
             r1jax_dot_rollout_dot_rollout__pb2.AbortWeightUpdateResponse.FromString,
+            options,
+            channel_credentials,
+            insecure,
+            call_credentials,
+            compression,
+            wait_for_ready,
+            timeout,
+            metadata,
+            _registered_method=True)
+
+    @staticmethod
+    def Score(request,
+            target,
+            options=(),
+            channel_credentials=None,
+            call_credentials=None,
+            insecure=False,
+            compression=None,
+            wait_for_ready=None,
+            timeout=None,
+            metadata=None):
+        return grpc.experimental.unary_unary(
+            request,
+            target,
+            '/r1jax.rollout.Rollout/Score',
+            r1jax_dot_rollout_dot_rollout__pb2.ScoreRequest.SerializeToString,
+            r1jax_dot_rollout_dot_rollout__pb2.ScoreResponse.FromString,
             options,
             channel_credentials,
             insecure,

@@ -10,6 +10,10 @@ Limits: every Generate / GenerateStream request is checked against the server's
 :class:`~r1jax.rollout.types.RequestLimits` before any work (``max_n``, ``max_request_rows``,
 ``max_request_tokens`` -> ``INVALID_ARGUMENT``), then admitted only if the rows of the requests
 admitted and not yet finished stay within ``max_queued_rows`` (else ``RESOURCE_EXHAUSTED``).
+A ``Score`` request's pairs are rows too: an unknown model, unequal prompts / responses or no pair
+-> ``INVALID_ARGUMENT``; more pairs than ``max_request_rows`` or more tokens (the reward model's
+template applied, summed) than ``max_request_tokens`` -> ``INVALID_ARGUMENT``; a full queue ->
+``RESOURCE_EXHAUSTED``.
 
 Cancellation: when a call ends early (the client went away, cancelled, or its deadline passed),
 gRPC runs the call's termination callback, which closes the engine's result stream; the engine
@@ -23,12 +27,13 @@ Security: the server binds loopback by default. Binding any other address requir
 
 from __future__ import annotations
 
+import dataclasses
 import hmac
 import ipaddress
 import logging
 import threading
 from concurrent import futures
-from typing import Iterator
+from typing import Any, Iterator, Mapping
 
 import grpc
 
@@ -36,7 +41,8 @@ from r1jax.rollout import convert
 from r1jax.rollout import rollout_pb2 as pb
 from r1jax.rollout import rollout_pb2_grpc as pb_grpc
 from r1jax.rollout.engine import Engine, ResultStream
-from r1jax.rollout.types import GenerateRequest, RequestLimits, ResourceExhaustedError, RolloutError
+from r1jax.rollout.types import (GenerateRequest, InvalidRequestError, RequestLimits, ResourceExhaustedError,
+                                 RolloutError)
 
 __all__ = ["RolloutServicer", "TokenInterceptor", "make_server", "is_loopback", "TOKEN_ENV",
            "MAX_MESSAGE_BYTES"]
@@ -72,11 +78,16 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         engine: the engine to serve.
         limits: bounds on the work of one request and on the rows admitted at once (default
             :class:`~r1jax.rollout.types.RequestLimits`).
+        reward_models: name -> :class:`~r1jax.rollout.reward_models.ServedRewardModel` (anything with
+            ``score(prompts, responses) -> [n]`` and ``tokens(prompts, responses) -> int``), the
+            models the ``Score`` RPC accepts.
     """
 
-    def __init__(self, engine: Engine, limits: RequestLimits | None = None):
+    def __init__(self, engine: Engine, limits: RequestLimits | None = None,
+                 reward_models: Mapping[str, Any] | None = None):
         self.engine = engine
         self.limits = limits if limits is not None else RequestLimits()
+        self.reward_models = dict(reward_models or {})
         self._active = 0
         self._admitted_rows = 0
         self._lock = threading.Lock()
@@ -84,7 +95,10 @@ class RolloutServicer(pb_grpc.RolloutServicer):
     def _admit(self, request: pb.GenerateRequest) -> tuple[GenerateRequest, int]:
         """Converts and checks a request against the limits; reserves its rows. Returns both."""
         req = convert.request_from_pb(request)
-        rows = self.limits.check(req)
+        return req, self._reserve(self.limits.check(req))
+
+    def _reserve(self, rows: int) -> int:
+        """Admits ``rows`` more rows if the queue holds them (else RESOURCE_EXHAUSTED); returns ``rows``."""
         with self._lock:
             if self._admitted_rows + rows > self.limits.max_queued_rows:
                 raise ResourceExhaustedError(
@@ -92,7 +106,7 @@ class RolloutServicer(pb_grpc.RolloutServicer):
                     f"exceeds the limit max_queued_rows = {self.limits.max_queued_rows}; retry later")
             self._admitted_rows += rows
             self._active += 1
-        return req, rows
+        return rows
 
     def _release(self, rows: int) -> None:
         with self._lock:
@@ -147,8 +161,6 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         try:
             transport = convert.TRANSPORT_FROM_PB.get(request.transport)
             if transport is None:
-                from r1jax.rollout.types import InvalidRequestError
-
                 raise InvalidRequestError("transport: unspecified; choose GRPC_CHUNKS, SAFETENSORS_DIR or NCCL")
             nccl = convert.nccl_from_pb(request.nccl) if request.HasField("nccl") else None
             expected = self.engine.begin_weight_update(
@@ -185,6 +197,31 @@ class RolloutServicer(pb_grpc.RolloutServicer):
         except Exception as e:  # noqa: BLE001
             _abort(context, e)
 
+    def Score(self, request, context):
+        rows = None
+        try:
+            model = self.reward_models.get(request.model)
+            if model is None:
+                have = ", ".join(map(repr, sorted(self.reward_models))) or "none"
+                raise InvalidRequestError(f"model: no reward model named {request.model!r} on this server (it has "
+                                          f"{have}; start it with r1jax serve --reward-model NAME=DIR)")
+            n = len(request.prompts)
+            if len(request.responses) != n:
+                raise InvalidRequestError(f"responses: {len(request.responses)} responses for {n} prompts; "
+                                          "send one response per prompt")
+            if n == 0:
+                raise InvalidRequestError("prompts: empty request; send at least one (prompt, response) pair")
+            rows = self._reserve(self.limits.check_score(n))
+            prompts, responses = list(request.prompts), list(request.responses)
+            self.limits.check_score_tokens(int(model.tokens(prompts, responses)))
+            scores = model.score(prompts, responses)
+            return pb.ScoreResponse(scores=[float(x) for x in scores])
+        except Exception as e:  # noqa: BLE001
+            _abort(context, e)
+        finally:
+            if rows is not None:
+                self._release(rows)
+
     def Health(self, request, context):
         try:
             h = self.engine.health()
@@ -196,7 +233,8 @@ class RolloutServicer(pb_grpc.RolloutServicer):
 
     def Info(self, request, context):
         try:
-            return convert.info_to_pb(self.engine.info())
+            return convert.info_to_pb(dataclasses.replace(self.engine.info(),
+                                                          reward_models=tuple(sorted(self.reward_models))))
         except Exception as e:  # noqa: BLE001
             _abort(context, e)
 
@@ -251,7 +289,8 @@ def is_loopback(host: str) -> bool:
 
 def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token: str | None = None,
                 allow_remote: bool = False, max_workers: int = 32,
-                limits: RequestLimits | None = None) -> tuple[grpc.Server, int]:
+                limits: RequestLimits | None = None,
+                reward_models: Mapping[str, Any] | None = None) -> tuple[grpc.Server, int]:
     """Builds and starts a rollout server.
 
     Args:
@@ -264,6 +303,8 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token
         limits: bounds on each Generate request and on the rows admitted at once (default
             :class:`~r1jax.rollout.types.RequestLimits`: ``max_n`` 256, ``max_request_rows`` 16384,
             ``max_request_tokens`` 2**25, ``max_queued_rows`` 65536).
+        reward_models: name -> reward model the ``Score`` RPC scores with (see
+            :func:`r1jax.rollout.reward_models.load_served_reward_models`; default none).
 
     Returns:
         ``(server, bound_port)``; stop it with ``server.stop(grace)``.
@@ -284,7 +325,7 @@ def make_server(engine: Engine, host: str = "127.0.0.1", port: int = 0, *, token
         options=[("grpc.max_receive_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.max_send_message_length", MAX_MESSAGE_BYTES),
                  ("grpc.so_reuseport", 0)])
-    pb_grpc.add_RolloutServicer_to_server(RolloutServicer(engine, limits), server)
+    pb_grpc.add_RolloutServicer_to_server(RolloutServicer(engine, limits, reward_models), server)
     bind = f"[{host.strip('[]')}]" if ":" in host.strip("[]") else host
     bound = server.add_insecure_port(f"{bind}:{port}")
     if bound == 0:

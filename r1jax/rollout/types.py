@@ -133,6 +133,27 @@ class RequestLimits:
                 f"{s.max_new_tokens}) = {tokens} exceeds the limit max_request_tokens = {self.max_request_tokens}")
         return rows
 
+    def check_score(self, pairs: int) -> int:
+        """Checks a ``Score`` request's pair count (a pair is one row) against ``max_request_rows``.
+
+        Returns:
+            The request's rows (its pairs).
+        Raises:
+            InvalidRequestError: naming the field, the request's number and the limit.
+        """
+        if pairs > self.max_request_rows:
+            raise InvalidRequestError(f"prompts: {pairs} (prompt, response) pairs exceeds the limit "
+                                      f"max_request_rows = {self.max_request_rows}")
+        return pairs
+
+    def check_score_tokens(self, tokens: int) -> None:
+        """Checks the tokens a reward model would read for a ``Score`` request (its template applied,
+        summed over pairs) against ``max_request_tokens``; raises InvalidRequestError naming both."""
+        if tokens > self.max_request_tokens:
+            raise InvalidRequestError(f"prompts + responses: {tokens} tokens (the reward model's template applied, "
+                                      f"summed over pairs) exceeds the limit max_request_tokens = "
+                                      f"{self.max_request_tokens}")
+
 
 @dataclasses.dataclass(frozen=True, eq=False)
 class GenerateRequest:
@@ -235,6 +256,8 @@ class EngineInfo:
         transports: the weight transports this engine accepts.
         tensors: the tensors a grpc weight push must cover (empty if the engine cannot list them).
         max_batch_rows: rows (prompts x n) the engine runs in one batch.
+        reward_models: the reward-model names the server's ``Score`` RPC accepts (set by the server,
+            not the engine: ``r1jax serve --reward-model NAME=DIR``).
     """
 
     model_name: str
@@ -245,6 +268,7 @@ class EngineInfo:
     transports: tuple[str, ...]
     tensors: tuple[TensorSpec, ...] = ()
     max_batch_rows: int = 0
+    reward_models: tuple[str, ...] = ()
 
 
 # Byte sizes of the dtype names used on the wire; numpy lacks bfloat16 without ml_dtypes, and the

@@ -22,7 +22,8 @@ from r1jax.models.sharding import make_mesh, maybe_initialize_distributed, shard
 from r1jax.rewards import RewardScorer
 from r1jax.train.config import ExperimentConfig
 
-__all__ = ["Components", "build", "check_prompt_lengths", "reward_model_fn", "reward_models", "LENGTH_MULTIPLE"]
+__all__ = ["Components", "build", "check_prompt_lengths", "reward_model_fn", "reward_models", "score_client",
+           "served_reward_model_fn", "LENGTH_MULTIPLE"]
 
 LENGTH_MULTIPLE = 8
 """Rows are padded to a multiple of this many tokens (XLA on CPU runs a multiple of 8 no slower than any
@@ -42,10 +43,13 @@ class Components:
     scorer: RewardScorer | None = None
     max_length: int = 0               # longest prompt + rollout.max_new_tokens, rounded up to LENGTH_MULTIPLE:
                                       # rows this long hold every sequence the run samples (one shape, one compile)
+    score_client: Any = None          # the RolloutClient of served reward models (reward.components[i].served_model)
 
     def close(self) -> None:
         if self.scorer is not None:
             self.scorer.close()
+        if self.score_client is not None:
+            self.score_client.close()
 
 
 def _mesh(cfg: ExperimentConfig) -> jax.sharding.Mesh | None:
@@ -89,10 +93,17 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
     mesh = _mesh(cfg)
     if mesh is not None:
         params = shard_params(params, mesh)
+    client = score_client(cfg) if rewards else None
+    try:
+        scorer = RewardScorer(cfg.reward, models=reward_models(cfg, client)) if rewards else None
+    except BaseException:
+        if client is not None:
+            client.close()
+        raise
     return Components(
         tokenizer=tokenizer, model_cfg=model_cfg, params=params, mesh=mesh, train_set=train_set, eval_set=eval_set,
-        scorer=RewardScorer(cfg.reward, models=reward_models(cfg)) if rewards else None,
-        max_length=round_up(longest + cfg.rollout.max_new_tokens, LENGTH_MULTIPLE))
+        scorer=scorer, max_length=round_up(longest + cfg.rollout.max_new_tokens, LENGTH_MULTIPLE),
+        score_client=client)
 
 
 def reward_model_fn(directory: str):
@@ -113,15 +124,57 @@ def reward_model_fn(directory: str):
     return fn
 
 
-def reward_models(cfg: ExperimentConfig) -> dict[str, Any]:
-    """The reward-model functions of the config's external components (``reward.components[i].model``)."""
+def served_reward_model_fn(client: Any, name: str):
+    """``fn(prompts, completions) -> [n] scores`` of the reward model ``name`` of the rollout servers behind
+    ``client`` (a :class:`~r1jax.rollout.client.RolloutClient`; their ``Score`` RPC runs the same
+    :func:`~r1jax.pipeline.rm.score_texts` as :func:`reward_model_fn`). A failed call raises, so the
+    :class:`~r1jax.rewards.RewardScorer` scores 0 on those samples, counted as errors and logged."""
+
+    def fn(prompts, completions):
+        return client.score(name, prompts, completions)
+
+    return fn
+
+
+def score_client(cfg: ExperimentConfig):
+    """A :class:`~r1jax.rollout.client.RolloutClient` of ``rollout.servers`` (token, timeout) when a reward
+    component is served (``reward.components[i].served_model``), else None."""
+    if not any(c.served_model is not None for c in cfg.reward.components):
+        return None
+    from r1jax.rollout.client import RolloutClient  # noqa: PLC0415 - grpc only when used
+
+    return RolloutClient(list(cfg.rollout.servers), timeout=cfg.rollout.timeout_s, token=cfg.rollout.token)
+
+
+def reward_models(cfg: ExperimentConfig, client: Any = None) -> dict[str, Any]:
+    """The reward-model functions of the config's external components: loaded here from
+    ``reward.components[i].model``, or asked of the rollout servers behind ``client`` for
+    ``reward.components[i].served_model`` (a client of ``rollout.servers`` is made when None).
+
+    Raises:
+      ConfigError: ``...model``: not a reward-model directory; ``...served_model``: the first server that
+        answers ``Info`` serves no reward model of that name (checked here, before any work).
+    """
     out = {}
+    served = {}
     for i, c in enumerate(cfg.reward.components):
         if c.model is not None:
             try:
                 out[c.name] = reward_model_fn(c.model)
             except ConfigError as e:
                 raise ConfigError(f"reward.components[{i}].model: {e}") from None
+        elif c.served_model is not None:
+            served[i] = c
+    if served:
+        client = client if client is not None else score_client(cfg)
+        info = client.info()
+        for i, c in served.items():
+            if c.served_model not in info.reward_models:
+                have = ", ".join(map(repr, info.reward_models)) or "none"
+                raise ConfigError(f"reward.components[{i}].served_model: the rollout server serves no reward model "
+                                  f"named {c.served_model!r} (it serves {have}); start it with "
+                                  f"`r1jax serve --reward-model {c.served_model}=DIR`")
+            out[c.name] = served_reward_model_fn(client, c.served_model)
     return out
 
 

@@ -254,12 +254,24 @@ class ExperimentConfig:
             except KeyError:
                 raise ConfigError(f"reward.components[{i}].name: no reward named {component.name!r}; "
                                   f"registered: {', '.join(list_rewards())}") from None
-            if spec.kind == "external" and component.model is None:
+            if spec.kind == "external" and component.model is None and component.served_model is None:
                 raise ConfigError(f"reward.components[{i}].model: {component.name!r} is an external reward: name the "
-                                  "reward-model directory that scores it (made by `r1jax rm`)")
-            if spec.kind == "rule" and component.model is not None:
-                raise ConfigError(f"reward.components[{i}].model: {component.name!r} is a rule reward; only external "
-                                  "rewards are scored by a reward model")
+                                  "reward-model directory that scores it (made by `r1jax rm`), or set served_model")
+            for key in ("model", "served_model"):
+                if spec.kind == "rule" and getattr(component, key) is not None:
+                    raise ConfigError(f"reward.components[{i}].{key}: {component.name!r} is a rule reward; only "
+                                      "external rewards are scored by a reward model")
+            if component.served_model is not None:
+                if not component.served_model.strip():
+                    raise ConfigError(f"reward.components[{i}].served_model: empty; name a reward model of "
+                                      "`r1jax serve --reward-model NAME=DIR`")
+                if component.model is not None:
+                    raise ConfigError(f"reward.components[{i}].served_model: set either model (a directory, scored on "
+                                      "the trainer) or served_model (a name, scored by the rollout servers), not both")
+                if self.rollout.mode != "remote":
+                    raise ConfigError(f"reward.components[{i}].served_model: {component.served_model!r} is scored by "
+                                      "the rollout servers' Score RPC: it needs rollout.mode: remote (and "
+                                      "rollout.servers); use model: DIR to score on the trainer")
         self._check_something_trains()
         if self.kernels.fused and (self.algo.name != "grpo" or self.algo.policy_loss != "clip"):
             raise ConfigError("kernels.fused: the fused kernel computes GRPO's clipped surrogate; "
