@@ -149,7 +149,7 @@ def score_client(cfg: ExperimentConfig):
 def reward_models(cfg: ExperimentConfig, client: Any = None) -> dict[str, Any]:
     """The reward-model functions of the config's external components: loaded here from
     ``reward.components[i].model``, or asked of the rollout servers behind ``client`` for
-    ``reward.components[i].served_model`` (a client of ``rollout.servers`` is made when None).
+    ``reward.components[i].served_model`` (``client``: :func:`score_client`'s, closed by the caller).
 
     Raises:
       ConfigError: ``...model``: not a reward-model directory; ``...served_model``: the first server that
@@ -166,7 +166,9 @@ def reward_models(cfg: ExperimentConfig, client: Any = None) -> dict[str, Any]:
         elif c.served_model is not None:
             served[i] = c
     if served:
-        client = client if client is not None else score_client(cfg)
+        if client is None:
+            raise ValueError("reward_models: served reward models need the caller's client (score_client(cfg)), "
+                             "which the caller closes")
         info = client.info()
         for i, c in served.items():
             if c.served_model not in info.reward_models:

@@ -134,7 +134,7 @@ def test_a_failing_score_call_scores_zero_counted_and_logged(tmp_path, rm_dir, c
 
 def test_served_reward_components_refuse_bad_configs_before_any_work(tmp_path):
     from r1jax.rollout.server import make_server
-    from r1jax.train.components import reward_models
+    from r1jax.train.components import reward_models, score_client
 
     with pytest.raises(ConfigError, match=r"^reward\.components\[2\]\.served_model: 'helpful' is scored by the rollout "
                                           r"servers' Score RPC: it needs rollout\.mode: remote"):
@@ -147,9 +147,11 @@ def test_served_reward_components_refuse_bad_configs_before_any_work(tmp_path):
     server, port = make_server(engine)  # serves no reward model
     try:
         cfg = _config(tmp_path, [f"127.0.0.1:{port}"])
+        client = score_client(cfg)
         with pytest.raises(ConfigError, match=r"^reward\.components\[2\]\.served_model: the rollout server serves no "
                                               r"reward model named 'helpful' \(it serves none\)"):
-            reward_models(cfg)
+            reward_models(cfg, client)
+        client.close()
     finally:
         server.stop(None)
         engine.close()
