@@ -147,9 +147,8 @@ def load_kinds_and_imports(imports: Sequence[str]) -> None:
     import_user_modules(imports, key="imports")
 
 
-def _parse_input(stage: str, name: str, value: Any, earlier: Mapping[str, Stage],
-                 all_names: Sequence[str]) -> pathlib.Path | InputRef:
-    where = f"stage {stage}: inputs.{name}"
+def _path_or_ref(where: str, value: Any) -> pathlib.Path | InputRef:
+    """An existing path (resolved) or an unchecked ``stages.<stage>.<output>`` reference."""
     if not isinstance(value, str) or not value:
         raise ConfigError(f"{where}: expected a path or stages.<stage>.<output>, got {value!r}")
     if not value.startswith(_REF_PREFIX):
@@ -160,7 +159,23 @@ def _parse_input(stage: str, name: str, value: Any, earlier: Mapping[str, Stage]
     parts = value[len(_REF_PREFIX):].split(".")
     if len(parts) != 2 or not all(parts):
         raise ConfigError(f"{where}: {value!r} is not a reference of the form stages.<stage>.<output>")
-    ref = InputRef(*parts)
+    return InputRef(*parts)
+
+
+def _check_output(where: str, ref: InputRef, stage: Stage) -> InputRef:
+    outputs = stage.kind_class().outputs
+    if ref.output not in outputs:
+        raise ConfigError(f"{where}: {ref}: stage {ref.stage!r} (kind {stage.kind}) has no output "
+                          f"{ref.output!r}; its outputs: {', '.join(outputs) or '(none)'}")
+    return ref
+
+
+def _parse_input(stage: str, name: str, value: Any, earlier: Mapping[str, Stage],
+                 all_names: Sequence[str]) -> pathlib.Path | InputRef:
+    where = f"stage {stage}: inputs.{name}"
+    ref = _path_or_ref(where, value)
+    if not isinstance(ref, InputRef):
+        return ref
     if ref.stage == stage:
         raise ConfigError(f"{where}: {value} refers to the stage itself (a cycle); a stage reads only outputs "
                           "of earlier stages")
@@ -170,31 +185,18 @@ def _parse_input(stage: str, name: str, value: Any, earlier: Mapping[str, Stage]
                               "pipeline (stages run in order; a stage reads only outputs of earlier stages)")
         raise ConfigError(f"{where}: {value} refers to a missing stage {ref.stage!r}; stages before it: "
                           f"{', '.join(earlier) or '(none)'}")
-    outputs = earlier[ref.stage].kind_class().outputs
-    if ref.output not in outputs:
-        raise ConfigError(f"{where}: {value}: stage {ref.stage!r} (kind {earlier[ref.stage].kind}) has no output "
-                          f"{ref.output!r}; its outputs: {', '.join(outputs) or '(none)'}")
-    return ref
+    return _check_output(where, ref, earlier[ref.stage])
 
 
 def _parse_ref_anywhere(where: str, value: Any, stages: Mapping[str, Stage]) -> pathlib.Path | InputRef:
     """A path that exists, or ``stages.<stage>.<output>`` naming a declared output of any stage."""
-    if not isinstance(value, str) or not value:
-        raise ConfigError(f"{where}: expected a path or stages.<stage>.<output>, got {value!r}")
-    if not value.startswith(_REF_PREFIX):
-        path = pathlib.Path(value).expanduser()
-        if not path.exists():
-            raise ConfigError(f"{where}: no such file or directory: {value}")
-        return path.resolve()
-    parts = value[len(_REF_PREFIX):].split(".")
-    if len(parts) != 2 or parts[0] not in stages:
+    ref = _path_or_ref(where, value)
+    if not isinstance(ref, InputRef):
+        return ref
+    if ref.stage not in stages:
         raise ConfigError(f"{where}: {value!r} is not stages.<stage>.<output> of a stage in the pipeline "
                           f"({', '.join(stages)})")
-    outputs = stages[parts[0]].kind_class().outputs
-    if parts[1] not in outputs:
-        raise ConfigError(f"{where}: {value}: stage {parts[0]!r} has no output {parts[1]!r}; its outputs: "
-                          f"{', '.join(outputs) or '(none)'}")
-    return InputRef(*parts)
+    return _check_output(where, ref, stages[ref.stage])
 
 
 def _parse_stage(i: int, raw: Any, earlier: Mapping[str, Stage], all_names: Sequence[str]) -> Stage:
