@@ -26,3 +26,9 @@ os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 _root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 os.environ.setdefault("JAX_COMPILATION_CACHE_DIR", os.path.join(_root, ".pytest_cache", "jax-compilation-cache"))
 os.environ.setdefault("JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS", "0.5")
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked ``slow`` (a minute or more: whole runs in subprocesses, SIGKILL and resume) go first,
+    so the xdist workers do not finish the suite with one long test running alone."""
+    items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
