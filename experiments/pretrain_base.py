@@ -72,6 +72,43 @@ def document(example: dict, rng: np.random.Generator, p_format: float, p_wrong: 
     return f"{trace}, so {answer}"
 
 
+def pretrain(state, model_cfg: ModelConfig, tx, tokenizer, data_cfg: DataConfig, dataset, args, make_document, *,
+             length: int, rng_salt: tuple[int, ...] = (), log_every: int = 100, script: str = "experiments/pretrain_base.py"):
+    """The SFT loop of a pre-training script: resumes from the orbax checkpoints in ``args.run_dir``, trains
+    to ``args.steps`` on batches of ``args.batch`` documents ``make_document(example, rng)`` that depend only
+    on ``(args.seed, step, *rng_salt)``, checkpoints every ``args.checkpoint_every`` steps and at the end.
+
+    Returns:
+      (final state, the last step's metrics or None when nothing was left to train, seconds).
+    """
+    update = make_sft_update(model_cfg, from_dict(KernelConfig, {"logprob_backend": "reference"}), tx)
+    hp = Hyper.from_config(AlgoConfig())
+    checkpointer = Checkpointer(pathlib.Path(args.run_dir) / "checkpoints", keep=2)
+    restored = checkpointer.restore_latest(state)
+    if restored is not None:
+        state = restored[1]
+        print(f"resuming from step {int(state.step)} of {checkpointer.directory}")
+    t0, metrics = time.time(), None
+    for step in range(int(state.step), args.steps):
+        rng = np.random.default_rng([args.seed, step, *rng_salt])
+        idx = rng.integers(len(dataset), size=args.batch)
+        examples = [dataset[int(i)] for i in idx]
+        prompts = [encode_prompt(e, tokenizer, data_cfg.template) for e in examples]
+        completions = [tokenizer.encode(make_document(e, rng), add_special_tokens=False) + [tokenizer.eos_id]
+                       for e in examples]
+        tb = pad_sequences(prompts, completions, tokenizer.pad_id, length=length)
+        batch = SFTBatch(tokens=jnp.asarray(tb.tokens), attention_mask=jnp.asarray(tb.attention_mask),
+                         loss_mask=jnp.asarray(tb.loss_mask[:, 1:]))
+        state, metrics = update(state, batch, hp)
+        done = step + 1
+        if step % log_every == 0 or done == args.steps:
+            print(f"step {step:5d}  loss {float(metrics['loss']):.4f}  {time.time() - t0:6.1f}s", flush=True)
+        if done % args.checkpoint_every == 0 or done == args.steps:
+            checkpointer.save(done, state, {"script": script})
+    checkpointer.close()
+    return state, metrics, time.time() - t0
+
+
 def main(argv=None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--out", default="r1jax/assets/tiny_base", help="output Hugging Face directory")
@@ -100,33 +137,8 @@ def main(argv=None) -> int:
                                         weight_decay=0.01, grad_clip=1.0))
     tx = make_optimizer(optim)
     state = init_state(init_params(model_cfg, jax.random.PRNGKey(args.seed)), tx, jax.random.PRNGKey(args.seed))
-    update = make_sft_update(model_cfg, from_dict(KernelConfig, {"logprob_backend": "reference"}), tx)
-    hp = Hyper.from_config(AlgoConfig())
-    checkpointer = Checkpointer(pathlib.Path(args.run_dir) / "checkpoints", keep=2)
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state = restored[1]
-        print(f"resuming from step {int(state.step)} of {checkpointer.directory}")
-
-    length = 64
-    t0 = time.time()
-    for step in range(int(state.step), args.steps):
-        rng = np.random.default_rng([args.seed, step])
-        idx = rng.integers(len(dataset), size=args.batch)
-        examples = [dataset[int(i)] for i in idx]
-        prompts = [encode_prompt(e, tokenizer, data_cfg.template) for e in examples]
-        completions = [tokenizer.encode(document(e, rng, args.p_format, args.p_wrong), add_special_tokens=False)
-                       + [tokenizer.eos_id] for e in examples]
-        tb = pad_sequences(prompts, completions, tokenizer.pad_id, length=length)
-        batch = SFTBatch(tokens=jnp.asarray(tb.tokens), attention_mask=jnp.asarray(tb.attention_mask),
-                         loss_mask=jnp.asarray(tb.loss_mask[:, 1:]))
-        state, metrics = update(state, batch, hp)
-        done = step + 1
-        if step % 100 == 0 or done == args.steps:
-            print(f"step {step:5d}  loss {float(metrics['loss']):.4f}  {time.time() - t0:6.1f}s", flush=True)
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            checkpointer.save(done, state, {"script": "experiments/pretrain_base.py"})
-    checkpointer.close()
+    state, metrics, seconds = pretrain(state, model_cfg, tx, tokenizer, data_cfg, dataset, args,
+                                       lambda e, rng: document(e, rng, args.p_format, args.p_wrong), length=64)
     params = state.params
 
     out = pathlib.Path(args.out)
@@ -134,7 +146,7 @@ def main(argv=None) -> int:
     tokenizer.save(out)
     (out / "pretrain.json").write_text(json.dumps(
         {"script": "experiments/pretrain_base.py", "args": vars(args), "data": DATA, "model": model,
-         "final_loss": float(metrics["loss"]), "seconds": round(time.time() - t0, 1)}, indent=2))
+         "final_loss": None if metrics is None else float(metrics["loss"]), "seconds": round(seconds, 1)}, indent=2))
     print(f"saved {out}")
     return 0
 

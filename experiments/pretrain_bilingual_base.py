@@ -32,7 +32,6 @@ import dataclasses
 import json
 import pathlib
 import sys
-import time
 
 import jax
 import jax.numpy as jnp
@@ -41,17 +40,13 @@ import numpy as np
 REPO = pathlib.Path(__file__).resolve().parents[1]
 sys.path[:0] = [str(REPO), str(REPO / "experiments")]
 
-from pretrain_base import CHARS, DATA, document  # noqa: E402
+from pretrain_base import CHARS, DATA, document, pretrain  # noqa: E402
 from r1jax.config import from_dict  # noqa: E402
 from r1jax.data import DataConfig, make_dataset  # noqa: E402
-from r1jax.data.batching import pad_sequences  # noqa: E402
-from r1jax.data.templates import encode_prompt  # noqa: E402
 from r1jax.data.tokenizer import Tokenizer, build_char_tokenizer  # noqa: E402
 from r1jax.models import ModelConfig, load_pretrained, save_pretrained  # noqa: E402
-from r1jax.train.checkpoint import Checkpointer  # noqa: E402
-from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig  # noqa: E402
-from r1jax.train.state import Hyper, init_state, make_optimizer  # noqa: E402
-from r1jax.train.steps import SFTBatch, make_sft_update  # noqa: E402
+from r1jax.train.config import OptimConfig  # noqa: E402
+from r1jax.train.state import init_state, make_optimizer  # noqa: E402
 
 BASE = REPO / "r1jax" / "assets" / "tiny_base"
 LEXICON = {"add": "加", "carry": "进位"}
@@ -139,32 +134,10 @@ def main(argv=None) -> int:
                                         weight_decay=0.01, grad_clip=1.0))
     tx = make_optimizer(optim)
     state = init_state(params, tx, jax.random.PRNGKey(args.seed))
-    update = make_sft_update(model_cfg, from_dict(KernelConfig, {"logprob_backend": "reference"}), tx)
-    hp = Hyper.from_config(AlgoConfig())
-    checkpointer = Checkpointer(pathlib.Path(args.run_dir) / "checkpoints", keep=2)
-    restored = checkpointer.restore_latest(state)
-    if restored is not None:
-        state = restored[1]
-        print(f"resuming from step {int(state.step)} of {checkpointer.directory}")
-
-    length, t0, metrics = 72, time.time(), None
-    for step in range(int(state.step), args.steps):
-        rng = np.random.default_rng([args.seed, step, 13])
-        idx = rng.integers(len(dataset), size=args.batch)
-        examples = [dataset[int(i)] for i in idx]
-        prompts = [encode_prompt(e, tokenizer, data_cfg.template) for e in examples]
-        completions = [tokenizer.encode(bilingual_document(e, rng, args.p_format, args.p_wrong, args.max_mix),
-                                        add_special_tokens=False) + [tokenizer.eos_id] for e in examples]
-        tb = pad_sequences(prompts, completions, tokenizer.pad_id, length=length)
-        batch = SFTBatch(tokens=jnp.asarray(tb.tokens), attention_mask=jnp.asarray(tb.attention_mask),
-                         loss_mask=jnp.asarray(tb.loss_mask[:, 1:]))
-        state, metrics = update(state, batch, hp)
-        done = step + 1
-        if step % 50 == 0 or done == args.steps:
-            print(f"step {step:5d}  loss {float(metrics['loss']):.4f}  {time.time() - t0:6.1f}s", flush=True)
-        if done % args.checkpoint_every == 0 or done == args.steps:
-            checkpointer.save(done, state, {"script": "experiments/pretrain_bilingual_base.py"})
-    checkpointer.close()
+    state, metrics, seconds = pretrain(
+        state, model_cfg, tx, tokenizer, data_cfg, dataset, args,
+        lambda e, rng: bilingual_document(e, rng, args.p_format, args.p_wrong, args.max_mix),
+        length=72, rng_salt=(13,), log_every=50, script="experiments/pretrain_bilingual_base.py")
 
     out = pathlib.Path(args.out)
     save_pretrained(state.params, model_cfg, out)
@@ -173,7 +146,7 @@ def main(argv=None) -> int:
         {"script": "experiments/pretrain_bilingual_base.py", "args": vars(args), "data": DATA,
          "lexicon": LEXICON, "from": "r1jax/assets/tiny_base",
          "final_loss": None if metrics is None else float(metrics["loss"]),
-         "seconds": round(time.time() - t0, 1)}, indent=2, ensure_ascii=False))
+         "seconds": round(seconds, 1)}, indent=2, ensure_ascii=False))
     print(f"saved {out}")
     return 0
 
