@@ -327,25 +327,34 @@ def _evaluate_stage(pipeline: Pipeline, stage: Stage, manifest: dict[str, Any]) 
         entry["eval"] = {"key": key, **result}
         write_manifest(root, manifest)
     for extra in pipeline.eval.extra:
-        models, digests = {}, {}
-        for name, ref in extra.reward_models.items():
-            if isinstance(ref, InputRef):
-                up = manifest["stages"].get(ref.stage) or {}
-                out = (up.get("outputs") or {}).get(ref.output)
-                if up.get("status") != "done" or out is None:
-                    break  # made by a stage that has not finished yet: the final pass evaluates it
-                models[name], digests[name] = root / out["path"], out["digest"]
-            else:
-                models[name], digests[name] = ref, digest_path(ref)
+        resolved = _extra_reward_models(extra, manifest, root)
+        if resolved is None:  # made by a stage that has not finished yet: the final pass evaluates it
+            continue
+        models, digests = resolved
+        key = digest_data({"model": model["digest"], "config": extra.config, "columns": extra.columns,
+                           "reward_models": digests, "with": "intervals"})
+        done = entry.setdefault("eval_extra", {})
+        if (done.get(extra.name) or {}).get("key") != key:
+            log.info("stage %s: evaluation %s of its model", stage.name, extra.name)
+            done[extra.name] = {"key": key, **evaluate_extra(extra, root / model["path"], root / entry["dir"], models)}
+            write_manifest(root, manifest)
+
+
+def _extra_reward_models(extra: ExtraEval, manifest: Mapping[str, Any],
+                         root: pathlib.Path) -> tuple[dict[str, pathlib.Path], dict[str, str]] | None:
+    """(component -> reward-model directory, component -> its digest) of an extra evaluation; None while
+    a stage that makes one of them has not finished."""
+    models, digests = {}, {}
+    for name, ref in extra.reward_models.items():
+        if isinstance(ref, InputRef):
+            up = manifest["stages"].get(ref.stage) or {}
+            out = (up.get("outputs") or {}).get(ref.output)
+            if up.get("status") != "done" or out is None:
+                return None
+            models[name], digests[name] = root / out["path"], out["digest"]
         else:
-            key = digest_data({"model": model["digest"], "config": extra.config, "columns": extra.columns,
-                               "reward_models": digests, "with": "intervals"})
-            done = entry.setdefault("eval_extra", {})
-            if (done.get(extra.name) or {}).get("key") != key:
-                log.info("stage %s: evaluation %s of its model", stage.name, extra.name)
-                done[extra.name] = {"key": key, **evaluate_extra(extra, root / model["path"], root / entry["dir"],
-                                                                 models)}
-                write_manifest(root, manifest)
+            models[name], digests[name] = ref, digest_path(ref)
+    return models, digests
 
 
 # ------------------------------------------------------------------------------------------ the pipeline
