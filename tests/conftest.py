@@ -32,3 +32,23 @@ def pytest_collection_modifyitems(config, items):
     """Tests marked ``slow`` (a minute or more: whole runs in subprocesses, SIGKILL and resume) go first,
     so the xdist workers do not finish the suite with one long test running alone."""
     items.sort(key=lambda item: item.get_closest_marker("slow") is None)  # stable: the rest keep their order
+
+
+import pytest  # noqa: E402 - after the environment above, which must be set before anything imports jax
+
+
+@pytest.fixture(scope="session")
+def rm_dir(tmp_path_factory):
+    """A reward-model directory (as `r1jax rm` saves one): the tiny base's trunk and a random value head.
+    Its scores are what they are: tests that use it check the plumbing, not the preferences."""
+    import jax
+
+    from r1jax.data.tokenizer import load_tokenizer
+    from r1jax.models import init_value_head, load_pretrained
+    from r1jax.pipeline.rm import RewardModelInfo, save_reward_model
+
+    base = os.path.join(_root, "r1jax", "assets", "tiny_base")
+    params, cfg = load_pretrained(base, param_dtype="float32")
+    params = {**params, **init_value_head(cfg, jax.random.PRNGKey(0))}
+    return save_reward_model(params, cfg, load_tokenizer(base), tmp_path_factory.mktemp("rm") / "rm",
+                             RewardModelInfo(objective="pairwise", max_len=96))

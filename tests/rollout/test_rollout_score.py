@@ -11,7 +11,6 @@ import threading
 import time
 
 import grpc
-import jax
 import numpy as np
 import pytest
 
@@ -25,18 +24,6 @@ ROOT = pathlib.Path(__file__).resolve().parents[2]
 TINY_BASE = ROOT / "r1jax" / "assets" / "tiny_base"
 PROMPTS = ["What is 2+3?", "Say hi", "x" * 300, "q", "Tell me a story about a cat"] * 7   # 35 pairs: 2 batches
 RESPONSES = ["5", "hello there", "y", "z" * 50, ""] * 7
-
-
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    from r1jax.data.tokenizer import load_tokenizer
-    from r1jax.models import init_value_head, load_pretrained
-    from r1jax.pipeline.rm import RewardModelInfo, save_reward_model
-
-    params, cfg = load_pretrained(TINY_BASE, param_dtype="float32")
-    params = {**params, **init_value_head(cfg, jax.random.PRNGKey(0))}
-    return save_reward_model(params, cfg, load_tokenizer(TINY_BASE), tmp_path_factory.mktemp("rm") / "rm",
-                             RewardModelInfo(objective="pairwise", max_len=96))
 
 
 @pytest.fixture(scope="module")

@@ -7,27 +7,14 @@ from __future__ import annotations
 import json
 import pathlib
 
-import jax
 import numpy as np
 import pytest
 import yaml
 
 from r1jax.config import ConfigError, load_config
-from r1jax.models import init_value_head, load_pretrained
-from r1jax.data.tokenizer import load_tokenizer
-from r1jax.pipeline.rm import RewardModelInfo, save_reward_model
 from r1jax.train.config import ExperimentConfig
 
 TINY_BASE = pathlib.Path(__file__).resolve().parents[2] / "r1jax" / "assets" / "tiny_base"
-
-
-def _reward_model(directory: pathlib.Path) -> pathlib.Path:
-    """A reward model of the tiny base's trunk and a random head (its scores are what they are: the
-    test checks the plumbing, not the preferences)."""
-    params, cfg = load_pretrained(TINY_BASE, param_dtype="float32")
-    params = {**params, **init_value_head(cfg, jax.random.PRNGKey(0))}
-    return save_reward_model(params, cfg, load_tokenizer(TINY_BASE), directory,
-                             RewardModelInfo(objective="pairwise", max_len=96))
 
 
 def _config(tmp_path: pathlib.Path, rm_dir: pathlib.Path | None, **reward) -> pathlib.Path:
@@ -56,10 +43,10 @@ def _config(tmp_path: pathlib.Path, rm_dir: pathlib.Path | None, **reward) -> pa
 
 
 @pytest.mark.slow
-def test_a_mixed_run_scores_general_prompts_with_the_reward_model_and_logs_per_domain_metrics(tmp_path):
+def test_a_mixed_run_scores_general_prompts_with_the_reward_model_and_logs_per_domain_metrics(tmp_path, rm_dir):
     from r1jax.train.loop import Trainer
 
-    cfg = load_config(ExperimentConfig, _config(tmp_path, _reward_model(tmp_path / "rm")))
+    cfg = load_config(ExperimentConfig, _config(tmp_path, rm_dir))
     trainer = Trainer(cfg)
     try:
         records = trainer.run()

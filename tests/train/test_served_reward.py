@@ -19,18 +19,6 @@ CHARS = "0123456789+-*=(), abcdefghijklmnopqrstuvwxyz."
 SERVED = {"name": "helpfulness", "weight": 0.5, "served_model": "helpful"}
 
 
-@pytest.fixture(scope="module")
-def rm_dir(tmp_path_factory):
-    from r1jax.data.tokenizer import load_tokenizer
-    from r1jax.models import init_value_head, load_pretrained
-    from r1jax.pipeline.rm import RewardModelInfo, save_reward_model
-
-    params, cfg = load_pretrained(TINY_BASE, param_dtype="float32")
-    params = {**params, **init_value_head(cfg, jax.random.PRNGKey(0))}
-    return save_reward_model(params, cfg, load_tokenizer(TINY_BASE), tmp_path_factory.mktemp("rm") / "rm",
-                             RewardModelInfo(objective="pairwise", max_len=96))
-
-
 def _config(tmp_path: pathlib.Path, servers=(), component=SERVED, **rollout) -> ExperimentConfig:
     tok_dir = tmp_path / "tok"
     if not tok_dir.exists():
