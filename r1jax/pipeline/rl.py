@@ -27,7 +27,7 @@ from r1jax.config import ConfigError, from_dict
 from r1jax.pipeline.datasets import write_json
 from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_stage_kind
 
-__all__ = ["RLKind", "rl_experiment", "external_components"]
+__all__ = ["RLKind", "rl_experiment", "external_components", "set_reward_models"]
 
 log = logging.getLogger("r1jax.pipeline")
 
@@ -47,6 +47,23 @@ def external_components(config: Mapping[str, Any]) -> tuple[str, ...]:
         except KeyError:
             pass  # an unknown reward: the experiment config's own check names it
     return tuple(names)
+
+
+def set_reward_models(data: dict[str, Any], reward_models: Mapping[str, pathlib.Path | str | None], *, where: str,
+                      source: str) -> None:
+    """Sets ``reward.components[i].model`` of the external components named in ``reward_models`` (in place);
+    None stands for a directory a stage has yet to make (``"."``: the config check then passes).
+
+    Raises:
+      ConfigError: ``<where>.reward.components[i].model``: the config names that model too.
+    """
+    for name, directory in reward_models.items():
+        for i, c in enumerate(data["reward"]["components"]):
+            if c.get("name") == name:
+                if c.get("model") is not None:
+                    raise ConfigError(f"{where}.reward.components[{i}].model: {name!r} gets its reward model from "
+                                      f"{source}.{name}; remove one of the two")
+                c["model"] = str(directory) if directory is not None else "."
 
 
 def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | None, seed: int | None = None,
@@ -90,13 +107,7 @@ def rl_experiment(stage: str, config: Mapping[str, Any], model: pathlib.Path | N
     else:
         model_section.setdefault("tokenizer", ".")  # stands in for the model an earlier stage will make
     data.update(model=model_section, checkpoint=checkpoint, run=run)
-    for name, directory in (reward_models or {}).items():
-        for i, c in enumerate(data["reward"]["components"]):
-            if c.get("name") == name:
-                if c.get("model") is not None:
-                    raise ConfigError(f"{where}.reward.components[{i}].model: {name!r} gets its reward model from "
-                                      f"inputs.{name}; remove one of the two")
-                c["model"] = str(directory) if directory is not None else "."  # "." stands in before it exists
+    set_reward_models(data, reward_models or {}, where=where, source="inputs")
     try:
         return from_dict(ExperimentConfig, data)
     except ConfigError as e:

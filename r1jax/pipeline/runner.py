@@ -97,22 +97,17 @@ def extra_eval_experiment(extra: ExtraEval, model_dir: str | pathlib.Path | None
       ConfigError: naming ``eval.extra[<name>]...``: a bad config, a ``reward_models`` key that is no
         external component of it, or a component's ``model`` given twice.
     """
-    from r1jax.pipeline.rl import external_components  # noqa: PLC0415
+    from r1jax.pipeline.rl import external_components, set_reward_models  # noqa: PLC0415
     from r1jax.train.config import ExperimentConfig  # noqa: PLC0415
 
     where = f"eval.extra[{extra.name}]"
     data = copy.deepcopy(dict(extra.config))
     external = external_components(data)
-    for name, directory in reward_models.items():
+    for name in reward_models:
         if name not in external:
             raise ConfigError(f"{where}.reward_models.{name}: not an external reward component of its config "
                               f"(external components: {', '.join(external) or '(none)'})")
-        for i, c in enumerate(data["reward"]["components"]):
-            if c.get("name") == name:
-                if c.get("model") is not None:
-                    raise ConfigError(f"{where}.config.reward.components[{i}].model: given here and in "
-                                      f"reward_models.{name}; remove one of the two")
-                c["model"] = str(directory) if directory is not None else "."
+    set_reward_models(data, reward_models, where=f"{where}.config", source="reward_models")
     data["model"] = {"path": str(model_dir)} if model_dir is not None else {"tokenizer": "."}
     try:
         return from_dict(ExperimentConfig, data)

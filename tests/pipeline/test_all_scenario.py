@@ -141,6 +141,9 @@ def test_a_second_run_evaluates_nothing_again(run):
      "stage in the pipeline"),
     (lambda d: d["eval"]["extra"][0].update(reward_models={"math_accuracy": "stages.helpful_rm.reward_model"}),
      "eval.extra[general].reward_models.math_accuracy: not an external reward component of its config"),
+    (lambda d: d["eval"]["extra"][0]["config"]["reward"]["components"][0].update(model=str(BASE)),
+     "eval.extra[general].config.reward.components[0].model: 'helpfulness' gets its reward model from "
+     "reward_models.helpfulness"),
     (lambda d: d["eval"]["extra"][0].update(metric="x"), "eval.extra[0]: unknown key 'metric'"),
 ])
 def test_each_new_key_fails_with_one_line_before_any_work(tmp_path, edit, message):
