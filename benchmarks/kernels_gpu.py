@@ -153,12 +153,17 @@ def measure_one(backend: str, mode: str, shape: dict, interpret: bool, repeats: 
             "blocks": None if blocks is None else blocks.__dict__}
 
 
-def _measure_in_subprocess(backend, mode, shape, interpret, repeats, blocks=None) -> dict:
+def measure_in_subprocess(backend, mode, shape, interpret, repeats, blocks=None, timeout=None) -> dict:
+    """:func:`measure_one` in a fresh Python process (its own device memory peak); errors and a
+    ``timeout`` (seconds) are returned as ``{"backend", "mode", "error"}``."""
     cmd = [sys.executable, os.path.abspath(__file__), "--_one", backend, mode,
            json.dumps(shape), str(repeats), json.dumps(None if blocks is None else blocks.__dict__)]
     if interpret:
         cmd.append("--cpu-smoke")
-    proc = subprocess.run(cmd, capture_output=True, text=True)
+    try:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout)
+    except subprocess.TimeoutExpired:
+        return {"backend": backend, "mode": mode, "error": f"timed out after {timeout:.0f} s"}
     if proc.returncode != 0:
         return {"backend": backend, "mode": mode, "error": proc.stderr[-2000:]}
     return json.loads(proc.stdout.strip().splitlines()[-1])
@@ -168,7 +173,7 @@ def performance(shape: dict, interpret: bool, repeats: int, sweep: bool) -> dict
     out = {"shape": dict(shape, dtype="bfloat16"), "runs": []}
     for mode in ("forward", "forward+backward"):
         for backend in BACKENDS:
-            r = _measure_in_subprocess(backend, mode, shape, interpret, repeats)
+            r = measure_in_subprocess(backend, mode, shape, interpret, repeats)
             out["runs"].append(r)
             print(f"  {mode:17} {backend:9} " + (
                 f"{r['median_s'] * 1e3:9.2f} ms  temp {r['temp_bytes'] / 2**30:7.3f} GiB  "
@@ -186,8 +191,8 @@ def performance(shape: dict, interpret: bool, repeats: int, sweep: bool) -> dict
     if sweep:
         out["pallas_sweep"] = []
         for blocks in SWEEP:
-            r = _measure_in_subprocess("pallas", "forward+backward", shape, interpret, repeats,
-                                       blocks)
+            r = measure_in_subprocess("pallas", "forward+backward", shape, interpret, repeats,
+                                      blocks)
             out["pallas_sweep"].append(r)
             print(f"  sweep {blocks}: " + (f"{r['median_s'] * 1e3:.2f} ms" if "error" not in r
                                            else "ERROR"), flush=True)
@@ -210,7 +215,7 @@ def main(argv=None) -> int:
     p.add_argument("--_one", nargs=5, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
 
-    if args._one:  # child process of _measure_in_subprocess
+    if args._one:  # child process of measure_in_subprocess
         backend, mode, shape, repeats, blocks = args._one
         blocks = json.loads(blocks)
         r = measure_one(backend, mode, json.loads(shape), args.cpu_smoke, int(repeats),
