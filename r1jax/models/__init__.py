@@ -26,6 +26,7 @@ from r1jax.models.hf import load_pretrained, save_pretrained
 from r1jax.models.transformer import (
     KVCache,
     PARAM_AXES,
+    cast_for_compute,
     default_positions,
     forward,
     forward_with_cache,
@@ -42,6 +43,7 @@ __all__ = [
     "RopeScaling",
     "KVCache",
     "PARAM_AXES",
+    "cast_for_compute",
     "default_positions",
     "init_params",
     "forward",

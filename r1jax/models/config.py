@@ -75,6 +75,9 @@ class ModelConfig:
     qk_norm: bool | None = field(None, help="per-head RMSNorm on q and k (Qwen3); None -> architecture default")
     max_position_embeddings: int = field(4096, gt=0, help="longest position the model was trained for")
     param_dtype: str = field("float32", choices=PARAM_DTYPES, help="parameter (and activation) dtype")
+    compute_dtype: str | None = field(None, choices=(None, *PARAM_DTYPES),
+                                      help="input dtype of the weight matmuls (float32 accumulation); "
+                                           "None -> param_dtype")
     initializer_range: float = field(0.02, gt=0.0, help="std of the normal init of weight matrices")
     remat: str = field("none", choices=("none", "full", "dots"), help="per-layer rematerialisation policy")
     bos_token_id: int | None = field(None, ge=0, help="kept for HF round trips")
@@ -116,6 +119,13 @@ class ModelConfig:
     def use_qk_norm(self) -> bool:
         """Whether q and k get a per-head RMSNorm before RoPE (Qwen3)."""
         return self.architecture == "qwen3" if self.qk_norm is None else self.qk_norm
+
+    @property
+    def matmul_dtype(self):
+        """The jnp dtype the weight matmuls read their inputs in (``compute_dtype``, else ``param_dtype``)."""
+        import jax.numpy as jnp  # noqa: PLC0415
+
+        return jnp.dtype(self.compute_dtype or self.param_dtype)
 
     @property
     def dtype(self):

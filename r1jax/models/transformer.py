@@ -21,13 +21,15 @@ Layout (``D`` width, ``H`` query heads, ``K`` kv heads, ``Dh`` head width, ``F``
 :data:`PARAM_AXES` gives the logical axis names of every leaf; ``r1jax.models.sharding`` maps
 them onto a device mesh.
 
-Speed on XLA:CPU: the MLP matmuls have a custom backward pass (see ``_dense``) whose weight
-gradients read the activations as they are; the attention head reshapes are ``einops``
-rearranges into the batched-matmul layouts.
+Speed on XLA:CPU: every weight matmul (q/k/v/o projections, MLP) goes through ``_dense``,
+whose custom backward pass computes weight gradients from the activations as they are; the
+attention head reshapes are ``einops`` rearranges into the batched-matmul layouts.
 
-Numerics: matmuls run in the parameter dtype; RMSNorm statistics, RoPE angles and the attention
-softmax are computed in float32 (as Hugging Face does); :func:`logits` and :func:`value` return
-float32.
+Numerics: the weight matmuls read their inputs in ``config.matmul_dtype`` (``compute_dtype``,
+default the parameter dtype: bfloat16 compute of float32 parameters is a config) and accumulate
+in float32; activations stay in the parameter dtype; RMSNorm statistics, RoPE angles and the
+attention softmax are computed in float32 (as Hugging Face does); the output projection, hence
+:func:`logits` and every log-prob, and :func:`value` are float32.
 
 References:
   Touvron et al., "LLaMA", arXiv 2302.13971 (pre-norm RMSNorm, SwiGLU, RoPE);
@@ -68,6 +70,7 @@ __all__ = [
     "rope_inv_freq",
     "apply_rope",
     "default_positions",
+    "cast_for_compute",
 ]
 
 Params = dict[str, Any]
@@ -96,6 +99,9 @@ PARAM_AXES: dict[str, tuple[str, ...]] = {
     "value_head/kernel": ("embed",),
     "value_head/bias": (),
 }
+
+# The layer weights every forward reads through ``_dense`` (what ``compute_dtype`` casts).
+_MATMUL_WEIGHTS = ("q_proj", "k_proj", "v_proj", "o_proj", "gate_proj", "up_proj", "down_proj")
 
 # Logical axes of the activations that get a sharding constraint.
 ACT_BTD = ("batch", "seq", "embed")
@@ -354,9 +360,9 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
 def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
     """Attention inputs of one layer: q [B, T, H, Dh], k [B, K, Dh, T], v [B, K, T, Dh] (cache layout)."""
     h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
-    q = jnp.einsum("btd,dhk->bthk", h, layer["q_proj"])
-    k = jnp.einsum("btd,dhk->bthk", h, layer["k_proj"])
-    v = jnp.einsum("btd,dhk->bthk", h, layer["v_proj"])
+    q = _project_heads(h, layer["q_proj"], config)
+    k = _project_heads(h, layer["k_proj"], config)
+    v = _project_heads(h, layer["v_proj"], config)
     if config.qkv_bias:
         q = q + layer["q_bias"]
         k = k + layer["k_bias"]
@@ -371,7 +377,8 @@ def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config:
 
 
 def _attn_out(layer: Params, attn: jax.Array, config: ModelConfig) -> jax.Array:
-    out = jnp.einsum("bthk,hkd->btd", attn, layer["o_proj"])
+    w = layer["o_proj"]
+    out = _dense(attn.reshape(attn.shape[:-2] + (-1,)), w.reshape(-1, w.shape[-1]), config.matmul_dtype)
     if config.o_bias:
         out = out + layer["o_bias"]
     return out
@@ -388,37 +395,69 @@ def _layer(params: Params, i: int) -> Params:
     return {name: w[i] for name, w in params["layers"].items()}
 
 
+def _dense(x: jax.Array, w: jax.Array, compute: jnp.dtype) -> jax.Array:
+    """``x [..., I] @ w [I, O]``: inputs read in ``compute``, float32 accumulation, result in ``x``'s dtype.
+
+    With ``compute`` bfloat16 and float32 parameters (``ModelConfig.compute_dtype``) the forward
+    and both backward matmuls read bfloat16 copies (the saved activation is the bfloat16 copy)
+    and the gradients reach ``x`` and ``w`` in float32 through the casts.
+    """
+    return _matmul(x.astype(compute), w.astype(compute)).astype(x.dtype)
+
+
 @jax.custom_vjp
-def _dense(x: jax.Array, w: jax.Array) -> jax.Array:
-    """``x [..., I] @ w [I, O]``, with a backward pass that XLA maps onto fast matmuls.
+def _matmul(x: jax.Array, w: jax.Array) -> jax.Array:
+    """``x @ w`` in float32 accumulation, with a backward pass that XLA maps onto fast matmuls.
 
     Plain autodiff computes the weight gradient as ``(g^T x)^T``; XLA:CPU folds that transpose
     into its operands and runs a slow generic dot fed by transposing copies. Here the weight
     gradient contracts the token axis of ``x`` and ``g`` directly, giving ``[I, O]`` as stored.
     """
-    return jnp.einsum("...i,io->...o", x, w)
+    return jnp.einsum("...i,io->...o", x, w, preferred_element_type=_F32)
 
 
-def _dense_fwd(x, w):
-    return _dense(x, w), (x, w)
+def _matmul_fwd(x, w):
+    return _matmul(x, w), (x, w)
 
 
-def _dense_bwd(residuals, g):
+def _matmul_bwd(residuals, g):
     x, w = residuals
-    dx = jnp.einsum("...o,io->...i", g, w)
-    dw = jnp.einsum("ni,no->io", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]))
-    return dx, dw.astype(w.dtype)
+    g = g.astype(x.dtype)
+    dx = jnp.einsum("...o,io->...i", g, w, preferred_element_type=_F32)
+    dw = jnp.einsum("ni,no->io", x.reshape(-1, x.shape[-1]), g.reshape(-1, g.shape[-1]), preferred_element_type=_F32)
+    return dx.astype(x.dtype), dw.astype(w.dtype)
 
 
-_dense.defvjp(_dense_fwd, _dense_bwd)
+_matmul.defvjp(_matmul_fwd, _matmul_bwd)
+
+
+def cast_for_compute(params: Params, config: ModelConfig) -> Params:
+    """``params`` with the layer matmul weights already in ``config.matmul_dtype``.
+
+    Inference only (the sampler casts once per call instead of once per decoded token); the
+    forward is the same, since ``_dense`` casts its inputs to that dtype anyway. Identity when
+    the compute dtype is the parameter dtype.
+    """
+    compute = config.matmul_dtype
+    if compute == config.dtype:
+        return params
+    layers = {k: w.astype(compute) if k in _MATMUL_WEIGHTS else w for k, w in params["layers"].items()}
+    return {**params, "layers": layers}
+
+
+def _project_heads(x: jax.Array, w: jax.Array, config: ModelConfig) -> jax.Array:
+    """``x [B, T, D] @ w [D, N, Dh] -> [B, T, N, Dh]`` through :func:`_dense` (heads flattened)."""
+    out = _dense(x, w.reshape(w.shape[0], -1), config.matmul_dtype)
+    return out.reshape(out.shape[:-1] + w.shape[1:])
 
 
 def _mlp(layer: Params, x: jax.Array, config: ModelConfig) -> jax.Array:
     h = rms_norm(x, layer["mlp_norm"], config.rms_norm_eps)
-    gate = _dense(h, layer["gate_proj"])
-    up = _dense(h, layer["up_proj"])
+    compute = config.matmul_dtype
+    gate = _dense(h, layer["gate_proj"], compute)
+    up = _dense(h, layer["up_proj"], compute)
     act = constrain(jax.nn.silu(gate) * up, ACT_BTF)
-    return _dense(act, layer["down_proj"])
+    return _dense(act, layer["down_proj"], compute)
 
 
 def _remat(fn, config: ModelConfig):

@@ -45,7 +45,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from r1jax.models import KVCache, ModelConfig, forward_with_cache, init_cache, lm_head_weight
+from r1jax.models import KVCache, ModelConfig, cast_for_compute, forward_with_cache, init_cache, lm_head_weight
 from r1jax.sampling.params import Sample, SamplingParams
 from r1jax_kernels import logprobs_from_logits
 
@@ -272,6 +272,7 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: ja
     """
     B, P = tokens.shape
     N = shape.max_new_tokens
+    params = cast_for_compute(params, config)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
     cache = init_cache(config, B, P + N, dtype=shape.cache_dtype)
     hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache)
@@ -304,6 +305,7 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
         The advanced state.
     """
     limit = jnp.minimum(state.step + num_steps, shape.max_new_tokens)
+    params = cast_for_compute(params, config)  # once per call, outside the token loop
 
     def cond(st: DecodeState):
         return (st.step < limit) & ~jnp.all(st.done)

@@ -213,6 +213,10 @@ class ModelSection:
     path: str | None = field(None, help="Hugging Face model directory (config.json + safetensors)")
     tokenizer: str | None = field(None, help="tokenizer directory; None = the model directory")
     config: ModelConfig = field(default_factory=ModelConfig)
+    compute_dtype: str | None = field(None, choices=(None, "float32", "bfloat16"),
+                                      help="dtype of the weight matmuls' inputs (float32 accumulation; "
+                                           "parameters, optimizer and log-probs stay as they are); "
+                                           "None = the parameter dtype")
 
 
 @dataclasses.dataclass(frozen=True)
