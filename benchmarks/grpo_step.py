@@ -1,14 +1,18 @@
-"""Seconds per GRPO step (rollout + reward + update): r1jax's ``Trainer`` vs TRL's ``GRPOTrainer``.
+"""Seconds per GRPO step (rollout + reward + update): r1jax's ``Trainer`` vs TRL's ``GRPOTrainer``,
+both pinned to the same cores, with each side's achieved GFLOP/s next to the measured matmul peak.
 
 Both sides train the SAME tiny random Qwen2 (hidden 256, 4 layers, 4 query / 2 KV heads,
-intermediate 512, vocab 512, float32; built once with ``transformers`` from a fixed seed and saved
-with ``save_pretrained``) on the SAME 8 arithmetic prompts per step with 8 samples each (group size
-8), exactly 64 new tokens per sample at temperature 1.0, the SAME rule reward (:func:`bench_reward`,
-one Python function called by both), AdamW lr 1e-6 (β=(0.9, 0.999), no weight decay, global-norm
-clip 1.0, constant schedule), one optimizer step per RL step, KL to the reference with β=0.04
-(so both do a reference-model forward), clip ε=0.2, seq-mean-token-mean loss, float32, on CPU.
-TRL generates with Hugging Face ``generate`` (``use_vllm=False``); r1jax with its embedded JAX
-sampler.
+intermediate 512, vocab 512, float32 parameters; built once with ``transformers`` from a fixed seed
+and saved with ``save_pretrained``) on the SAME arithmetic prompts with group size G, exactly T new
+tokens per sample at temperature 1.0, the SAME rule reward (:func:`bench_reward`, one Python
+function called by both), AdamW lr 1e-6 (β=(0.9, 0.999), no weight decay, global-norm clip 1.0,
+constant schedule), one optimizer step per RL step, KL to the reference with β=0.04 (so both do a
+reference-model forward), clip ε=0.2, seq-mean-token-mean loss, on CPU. TRL generates with Hugging
+Face ``generate`` (``use_vllm=False``); r1jax with its embedded JAX sampler.
+
+Shapes (``--shapes``): ``base`` = 8 prompts × G 8 × T 64 (the Speed issue's profile), ``x4`` =
+16 prompts × 8 × 128 (4× the tokens per step). ``--scaling`` instead runs r1jax alone over
+(G, T) = (8, 64), (16, 64), (16, 128), (32, 128): G·T doubling each time.
 
 Set-up, once (TRL lives in its own virtual environment, never in r1jax's dependencies)::
 
@@ -17,37 +21,38 @@ Set-up, once (TRL lives in its own virtual environment, never in r1jax's depende
     /tmp/venv-bench/bin/pip install "trl==1.16.*" accelerate "transformers==5.23.0"
     /tmp/venv-bench/bin/pip list | grep -i nvidia              # must print nothing
 
-Run (from the repository root; one command, both sides measured in this one invocation)::
+Run (from the repository root; one command, every side measured in this one invocation)::
 
-    .venv/bin/python benchmarks/grpo_step.py
+    .venv/bin/python benchmarks/grpo_step.py --cores 1,2 --shapes base,x4 \
+        --r1jax-variant bf16:model.compute_dtype=bfloat16,algo.num_microbatches=4
+    .venv/bin/python benchmarks/grpo_step.py --scaling --cores 1 --out benchmarks/results/grpo_step_scaling.json
 
-Options: ``--trl-python`` (default ``/tmp/venv-bench/bin/python``), ``--warmup 2``,
-``--steps 7`` (measured steps per side), ``--runs 1`` (repeat each comparison with fresh
-processes), ``--threads 2`` (comma-separated, e.g. ``2,1``: one comparison per setting, the first
-is the headline; ``torch.set_num_threads(n)``, and XLA's default pool when n is at least the core
-count, else ``intra_op_parallelism_threads=n``), ``--out benchmarks/results/grpo_step.json``.
-The committed result was made with ``--runs 2 --threads 1,2`` (see its ``command``): on a shared,
-oversubscribed machine torch's two OpenMP threads spend most of a step waiting for each other
-(process CPU time per step is recorded next to wall time), so one thread per side is the
-comparison that measures the frameworks rather than the scheduler; two threads each, as
-first planned, is reported beside it.
+Cores: each worker process is pinned with ``os.sched_setaffinity`` to the first n cores of the
+driver's affinity before it starts (XLA sizes its thread pool from the affinity; an XLA thread
+flag does not stop its matmul library from using every core, pinning does), and torch gets
+``set_num_threads(n)``. r1jax variants (``--r1jax-variant NAME:key=value,...``, repeatable) are
+extra r1jax workers with config overrides, measured in the same lock-step as the others; the
+plain r1jax worker (``f32``: float32 compute, one micro-batch) is always run. Workers step one RL
+step at a time in turn, the first side alternating, so load changes hit every side alike (a
+waiting side blocks on a pipe and uses no CPU).
 
-How it runs: this driver (r1jax's venv) builds the model directory and the prompt list, then
-starts two worker processes, ``--worker r1jax`` (r1jax's venv) and ``--worker trl`` (the bench
-venv), and steps them in lock-step, one RL step at a time, alternating which side goes first
-(so load changes on a shared machine hit both alike; the waiting side is blocked on a pipe and
-uses no CPU). r1jax's step is ``Trainer.rl_step()`` timed around the call (its result is on the
-host when it returns); TRL's step is the time from ``on_step_begin`` to ``on_step_end`` of a
-``TrainerCallback`` (generation, reward, reference forward, forward/backward and the optimizer
-step; the Trainer's own logging after ``on_step_end`` is not counted). The first ``--warmup``
-steps of each side (JAX compilation, torch first calls) are excluded; medians of the rest are
-compared. Results, the machine, the versions, the load average and the asymmetries that could
-not be removed go to ``benchmarks/results/grpo_step.json``.
+What is timed: r1jax's step is ``Trainer.rl_step()`` (its result is on the host when it
+returns); TRL's is ``on_step_begin`` to ``on_step_end`` of a ``TrainerCallback`` (generation,
+reward, reference forward, forward/backward and the optimizer step). The first ``--warmup`` steps
+(compilation, first calls) are excluded; medians of the rest are compared.
 
-Exactly 64 tokens on both sides: TRL is given ``generation_kwargs={"min_new_tokens": 64}``
-(Hugging Face masks EOS for the first 64 tokens); r1jax's Trainer stops on its tokenizer's EOS
-ids, so it is given the same character tokenizer saved without an EOS token (``model.tokenizer``
-pointing at a second directory): no stop ids, every sample runs to ``max_new_tokens``.
+FLOPs (:func:`step_flops`): the useful work of a step, counted the same for every side: the
+generation (each prompt token and each new token once through the model, attention over the
+causal prefix), the reference forward and the policy forward + backward (3 forwards) over the
+real tokens (prompt + completion). Padding, recomputation and per-sample prefills are not
+counted. GFLOP/s = that ÷ the median step time; the floor = that ÷ the worker's measured matmul
+peak (a [4608, 256] × [256, 512] matmul, this model's MLP shape at the base shape, and a 1024³
+one; the larger of the two), float32 (and bfloat16 for XLA).
+
+Exactly T tokens on both sides: TRL is given ``generation_kwargs={"min_new_tokens": T}`` (Hugging
+Face masks EOS for the first T tokens); r1jax's Trainer stops on its tokenizer's EOS ids, so it
+is given the same character tokenizer saved without an EOS token (``model.tokenizer`` pointing at
+a second directory): no stop ids, every sample runs to ``max_new_tokens``.
 """
 
 from __future__ import annotations
@@ -63,15 +68,13 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The repository root goes on sys.path in main(), except in the TRL worker: there the root's
-# `kernels/` directory would shadow Hugging Face's optional `kernels` package and break transformers.
+# The repository root goes on sys.path in main(), except in the TRL worker, which needs nothing of r1jax.
 
 REWARD_NAME = "bench_digit_share"
 MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
              intermediate_size=512, vocab_size=512, max_position_embeddings=512)
-PROMPTS_PER_STEP = 8
-GROUP_SIZE = 8
-MAX_NEW_TOKENS = 64
+SHAPES = {"base": dict(prompts=8, group=8, new_tokens=64), "x4": dict(prompts=16, group=8, new_tokens=128)}
+SCALING = [(8, 64), (16, 64), (16, 128), (32, 128)]  # (G, T): G·T doubles each time; 8 prompts
 LR = 1e-6
 BETA = 0.04
 CLIP_EPS = 0.2
@@ -85,6 +88,68 @@ def bench_reward(prompt: str, completion: str, reference=None) -> float:
     chars = [c for c in completion if not c.isspace()]
     digits = sum(c.isdigit() for c in chars) / max(len(chars), 1)
     return float(digits + (1.0 if reference is not None and str(reference) in completion else 0.0))
+
+
+def step_flops(prompts: int, group: int, prompt_tokens: float, new_tokens: int) -> dict:
+    """The useful FLOPs of one GRPO step with a reference model (see the module docstring).
+
+    Matmul FLOPs are 2 per weight per token (the embedding lookup is free, the output projection
+    counts); attention is 4·H·Dh per (query, key) pair over the causal prefix. Generation runs
+    each prompt once per group (one prefill per prompt) and each new token once; the reference
+    forward and the policy forward + backward (3×) run over every sample's prompt + completion.
+    """
+    D, L, F, V = MODEL["hidden_size"], MODEL["num_hidden_layers"], MODEL["intermediate_size"], MODEL["vocab_size"]
+    H, K = MODEL["num_attention_heads"], MODEL["num_key_value_heads"]
+    Dh = D // H
+    per_token = 2 * (L * (D * (H + 2 * K) * Dh + H * Dh * D + 3 * D * F) + D * V)
+    pair = 4 * H * Dh * L  # scores + values, per attended (query, key) pair
+
+    def forward(tokens_per_seq: float, seqs: int, already: float = 0.0) -> float:
+        """``seqs`` sequences of ``tokens_per_seq`` new tokens after ``already`` cached ones."""
+        pairs = tokens_per_seq * already + tokens_per_seq * (tokens_per_seq + 1) / 2
+        return seqs * (tokens_per_seq * per_token + pairs * pair)
+
+    samples, total = prompts * group, prompt_tokens + new_tokens
+    generation = forward(prompt_tokens, prompts) + forward(new_tokens, samples, already=prompt_tokens)
+    one_pass = forward(total, samples)
+    return {"generation": generation, "reference_forward": one_pass, "policy_forward_backward": 3 * one_pass,
+            "total": generation + 4 * one_pass}
+
+
+def _matmul_peak(framework: str) -> dict:
+    """Measured matmul GFLOP/s of this (pinned) process: the model's MLP shape and 1024³, best of 3 medians."""
+    shapes = [(4608, 256, 512), (1024, 1024, 1024)]
+    out = {}
+    if framework == "xla":
+        import jax
+        import jax.numpy as jnp
+
+        for dtype in ("float32", "bfloat16"):
+            best = 0.0
+            for m, k, n in shapes:
+                a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
+                f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
+                best = max(best, 2 * m * k * n / _median_seconds(lambda: f(a, b).block_until_ready()) / 1e9)
+            out[dtype] = best
+    else:
+        import torch
+
+        best = 0.0
+        for m, k, n in shapes:
+            a, b = torch.ones(m, k), torch.ones(k, n)
+            best = max(best, 2 * m * k * n / _median_seconds(lambda: a @ b) / 1e9)
+        out["float32"] = best
+    return out
+
+
+def _median_seconds(fn, repeats: int = 15) -> float:
+    fn()
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
 
 
 # ----------------------------------------------------------------------------------- worker protocol
@@ -111,7 +176,27 @@ def _wait_command() -> str:
     return line.strip()
 
 
-def _worker_r1jax(work: pathlib.Path, total_steps: int) -> None:
+def _answer_peak(chan, framework: str) -> None:
+    """Measures the matmul peak when the driver asks (one worker at a time, the others idle)."""
+    if _wait_command() != "peak":
+        raise SystemExit("driver did not ask for the matmul peak")
+    _send(chan, {"matmul_peak_gflops": _matmul_peak(framework)})
+
+
+def _overrides(text: str) -> dict:
+    """``key=value,key=value`` (values parsed as YAML scalars) -> {"section.key": value}."""
+    import yaml
+
+    out = {}
+    for item in filter(None, text.split(",")):
+        key, sep, value = item.partition("=")
+        if not sep or "." not in key:
+            raise SystemExit(f"--r1jax-variant: expected section.key=value, got {item!r}")
+        out[key.strip()] = yaml.safe_load(value)
+    return out
+
+
+def _worker_r1jax(work: pathlib.Path, spec: dict) -> None:
     chan = _protocol_channel()
     import jax
     import jaxlib
@@ -125,8 +210,8 @@ def _worker_r1jax(work: pathlib.Path, total_steps: int) -> None:
     from r1jax.train.loop import Trainer
 
     register_reward(REWARD_NAME, this.bench_reward, description="benchmarks/grpo_step.py: digit share + answer")
-    cfg = from_dict(ExperimentConfig, {
-        "run": {"name": "bench", "out_dir": str(work / "r1jax_runs"), "seed": SEED, "steps": total_steps,
+    config = {
+        "run": {"name": "bench", "out_dir": str(work / "r1jax_runs"), "seed": SEED, "steps": spec["total_steps"],
                 "tensorboard": False, "progress": False},
         "model": {"path": str(work / "model"), "tokenizer": str(work / "tokenizer_no_eos")},
         "data": {"task": "arithmetic", "difficulty": 2, "operations": ["+"], "template": "plain", "seed": SEED},
@@ -135,11 +220,15 @@ def _worker_r1jax(work: pathlib.Path, total_steps: int) -> None:
                  "eps_high": CLIP_EPS, "loss_agg": "seq_mean_token_mean", "ref_update_every": 0,
                  "num_epochs": 1, "num_minibatches": 1, "num_microbatches": 1},
         "optim": {"lr": LR, "b1": 0.9, "b2": 0.999, "weight_decay": 0.0, "grad_clip": 1.0, "warmup_steps": 0},
-        "rollout": {"mode": "embedded", "prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP_SIZE,
-                    "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": MAX_NEW_TOKENS},
+        "rollout": {"mode": "embedded", "prompts_per_step": spec["prompts"], "group_size": spec["group"],
+                    "temperature": 1.0, "top_p": 1.0, "top_k": 0, "max_new_tokens": spec["new_tokens"]},
         "checkpoint": {"resume": False},
-    })
-    trainer = Trainer(cfg, run_dir=work / "r1jax_runs" / "bench")
+    }
+    for key, value in spec["overrides"].items():
+        section, name = key.split(".", 1)
+        config[section][name] = value
+    cfg = from_dict(ExperimentConfig, config)
+    trainer = Trainer(cfg, run_dir=work / "r1jax_runs" / spec["name"], overwrite=True)
     # Timing split only: the jitted update (its reference forward included) inside the "train" phase.
     phase_seconds: dict[str, float] = {}
 
@@ -156,8 +245,9 @@ def _worker_r1jax(work: pathlib.Path, total_steps: int) -> None:
         raise SystemExit(f"r1jax side: the benchmark tokenizer must have no stop ids, got {trainer.tokenizer.eos_ids}")
     _send(chan, {"ready": True, "versions": {
         "jax": jax.__version__, "jaxlib": jaxlib.__version__, "flax": flax.__version__, "optax": optax.__version__},
-        "jax_devices": [str(d) for d in jax.devices()],
-        "logprob_backend": cfg.kernels.logprob_backend})
+        "jax_devices": [str(d) for d in jax.devices()], "cores": sorted(os.sched_getaffinity(0)),
+        "overrides": spec["overrides"], "logprob_backend": cfg.kernels.logprob_backend})
+    _answer_peak(chan, "xla")
     while _wait_command() == "step":
         start, cpu = time.perf_counter(), time.process_time()
         out = trainer.rl_step()
@@ -168,11 +258,10 @@ def _worker_r1jax(work: pathlib.Path, total_steps: int) -> None:
         phase_seconds.clear()
         _send(chan, {"seconds": seconds, "cpu_seconds": cpu, "timing": timing,
                      "mean_new_tokens": m["response_length/mean"],
-                     "new_tokens": m["response_length/mean"] * PROMPTS_PER_STEP * GROUP_SIZE,
                      "reward": m["reward/total"], "loss": m.get("loss"), "skipped": m.get("skipped")})
 
 
-def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
+def _worker_trl(work: pathlib.Path, spec: dict) -> None:
     chan = _protocol_channel()
     import accelerate
     import datasets
@@ -180,8 +269,9 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
     import transformers
     import trl
 
-    torch.set_num_threads(threads)
+    torch.set_num_threads(len(os.sched_getaffinity(0)))
     this = sys.modules[__name__]  # this file (run as a script): the same bench_reward as the r1jax side
+    prompts_per_step, group, new_tokens = spec["prompts"], spec["group"], spec["new_tokens"]
 
     prompts = json.loads((work / "prompts.json").read_text())
     dataset = datasets.Dataset.from_dict({"prompt": [p["prompt"] for p in prompts],
@@ -191,6 +281,7 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
         return [this.bench_reward(p, c, r) for p, c, r in zip(prompts, completions, reference)]
 
     reward_fn.__name__ = REWARD_NAME
+    phase_seconds: dict[str, float] = {}
 
     class StepClock(transformers.TrainerCallback):
         trainer = None
@@ -213,7 +304,6 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
             last = {k: (float(v[-1]) if len(v) else None) for k, v in metrics.items()}
             _send(chan, {"seconds": seconds, "cpu_seconds": cpu, "timing": split,
                          "mean_new_tokens": last.get("completions/mean_length"),
-                         "new_tokens": (last.get("completions/mean_length") or 0.0) * PROMPTS_PER_STEP * GROUP_SIZE,
                          "clipped_ratio": last.get("completions/clipped_ratio"),
                          "reward": last.get("reward")})
 
@@ -221,11 +311,11 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
     tokenizer = transformers.AutoTokenizer.from_pretrained(str(work / "model"))
     model = transformers.AutoModelForCausalLM.from_pretrained(str(work / "model"), dtype=torch.float32)
     config = trl.GRPOConfig(
-        output_dir=str(work / "trl_out"), use_cpu=True, seed=SEED, max_steps=total_steps,
-        per_device_train_batch_size=PROMPTS_PER_STEP * GROUP_SIZE, gradient_accumulation_steps=1,
-        steps_per_generation=1, num_generations=GROUP_SIZE, num_iterations=1,
-        max_completion_length=MAX_NEW_TOKENS, temperature=1.0, top_p=1.0, top_k=0,
-        generation_kwargs={"min_new_tokens": MAX_NEW_TOKENS},
+        output_dir=str(work / "trl_out"), use_cpu=True, seed=SEED, max_steps=spec["total_steps"],
+        per_device_train_batch_size=prompts_per_step * group, gradient_accumulation_steps=1,
+        steps_per_generation=1, num_generations=group, num_iterations=1,
+        max_completion_length=new_tokens, temperature=1.0, top_p=1.0, top_k=0,
+        generation_kwargs={"min_new_tokens": new_tokens},
         use_vllm=False, bf16=False, fp16=False, gradient_checkpointing=False,
         beta=BETA, epsilon=CLIP_EPS, loss_type="grpo", scale_rewards="group",
         learning_rate=LR, adam_beta1=0.9, adam_beta2=0.999, weight_decay=0.0, max_grad_norm=1.0,
@@ -237,10 +327,8 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
     trainer = trl.GRPOTrainer(model=model, reward_funcs=[reward_fn], args=config, train_dataset=dataset,
                               processing_class=tokenizer, callbacks=[clock])
     clock.trainer = trainer
-    # Timing split only: the trainer's own methods, wrapped to record their wall time per step.
-    phase_seconds: dict[str, float] = {}
 
-    def timed(name, fn):
+    def timed(name, fn):  # timing split only: the trainer's own methods, wrapped
         def wrapper(*a, **kw):
             start = time.perf_counter()
             try:
@@ -255,9 +343,10 @@ def _worker_trl(work: pathlib.Path, total_steps: int, threads: int) -> None:
     _send(chan, {"ready": True, "versions": {
         "torch": torch.__version__, "transformers": transformers.__version__, "trl": trl.__version__,
         "accelerate": accelerate.__version__, "datasets": datasets.__version__},
-        "torch_threads": torch.get_num_threads(),
+        "torch_threads": torch.get_num_threads(), "cores": sorted(os.sched_getaffinity(0)),
         "attn_implementation": getattr(model.config, "_attn_implementation", None),
         "eos_token_ids": list(trainer.eos_token_ids)})
+    _answer_peak(chan, "torch")
     trainer.train()
     _wait_command()  # the driver's final "quit"
 
@@ -287,7 +376,7 @@ def _build_inputs(work: pathlib.Path, num_prompts: int) -> dict:
     no_eos.save(work / "tokenizer_no_eos")
 
     data_cfg = DataConfig(task="arithmetic", difficulty=2, operations=("+",), template="plain", seed=SEED)
-    it = PromptIterator(make_dataset(data_cfg, "train"), PROMPTS_PER_STEP, seed=data_cfg.seed)
+    it = PromptIterator(make_dataset(data_cfg, "train"), 8, seed=data_cfg.seed)
     prompts = []
     while len(prompts) < num_prompts:
         for e in next(it):
@@ -300,20 +389,23 @@ def _build_inputs(work: pathlib.Path, num_prompts: int) -> dict:
 
 
 class _Worker:
-    def __init__(self, name, python, work, total_steps, threads, log):
+    """One side as a child process pinned to ``cores``, stepped over a pipe."""
+
+    def __init__(self, name: str, side: str, python: str, work: pathlib.Path, spec: dict, cores: list[int], log):
         env = dict(os.environ)
-        env.pop("XLA_FLAGS", None)  # one CPU device, XLA's default thread pool ...
-        if threads < (os.cpu_count() or 1):  # ... or as many threads as torch gets
-            env["XLA_FLAGS"] = f"--xla_cpu_multi_thread_eigen=false intra_op_parallelism_threads={threads}"
+        env.pop("XLA_FLAGS", None)  # one CPU device; XLA sizes its pool from the affinity
         env["JAX_PLATFORMS"] = "cpu"
-        if name == "r1jax":
+        if side == "r1jax":
             env["PYTHONPATH"] = str(ROOT) + os.pathsep + env.get("PYTHONPATH", "")
         env["TOKENIZERS_PARALLELISM"] = "false"
         self.name = name
+        spec_file = work / f"spec_{name}.json"
+        spec_file.write_text(json.dumps({**spec, "name": name}))
         self.proc = subprocess.Popen(
-            [python, str(pathlib.Path(__file__).resolve()), "--worker", name, "--work", str(work),
-             "--total-steps", str(total_steps), "--threads", str(threads)],
-            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=str(ROOT))
+            [python, str(pathlib.Path(__file__).resolve()), "--worker", side, "--work", str(work),
+             "--spec", str(spec_file)],
+            stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=log, text=True, env=env, cwd=str(ROOT),
+            preexec_fn=lambda: os.sched_setaffinity(0, cores))
 
     def read(self) -> dict:
         line = self.proc.stdout.readline()
@@ -338,67 +430,65 @@ class _Worker:
             self.proc.kill()
 
 
-def _run_once(args, work: pathlib.Path, log, threads: int) -> dict:
+def _run_once(args, work: pathlib.Path, log, cores: int, shape: dict, sides: list[tuple[str, str, dict]],
+              prompt_tokens: float) -> dict:
+    """One lock-step comparison: every side (name, kind, r1jax overrides) at one core count and shape."""
     total = args.warmup + args.steps
+    pinned = sorted(os.sched_getaffinity(0))[:cores]
     load_before = os.getloadavg()
-    r1 = _Worker("r1jax", sys.executable, work, total, threads, log)
-    tr = _Worker("trl", args.trl_python, work, total, threads, log)
+    workers = []
     try:
-        ready = {"r1jax": r1.read(), "trl": tr.read()}
-        steps = {"r1jax": [], "trl": []}
+        for name, kind, overrides in sides:
+            python = sys.executable if kind == "r1jax" else args.trl_python
+            spec = {**shape, "total_steps": total, "overrides": overrides}
+            workers.append(_Worker(name, kind, python, work, spec, pinned, log))
+        ready = {w.name: w.read() for w in workers}
+        for w in workers:  # after every start-up (compilation) is over, one at a time
+            w.proc.stdin.write("peak\n")
+            w.proc.stdin.flush()
+            ready[w.name].update(w.read())
+        steps = {w.name: [] for w in workers}
         loads = []
         for i in range(total):
-            order = (r1, tr) if i % 2 == 0 else (tr, r1)
-            for w in order:
+            k = i % len(workers)  # the first side rotates
+            for w in workers[k:] + workers[:k]:
                 rec = w.step()
                 rec["step"] = i
                 steps[w.name].append(rec)
             loads.append(os.getloadavg()[0])
-            print(f"threads {threads} step {i}: r1jax {steps['r1jax'][-1]['seconds']:.2f}s  "
-                  f"trl {steps['trl'][-1]['seconds']:.2f}s  load {loads[-1]:.2f}", file=sys.stderr, flush=True)
+            print(f"cores {cores} {shape} step {i}: " + "  ".join(f"{n} {steps[n][-1]['seconds']:.2f}s" for n in steps)
+                  + f"  load {loads[-1]:.2f}", file=sys.stderr, flush=True)
     finally:
-        r1.close()
-        tr.close()
-    out = {"threads": threads, "load_average_before": load_before, "load_average_1min_per_step": loads,
-           "load_average_after": os.getloadavg(), "workers": ready}
-    for side in ("r1jax", "trl"):
-        measured = steps[side][args.warmup:]
+        for w in workers:
+            w.close()
+    flops = step_flops(shape["prompts"], shape["group"], prompt_tokens, shape["new_tokens"])
+    out = {"cores": cores, "pinned_to": pinned, "shape": shape, "load_average_before": load_before,
+           "load_average_1min_per_step": loads, "load_average_after": os.getloadavg(), "workers": ready,
+           "useful_flops_per_step": flops}
+    for name, recs in steps.items():
+        measured = recs[args.warmup:]
         secs = [r["seconds"] for r in measured]
-        toks = [r["new_tokens"] for r in measured]
-        out[side] = {
-            "warmup_seconds": [r["seconds"] for r in steps[side][:args.warmup]],
-            "seconds": secs, "median_s": statistics.median(secs), "min_s": min(secs),
-            "cpu_seconds": [r["cpu_seconds"] for r in measured],
+        peak = ready[name]["matmul_peak_gflops"]
+        med = statistics.median(secs)
+        out[name] = {
+            "warmup_seconds": [r["seconds"] for r in recs[:args.warmup]],
+            "seconds": secs, "median_s": med, "min_s": min(secs),
             "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in measured),
-            "new_tokens_per_step": toks,
             "mean_new_tokens_per_sample": statistics.fmean(r["mean_new_tokens"] for r in measured),
-            "new_tokens_per_s_median": statistics.median(t / s for t, s in zip(toks, secs)),
             "reward_mean": statistics.fmean(r["reward"] for r in measured if r["reward"] is not None),
             "timing_split_median_s": {k: statistics.median(r["timing"][k] for r in measured)
                                       for k in measured[-1]["timing"]},
+            "matmul_peak_gflops": peak,
+            "achieved_gflops": flops["total"] / med / 1e9,
+            "fraction_of_float32_peak": flops["total"] / med / 1e9 / peak["float32"],
+            "float32_floor_s": flops["total"] / 1e9 / peak["float32"],
+            "times_float32_floor": med / (flops["total"] / 1e9 / peak["float32"]),
         }
-    out["trl"]["clipped_ratio_mean"] = statistics.fmean(
-        r["clipped_ratio"] for r in steps["trl"][args.warmup:] if r["clipped_ratio"] is not None)
-    out["ratio_trl_over_r1jax_median"] = out["trl"]["median_s"] / out["r1jax"]["median_s"]
-    out["ratio_trl_over_r1jax_min"] = out["trl"]["min_s"] / out["r1jax"]["min_s"]
+    if "trl" in steps:
+        for name in steps:
+            if name != "trl":
+                out[name]["speedup_over_trl"] = out["trl"]["median_s"] / out[name]["median_s"]
     return out
-
-
-def _summary(runs: list[dict]) -> dict:
-    """Medians and minima over every measured step of the given runs (one thread setting)."""
-    pooled = {side: [x for run in runs for x in run[side]["seconds"]] for side in ("r1jax", "trl")}
-    cpu = {side: [x for run in runs for x in run[side]["cpu_seconds"]] for side in ("r1jax", "trl")}
-    med = {side: statistics.median(v) for side, v in pooled.items()}
-    low = {side: min(v) for side, v in pooled.items()}
-    return {"threads": runs[0]["threads"], "runs": len(runs), "measured_steps_per_side": len(pooled["r1jax"]),
-            "r1jax_median_s": med["r1jax"], "trl_median_s": med["trl"],
-            "ratio_trl_over_r1jax": med["trl"] / med["r1jax"],
-            "r1jax_min_s": low["r1jax"], "trl_min_s": low["trl"], "ratio_of_minima": low["trl"] / low["r1jax"],
-            "r1jax_cpu_seconds_median": statistics.median(cpu["r1jax"]),
-            "trl_cpu_seconds_median": statistics.median(cpu["trl"]),
-            "ratio_per_run": [run["ratio_trl_over_r1jax_median"] for run in runs],
-            "load_average_1min_range": [min(l for run in runs for l in run["load_average_1min_per_step"]),
-                                        max(l for run in runs for l in run["load_average_1min_per_step"])]}
 
 
 def main(argv=None):
@@ -406,44 +496,65 @@ def main(argv=None):
     parser.add_argument("--trl-python", default="/tmp/venv-bench/bin/python", help="python of the TRL venv")
     parser.add_argument("--warmup", type=int, default=2, help="excluded first steps per side")
     parser.add_argument("--steps", type=int, default=7, help="measured steps per side")
-    parser.add_argument("--runs", type=int, default=1, help="repeat each comparison with fresh processes")
-    parser.add_argument("--threads", default="2",
-                        help="comma-separated thread counts, one comparison each; the first is the headline. "
-                             "torch.set_num_threads(n); XLA: its default pool when n >= the core count, else "
-                             "intra_op_parallelism_threads=n")
-    parser.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "grpo_step.json"))
+    parser.add_argument("--cores", default="1,2", help="comma-separated core counts, one comparison each")
+    parser.add_argument("--shapes", default="base,x4", help=f"comma-separated, of {sorted(SHAPES)}")
+    parser.add_argument("--r1jax-variant", action="append", default=[], metavar="NAME:key=value,...",
+                        help="an extra r1jax worker with config overrides (repeatable)")
+    parser.add_argument("--scaling", action="store_true",
+                        help=f"r1jax alone over (G, T) in {SCALING} (8 prompts), plus its variants")
+    parser.add_argument("--out", default=None, help="default benchmarks/results/grpo_step.json "
+                                                    "(grpo_step_scaling.json with --scaling)")
     parser.add_argument("--worker", choices=("r1jax", "trl"), help=argparse.SUPPRESS)
     parser.add_argument("--work", help=argparse.SUPPRESS)
-    parser.add_argument("--total-steps", type=int, help=argparse.SUPPRESS)
+    parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
     if args.worker != "trl" and str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # `python benchmarks/grpo_step.py` puts benchmarks/, not the root, first
+    if args.worker:
+        spec = json.loads(pathlib.Path(args.spec).read_text())
+        return (_worker_r1jax if args.worker == "r1jax" else _worker_trl)(pathlib.Path(args.work), spec)
 
-    if args.worker == "r1jax":
-        return _worker_r1jax(pathlib.Path(args.work), args.total_steps)
-    if args.worker == "trl":
-        return _worker_trl(pathlib.Path(args.work), args.total_steps, int(args.threads))
     try:
-        thread_settings = [int(t) for t in args.threads.split(",")]
+        core_counts = [int(c) for c in args.cores.split(",")]
     except ValueError:
-        parser.error(f"--threads: expected comma-separated integers, got {args.threads!r}")
-    if args.steps < 1 or args.warmup < 0 or args.runs < 1 or min(thread_settings) < 1:
-        parser.error("--steps, --runs and --threads must be >= 1, --warmup >= 0")
-    if not pathlib.Path(args.trl_python).is_file():
-        parser.error(f"--trl-python {args.trl_python} not found: create the bench venv (see the top of this file)")
+        parser.error(f"--cores: expected comma-separated integers, got {args.cores!r}")
+    if max(core_counts) > len(os.sched_getaffinity(0)) or min(core_counts) < 1:
+        parser.error(f"--cores: between 1 and the {len(os.sched_getaffinity(0))} cores this process may use")
+    unknown = set(args.shapes.split(",")) - set(SHAPES)
+    if unknown and not args.scaling:
+        parser.error(f"--shapes: unknown {sorted(unknown)}; known {sorted(SHAPES)}")
+    if args.steps < 1 or args.warmup < 0:
+        parser.error("--steps must be >= 1, --warmup >= 0")
+    variants = [("r1jax_f32", "r1jax", {})]
+    for text in args.r1jax_variant:
+        name, sep, over = text.partition(":")
+        if not sep or not name:
+            parser.error(f"--r1jax-variant: expected NAME:key=value,..., got {text!r}")
+        variants.append((f"r1jax_{name}", "r1jax", _overrides(over)))
+    if args.scaling:
+        shapes = [dict(prompts=8, group=g, new_tokens=t) for g, t in SCALING]
+        sides = variants
+    else:
+        shapes = [SHAPES[s] for s in args.shapes.split(",")]
+        sides = variants + [("trl", "trl", {})]
+        if not pathlib.Path(args.trl_python).is_file():
+            parser.error(f"--trl-python {args.trl_python} not found: create the bench venv (see the top of this file)")
+    out_path = pathlib.Path(args.out or ROOT / "benchmarks" / "results" /
+                            ("grpo_step_scaling.json" if args.scaling else "grpo_step.json"))
 
     os.environ["JAX_PLATFORMS"] = "cpu"
     os.environ.pop("XLA_FLAGS", None)
     runs = []
     with tempfile.TemporaryDirectory(prefix="grpo_step_") as tmp:
         work = pathlib.Path(tmp)
-        inputs = _build_inputs(work, (args.warmup + args.steps) * PROMPTS_PER_STEP)
+        most = max(s["prompts"] for s in shapes)
+        inputs = _build_inputs(work, (args.warmup + args.steps) * most)
         with open(work / "workers.log", "w") as log:
             try:
-                for r in range(args.runs):  # thread settings interleaved run by run
-                    for threads in thread_settings:
-                        print(f"run {r + 1}/{args.runs}, threads {threads}", file=sys.stderr, flush=True)
-                        runs.append(_run_once(args, work, log, threads))
+                for cores in core_counts:
+                    for shape in shapes:
+                        print(f"cores {cores}, shape {shape}", file=sys.stderr, flush=True)
+                        runs.append(_run_once(args, work, log, cores, shape, sides, inputs["prompt_tokens_mean"]))
             except RuntimeError:
                 log.flush()
                 print("--- worker log (tail) ---\n" + (work / "workers.log").read_text()[-6000:], file=sys.stderr)
@@ -452,75 +563,56 @@ def main(argv=None):
 
     from benchmarks._machine import describe_machine
 
-    summaries = [_summary([run for run in runs if run["threads"] == t]) for t in thread_settings]
-    head = summaries[0]
+    names = [name for name, _, _ in sides]
+    table = [{"cores": r["cores"], **r["shape"],
+              **{f"{n}_median_s": r[n]["median_s"] for n in names},
+              **{f"{n}_speedup_over_trl": r[n].get("speedup_over_trl") for n in names if n != "trl"},
+              **{f"{n}_achieved_gflops": r[n]["achieved_gflops"] for n in names},
+              **{f"{n}_times_float32_floor": r[n]["times_float32_floor"] for n in names},
+              **{f"{n}_matmul_peak_float32_gflops": r[n]["matmul_peak_gflops"]["float32"] for n in names}}
+             for r in runs]
     result = {
-        "benchmark": "grpo_step",
+        "benchmark": "grpo_step_scaling" if args.scaling else "grpo_step",
         "machine": describe_machine(),
         "command": ".venv/bin/python benchmarks/grpo_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
-        "versions": {"r1jax_side": runs[0]["workers"]["r1jax"]["versions"],
-                     "trl_side": runs[0]["workers"]["trl"]["versions"]},
+        "versions": {n: runs[0]["workers"][n]["versions"] for n in names},
+        "sides": {n: {"kind": kind, "overrides": over} for n, kind, over in sides},
         "config": {
             "model": {"architecture": "Qwen2ForCausalLM (random, torch.manual_seed(0))", **MODEL,
-                      "tie_word_embeddings": False, "dtype": "float32", **inputs},
+                      "tie_word_embeddings": False, "param_dtype": "float32", **inputs},
             "tokenizer": "r1jax char tokenizer (104 ids; ids >= 104 decode to nothing)",
-            "prompts": "arithmetic task, difficulty 2, 'plain' template, r1jax's iterator order on both sides",
-            "prompts_per_step": PROMPTS_PER_STEP, "group_size": GROUP_SIZE, "max_new_tokens": MAX_NEW_TOKENS,
-            "forced_length": "TRL: generation_kwargs min_new_tokens=64; r1jax: tokenizer without EOS (no stop ids)",
-            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward": "bench_reward (same function both sides)",
+            "prompts": "arithmetic task, difficulty 2, 'plain' template, r1jax's iterator order on every side",
+            "shapes": shapes, "forced_length": "TRL: min_new_tokens=T; r1jax: tokenizer without EOS (no stop ids)",
+            "temperature": 1.0, "top_p": 1.0, "top_k": 0, "reward": "bench_reward (same function every side)",
             "optimizer": {"name": "AdamW", "lr": LR, "betas": [0.9, 0.999], "weight_decay": 0.0,
                           "grad_clip": 1.0, "schedule": "constant"},
             "kl_beta": BETA, "kl_estimator": "k3", "clip_eps": CLIP_EPS,
             "loss": "seq-mean-token-mean (TRL loss_type=grpo)", "optimizer_steps_per_rl_step": 1,
-            "device": "cpu", "thread_settings": thread_settings, "warmup_steps_excluded": args.warmup,
-            "measured_steps_per_run": args.steps, "runs_per_setting": args.runs,
-            "interleaving": "lock-step, one RL step per side in turn, first side alternates",
-            "r1jax_logprob_backend": runs[0]["workers"]["r1jax"]["logprob_backend"],
-            "trl_attn_implementation": runs[0]["workers"]["trl"]["attn_implementation"],
-            "trl_eos_token_ids": runs[0]["workers"]["trl"]["eos_token_ids"],
+            "device": "cpu", "core_counts": core_counts, "warmup_steps_excluded": args.warmup,
+            "measured_steps_per_run": args.steps,
+            "interleaving": "lock-step, one RL step per side in turn, first side rotating",
         },
-        "threads": head["threads"],
-        "r1jax_median_s": head["r1jax_median_s"],
-        "trl_median_s": head["trl_median_s"],
-        "ratio_trl_over_r1jax": head["ratio_trl_over_r1jax"],
-        "ratio_of_minima": head["ratio_of_minima"],
-        "ratio_per_run": head["ratio_per_run"],
-        "summaries": summaries,
-        "runs": [{k: v for k, v in run.items() if k != "workers"} for run in runs],
+        "table": table,
+        "runs": [{k: v for k, v in run.items() if k != "workers"} | {"matmul_peaks": {
+            n: run["workers"][n]["matmul_peak_gflops"] for n in names}} for run in runs],
         "notes": [
-            "Step time of r1jax = Trainer.rl_step() (rollout, reward, old/ref log-prob forwards, one optimizer step, "
+            "Step time of r1jax = Trainer.rl_step() (rollout, reward, the jitted update with its reference forward, "
             "weight push to the embedded engine). Step time of TRL = on_step_begin..on_step_end (generation, reward, "
             "reference forward, forward/backward, optimizer step); the Trainer's logging after on_step_end and the "
             "dataloader fetch before on_step_begin are not counted.",
-            "Timing splits: r1jax's are Trainer.rl_step's own (its 'train' phase further split into the two "
-            "log-prob forwards and the jitted update); TRL's come from wrapping _generate_single_turn (rollout), "
-            "_calculate_rewards (reward) and _generate_and_score_completions (rollout + reward + reference "
-            "forward + advantages); 'train' is the rest of the step (forward/backward, optimizer).",
-            "r1jax computes the old-policy log-probs with a separate forward pass every step (its loop always does); "
-            "TRL skips that forward when num_iterations=1 and generation is on-policy (it uses the detached current "
-            "log-probs). r1jax therefore does one more forward over the batch per step.",
-            "r1jax pads rows to a multiple of 32 tokens (shape reuse across steps: 6 + 64 = 70 -> 96 here); "
-            "TRL pads to the longest row (70).",
-            "TRL computes per-token entropies in its loss for logging; r1jax computes its own metrics. Both are "
-            "each trainer's normal behaviour and are left in.",
-            "Exact 64 tokens: HF masks EOS for the first 64 tokens (min_new_tokens), r1jax has no stop ids, so a "
-            "sampled EOS id is an ordinary token there. Neither side stops early; both train on 64 completion tokens.",
-            "The machine is shared with other jobs (load averages per step are recorded): minima are the least "
-            "disturbed steps, medians the typical ones. cpu_seconds = process CPU time per step (all threads).",
-            "Threads: n=1 runs torch with set_num_threads(1) and XLA with intra_op_parallelism_threads=1 and "
-            "--xla_cpu_multi_thread_eigen=false; n>=2 (= the core count here) runs torch with n threads and XLA "
-            "with its default pool. With the machine oversubscribed (1-min load above the core count), torch's "
-            "OpenMP threads wait on each other at the end of each of the thousands of small ops of a step (compare "
-            "TRL's cpu_seconds at n=2 and n=1); XLA's step time barely changes with n. The headline is the "
-            "first thread setting of the command line.",
+            "Useful FLOPs (step_flops) are counted the same for every side; achieved GFLOP/s = useful FLOPs / median "
+            "step time; times_float32_floor = median step time / (useful FLOPs / the worker's measured float32 "
+            "matmul peak). A bfloat16 variant can go below its float32 floor.",
+            "Every worker is pinned to the same first n cores (os.sched_setaffinity before exec); torch gets n "
+            "intra-op threads, XLA its default pool (sized from the affinity).",
+            "r1jax pads rows to a multiple of 8 tokens; TRL to the longest row.",
         ],
         "worker_log_tail": log_tail.splitlines()[-12:],
     }
-    out = pathlib.Path(args.out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    out.write_text(json.dumps(result, indent=2) + "\n")
-    print(json.dumps(summaries, indent=2))
-    print(f"wrote {out}")
+    out_path.parent.mkdir(parents=True, exist_ok=True)
+    out_path.write_text(json.dumps(result, indent=2) + "\n")
+    print(json.dumps(table, indent=2))
+    print(f"wrote {out_path}")
 
 
 if __name__ == "__main__":
