@@ -140,6 +140,14 @@ def assemble_rollout(prompts: Sequence[np.ndarray], samples: Sequence[Sequence[S
                    rewards=np.asarray(rewards, np.float32), lengths=lengths, packed=packed)
 
 
+def packed_rows_bucket(rows: int, num_sequences: int, multiple: int) -> int:
+    """The packed row count a rollout is padded to: ``multiple`` × the next power of two, at most the
+    row count of one sequence per row (rounded up to ``multiple``), so a run compiles its update for
+    at most ``log2(num_sequences / multiple) + 1`` packed shapes whatever the lengths sampled."""
+    most = -(-num_sequences // multiple) * multiple
+    return min(multiple * (1 << (-(-rows // multiple) - 1).bit_length()), max(most, rows))
+
+
 def pack_rollout(prompts: Sequence[np.ndarray], completions: Sequence[Sequence[int]], pad_id: int,
                  padded_length: int, pack_length: int, rows_multiple_of: int) -> Packed:
     """The packed layout of N sequences whose padded rows are ``padded_length`` long.
@@ -150,6 +158,10 @@ def pack_rollout(prompts: Sequence[np.ndarray], completions: Sequence[Sequence[i
     """
     pb = pack_sequences(prompts, completions, pack_length, pad_id, rows_multiple_of=rows_multiple_of)
     n, rows = len(prompts), pb.tokens.shape[0]
+    bucketed = packed_rows_bucket(rows, n, rows_multiple_of)
+    if bucketed != rows:  # a few row counts per run (so few compiles of the update), not one per count
+        pb = pack_sequences(prompts, completions, pack_length, pad_id, num_rows=bucketed)
+        rows = bucketed
     seq_len = pb.prompt_lengths + pb.completion_lengths
     gather = np.full((rows, pack_length - 1), n * (padded_length - 1), np.int32)
     scatter = np.full((n, padded_length - 1), rows * (pack_length - 1), np.int32)

@@ -13,9 +13,10 @@ from hypothesis import strategies as st
 from r1jax.config import ConfigError, from_dict
 from r1jax.models import ModelConfig, init_params, init_value_head
 from r1jax.rollout.types import SamplingParams
+from r1jax.sampling.params import Sample
 from r1jax.sampling.sampler import Sampler
 from r1jax.train.config import AlgoConfig, KernelConfig
-from r1jax.train.rollout import assemble_rollout
+from r1jax.train.rollout import assemble_rollout, packed_rows_bucket
 from r1jax.train.state import Hyper, init_state
 from r1jax.train.steps import make_rl_update, policy_logprobs
 
@@ -110,3 +111,24 @@ def test_sequence_level_losses_refuse_packing():
     state = init_state(PARAMS, optax.sgd(0.1), jax.random.PRNGKey(0), reference=True)
     with pytest.raises(ValueError, match="'gspo' is sequence-level"):
         update(state, r, Hyper.from_config(from_dict(AlgoConfig, {"policy_loss": "gspo"})))
+
+
+@settings(max_examples=40, deadline=None)
+@given(lengths=st.lists(st.integers(1, 60), min_size=64, max_size=64))
+def test_packed_row_counts_come_from_a_few_buckets(lengths):
+    """Whatever the sampled lengths, 64 sequences pack into 8, 16, 32 or 64 rows (multiples of 8):
+    a run compiles its update for at most four packed shapes, and every sequence is placed."""
+    prompts = [np.array([7, 8, 9], np.int32)] * 16
+    samples = [[Sample(np.full(n, 11, np.int32), np.zeros(n, np.float32), "length") for n in lengths[i:i + 4]]
+               for i in range(0, 64, 4)]
+    r = assemble_rollout(prompts, samples, np.zeros((16, 4), np.float32), pad_id=0, length=64, pack_length=64)
+    rows = r.packed.tokens.shape[0]
+    assert rows in (8, 16, 32, 64)
+    assert int(r.packed.segment_ids.astype(bool).sum()) == sum(3 + n for n in lengths)  # every token placed
+    assert rows == packed_rows_bucket(len(set(r.packed.row_of_seq.tolist())), 64, 8)  # the rows first-fit used
+
+
+def test_packed_rows_bucket():
+    assert [packed_rows_bucket(r, 64, 8) for r in (1, 8, 9, 17, 33, 64)] == [8, 8, 16, 32, 64, 64]
+    assert packed_rows_bucket(10, 12, 8) == 16  # one row per sequence would be 16 rows (12 rounded up)
+    assert packed_rows_bucket(3, 6, 2) == 4
