@@ -49,7 +49,7 @@ def main() -> None:
                 send({"error": f"vLLM {vllm.__version__}'s CPU attention has no kernel for head_dim "
                                f"{spec['head_dim']} (supported: {sizes})", "unsupported": True})
                 return
-        llm = LLM(model=spec["model"], dtype="float32", enforce_eager=spec["enforce_eager"],
+        llm = LLM(model=spec["model"], dtype=spec.get("dtype", "float32"), enforce_eager=spec["enforce_eager"],
                   max_model_len=spec["max_model_len"], seed=spec["seed"], skip_tokenizer_init=True,
                   enable_prefix_caching=False, max_num_seqs=len(spec["prompts"]))
     except Exception as e:  # noqa: BLE001 - any failure is reported, then the worker ends
@@ -59,7 +59,7 @@ def main() -> None:
     sched = llm.llm_engine.vllm_config.scheduler_config
     comp = llm.llm_engine.vllm_config.compilation_config
     send({"ready": True, "vllm": vllm.__version__,
-          "engine": {"enforce_eager": spec["enforce_eager"], "dtype": "float32", "max_model_len": spec["max_model_len"],
+          "engine": {"enforce_eager": spec["enforce_eager"], "dtype": spec.get("dtype", "float32"), "max_model_len": spec["max_model_len"],
                      "max_num_seqs": sched.max_num_seqs, "max_num_batched_tokens": sched.max_num_batched_tokens,
                      "enable_prefix_caching": False, "compilation_mode": getattr(comp.mode, "name", str(comp.mode)),
                      "compilation_backend": comp.backend, "seed": spec["seed"],

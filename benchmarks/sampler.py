@@ -13,10 +13,13 @@ prefill).
 Measured sides (each a callable returning the ``(rows, new_tokens)`` token array):
 
 * ``jax_greedy``, ``jax_top_p_0.9``, ``jax_t1``: r1jax's :class:`~r1jax.sampling.Sampler`;
+  ``jax_bf16_greedy``, ``jax_bf16_t1``: the same with ``compute_dtype="bfloat16"`` (bfloat16 weight
+  matmuls, float32 accumulation, float32 log-probs);
 * ``torch_greedy``: ``transformers`` ``generate(do_sample=False)``;
 * ``vllm_<mode>_greedy``, ``vllm_<mode>_t1``: vLLM (temperature 0, and 1 with vLLM's engine seed),
-  one engine per mode: ``eager`` (``enforce_eager=True``) and ``compiled`` (vLLM's default on CPU:
-  torch.compile with inductor, no CUDA graphs).
+  one engine per mode: ``eager`` (``enforce_eager=True``), ``compiled`` (vLLM's default on CPU:
+  torch.compile with inductor, no CUDA graphs) and ``compiled_bf16`` (that, with ``dtype=bfloat16``:
+  the comparison for the bfloat16 JAX sides).
 
 vLLM runs in its own venv (``make vllm-env``; ``--vllm-python``), in a subprocess
 (``benchmarks/_vllm_sampler_worker.py``) started outside the repository (cwd in a fresh temporary
@@ -62,6 +65,7 @@ to change).
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import os
 import select
@@ -83,7 +87,8 @@ from benchmarks._machine import describe_machine  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "_vllm_sampler_worker.py")
 DEFAULT_VLLM_PYTHON = os.path.join(ROOT, ".venv-vllm", "bin", "python")
-VLLM_MODES = {"eager": True, "compiled": False}  # mode -> enforce_eager
+VLLM_MODES = {"eager": (True, "float32"), "compiled": (False, "float32"),  # mode -> (enforce_eager, dtype)
+              "compiled_bf16": (False, "bfloat16")}
 VLLM_START_TIMEOUT_S = 1800.0
 SEED = 0
 
@@ -125,6 +130,7 @@ class VllmWorker:
         new_tokens: tokens generated per row.
         head_dim: the model's head dimension (checked against vLLM's CPU attention kernels).
         enforce_eager: vLLM's ``enforce_eager``.
+        dtype: vLLM's ``dtype`` (never ``auto``: that would run a float32 checkpoint in bfloat16).
         cores: CPUs the worker pins itself (and so every process it starts) to, and vLLM's OpenMP binding.
 
     Raises:
@@ -132,11 +138,12 @@ class VllmWorker:
     """
 
     def __init__(self, python: str, model: str, prompts: np.ndarray, new_tokens: int, head_dim: int,
-                 enforce_eager: bool, cores: list[int]):
+                 enforce_eager: bool, cores: list[int], dtype: str = "float32"):
         self.dir = tempfile.mkdtemp(prefix="r1jax-sampler-vllm-")  # cwd, spec, log, caches: outside the repo
         self.log_path = os.path.join(self.dir, "vllm.log")
         spec = {"model": model, "prompts": prompts.tolist(), "new_tokens": new_tokens, "head_dim": head_dim,
-                "enforce_eager": enforce_eager, "max_model_len": prompts.shape[1] + new_tokens, "seed": SEED,
+                "enforce_eager": enforce_eager, "dtype": dtype, "max_model_len": prompts.shape[1] + new_tokens,
+                "seed": SEED,
                 "cores": cores}
         spec_path = os.path.join(self.dir, "spec.json")
         with open(spec_path, "w") as f:
@@ -251,10 +258,11 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
     try:
         model.save_pretrained(model_dir)
         params, config = load_pretrained(model_dir)
-        sampler = Sampler(config, max_batch_rows=R)
+        samplers = {"float32": Sampler(config, max_batch_rows=R),
+                    "bfloat16": Sampler(dataclasses.replace(config, compute_dtype="bfloat16"), max_batch_rows=R)}
 
-        def jax_side(**kw):
-            sampling = SamplingParams(max_new_tokens=N, n=samples, **kw)
+        def jax_side(compute="float32", **kw):
+            sampling, sampler = SamplingParams(max_new_tokens=N, n=samples, **kw), samplers[compute]
             return lambda: check(np.stack([s.token_ids for g in sampler.generate(params, list(prompts), sampling)
                                            for s in g]))
 
@@ -269,7 +277,10 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
 
         sides = {"jax_greedy": jax_side(temperature=0.0), "torch_greedy": run_torch,
                  "jax_top_p_0.9": jax_side(temperature=1.0, top_p=0.9, seed=SEED),
-                 "jax_t1": jax_side(temperature=1.0, seed=SEED)}
+                 "jax_t1": jax_side(temperature=1.0, seed=SEED),
+                 # model.compute_dtype: bfloat16 (bfloat16 weight matmuls, float32 accumulation and log-probs)
+                 "jax_bf16_greedy": jax_side("bfloat16", temperature=0.0),
+                 "jax_bf16_t1": jax_side("bfloat16", temperature=1.0, seed=SEED)}
 
         # vLLM: each mode's engine started alone (its start-up is reported, not measured with the rest).
         vllm_rec: dict[str, Any] = {"run": False, "reason": vllm_reason, "python": vllm_python, "modes": {}}
@@ -279,15 +290,16 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
                 vllm_rec["modes"][mode] = {"run": False, "reason": unsupported}
                 continue
             try:
+                eager, dtype = VLLM_MODES[mode]
                 startup_s, w = timed(lambda: VllmWorker(vllm_python, model_dir, rows_prompts, N, hidden // heads,
-                                                        VLLM_MODES[mode], cores))
+                                                        eager, cores, dtype))
             except VllmFailed as e:
                 vllm_rec["modes"][mode] = {"run": False, "reason": str(e)}
                 unsupported = str(e) if e.unsupported else None
                 continue
             workers[mode] = w
             vllm_rec.update(run=True, reason=None, version=w.version)
-            vllm_rec["modes"][mode] = {"run": True, "enforce_eager": VLLM_MODES[mode], "startup_s": startup_s,
+            vllm_rec["modes"][mode] = {"run": True, "enforce_eager": eager, "dtype": dtype, "startup_s": startup_s,
                                        "engine": w.engine}
             for sampling in ("greedy", "t1"):
                 sides[f"vllm_{mode}_{sampling}"] = (lambda w=w, s=sampling: check(w.generate(s)))
@@ -329,11 +341,13 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
     med = {k: statistics.median(v) for k, v in seconds.items()}
     tokens_per_s = {k: R * N / v for k, v in med.items()}
     speedup = {"torch_greedy": med["torch_greedy"] / med["jax_greedy"]}
+    speedup_bf16 = {"torch_greedy": med["torch_greedy"] / med["jax_bf16_greedy"]}
     for mode in workers:
         vllm_rec["modes"][mode]["greedy_token_agreement_with_jax"] = float(
             (first["jax_greedy"] == first[f"vllm_{mode}_greedy"]).mean())
-        speedup[f"vllm_{mode}_greedy"] = med[f"vllm_{mode}_greedy"] / med["jax_greedy"]
-        speedup[f"vllm_{mode}_t1"] = med[f"vllm_{mode}_t1"] / med["jax_t1"]
+        for sampling in ("greedy", "t1"):
+            speedup[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_{sampling}"]
+            speedup_bf16[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_bf16_{sampling}"]
     if not workers and vllm_rec["run"]:  # every mode started, then failed
         vllm_rec.update(run=False, reason="; ".join(f"{m}: {r['reason']}" for m, r in vllm_rec["modes"].items()))
     return {
@@ -347,9 +361,11 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
         "tokens_per_s": tokens_per_s,
         "ratio_jax_over_torch": speedup["torch_greedy"],
         "jax_speedup_over": speedup,
+        "jax_bf16_speedup_over": speedup_bf16,
+        "jax_bf16_greedy_agreement_with_float32": float((first["jax_greedy"] == first["jax_bf16_greedy"]).mean()),
         "greedy_token_agreement": float((first["jax_greedy"] == first["torch_greedy"]).mean()),
         "vllm": vllm_rec,
-        "compiled_shapes": len(sampler.compiled_shapes),
+        "compiled_shapes": sum(len(s.compiled_shapes) for s in samplers.values()),
     }
 
 
@@ -378,7 +394,7 @@ def main(argv=None) -> dict:
     ap.add_argument("--vllm-python", default=None,
                     help=f"vLLM venv's interpreter (default {os.path.relpath(DEFAULT_VLLM_PYTHON, ROOT)} when "
                          f"present; '' to skip vLLM); without one the vLLM column is recorded as not run")
-    ap.add_argument("--vllm-modes", default="eager,compiled",
+    ap.add_argument("--vllm-modes", default="compiled,compiled_bf16",
                     help=f"comma-separated vLLM engines to measure, of {sorted(VLLM_MODES)}")
     ap.add_argument("--out", help="default benchmarks/results/sampler.json (sampler_<preset>.json for another preset)")
     args = ap.parse_args(argv)
