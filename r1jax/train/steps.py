@@ -7,8 +7,9 @@ num_minibatches`` optimizer steps as a ``lax.scan`` over a ``jax.random.permutat
 the step counter and the reference refresh. :func:`make_sft_update` runs supervised fine-tuning
 through the same optimizer step with the registered ``nll`` loss.
 
-Every optimizer step splits its mini-batch into ``num_microbatches`` micro-batches whose gradients
-are summed in a scan; losses use the mini-batch's global denominator, so the sum equals the unsplit
+Every optimizer step splits its mini-batch into ``num_microbatches`` micro-batches (or more, to keep
+each within ``algo.microbatch_tokens`` tokens: :func:`microbatch_count`) whose gradients are summed
+in a scan; losses use the mini-batch's global denominator, so the sum equals the unsplit
 gradient (split invariance, :mod:`r1jax.algos.aggregation`). An optimizer step whose loss, gradient,
 new parameters or new optimizer state is non-finite is skipped (state unchanged) and counted.
 """
@@ -30,7 +31,7 @@ from r1jax_kernels import grpo_token_terms, sharded_token_logprobs, token_logpro
 Params = Any
 
 __all__ = ["Rollout", "SFTBatch", "policy_logprobs", "critic_values", "make_rl_update", "make_sft_update", "optimizer_step",
-           "STATIC_HPARAMS"]
+           "microbatch_count", "STATIC_HPARAMS"]
 
 STATIC_HPARAMS = ("std_scaling", "std_ddof", "whiten_advantages")
 """Keyword options of the registered functions that are static (shape or control flow): from AlgoConfig."""
@@ -157,6 +158,18 @@ def _accumulated_grad(loss_fn, params, rows, m: int):
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, params, jax.tree.map(lambda x: x[0], micro)))
     total, _ = jax.lax.scan(body, zeros, micro)
     return total
+
+
+def microbatch_count(rows: int, row_length: int, *, at_least: int = 1, max_tokens: int | None = None) -> int:
+    """The micro-batches a mini-batch of ``rows × row_length`` tokens is split into: ``at_least`` or,
+    with ``max_tokens``, the fewest multiple of it that divides ``rows`` and keeps each micro-batch
+    within ``max_tokens`` (one row each when no split does)."""
+    if max_tokens is None or rows % at_least:
+        return at_least
+    for m in range(at_least, rows + 1, at_least):
+        if rows % m == 0 and (rows // m) * row_length <= max_tokens:
+            return m
+    return rows
 
 
 def _finite(*trees) -> jax.Array:
@@ -348,6 +361,9 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
     algos.POLICY_LOSSES.check_keywords(algo.policy_loss, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     algos.ADVANTAGES.check_keywords(algo.advantage, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     need_old = algo.passes > 1 or algo.kl_in_reward or kernels.fused
+    data_parallel = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    # the token budget splits further only on one data shard: micro-batches must split evenly over the mesh
+    max_tokens = algo.microbatch_tokens if data_parallel == 1 else None
 
     def update(state: TrainState, rollout: Rollout, hp: Hyper):
         num_prompts, group = rollout.rewards.shape
@@ -395,8 +411,10 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
             den = jnp.maximum(algos.loss_denominator(mb.loss_mask, algo.loss_agg, max_len=max_new_tokens,
                                                      num_sequences=jnp.sum(mb.num_seqs)), 1.0)
             policy_loss, critic_loss = _rl_losses(algo, model, kernels, mesh, den, num_tokens)
+            m = microbatch_count(mb.tokens.shape[0], mb.tokens.shape[1], at_least=algo.num_microbatches,
+                                 max_tokens=max_tokens)
             return optimizer_step(
-                state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=algo.num_microbatches,
+                state, mb, hp, policy_loss=lambda p, r: policy_loss(p, r, hp), tx=tx, m=m,
                 critic_loss=(lambda p, r: critic_loss(p, r, hp)) if algo.needs_critic else None, critic_tx=critic_tx)
 
         state, metrics = _over_minibatches(state, rows, step_fn, num_epochs=algo.num_epochs,

@@ -5,6 +5,7 @@ import functools
 
 import chex
 import jax
+import jax.extend
 import jax.numpy as jnp
 import numpy as np
 import optax
@@ -14,7 +15,8 @@ from r1jax.config import from_dict
 from r1jax.models import ModelConfig, init_params, init_value_head
 from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
 from r1jax.train.state import Hyper, init_state, make_optimizer
-from r1jax.train.steps import Rollout, SFTBatch, make_rl_update, make_sft_update, policy_logprobs
+from r1jax.train.steps import (Rollout, SFTBatch, make_rl_update, make_sft_update, microbatch_count,
+                               policy_logprobs)
 
 MODEL = ModelConfig(architecture="qwen2", vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
                     num_heads=4, num_kv_heads=2, max_position_embeddings=64)
@@ -70,14 +72,49 @@ def test_microbatching_is_exact(mode):
     so the parameter change is the gradient itself; 2 micro-batches run in tests/train/test_packing.py)."""
     params, rollout = _rollout()
     results = []
-    for m in (1, 4):
-        state, metrics = _run(_algo(loss_agg=mode, num_microbatches=m, kl_coef=0.1, entropy_coef=0.01), rollout, params)
+    for split in ({"num_microbatches": 1}, {"num_microbatches": 4}, {"microbatch_tokens": 2 * T}):  # the last: 4 too
+        state, metrics = _run(_algo(loss_agg=mode, kl_coef=0.1, entropy_coef=0.01, **split), rollout, params)
         results.append((state.params, metrics))
     for p, mets in results[1:]:
         chex.assert_trees_all_close(p, results[0][0], atol=1e-6, rtol=1e-5)
         np.testing.assert_allclose(mets["loss"], results[0][1]["loss"], rtol=1e-5, atol=1e-7)
         np.testing.assert_allclose(mets["grad_norm"], results[0][1]["grad_norm"], rtol=1e-4)
     assert float(results[0][1]["grad_norm"]) > 0
+
+
+def test_microbatch_count_keeps_micro_batches_within_the_token_budget():
+    assert microbatch_count(64, 72) == 1 and microbatch_count(64, 72, at_least=4) == 4
+    assert microbatch_count(64, 72, max_tokens=2048) == 4      # 16 rows × 72 = 1152 tokens; 2 would be 2304
+    assert microbatch_count(128, 136, max_tokens=2048) == 16   # 8 rows × 136 = 1088
+    assert microbatch_count(64, 72, at_least=8, max_tokens=2048) == 8  # never fewer than asked
+    assert microbatch_count(6, 1000, max_tokens=100) == 6      # a row over budget: one row each
+    assert microbatch_count(12, 10, at_least=4, max_tokens=25) == 12  # multiples of at_least only: 4 -> 12
+
+
+def test_the_token_budget_splits_the_update_into_micro_batches():
+    """The compiled update accumulates over the micro-batches the budget asks for (a scan of that length)."""
+    params, rollout = _rollout()
+    lengths = []
+    for budget, want in ((None, None), (2 * T, 4), (T, 8)):  # (the layer scan has length 2)
+        algo = _algo(microbatch_tokens=budget)
+        tx = optax.sgd(1.0)
+        update = make_rl_update(MODEL, algo, KERNELS, tx, max_new_tokens=MAX_NEW, jit=False)
+        jaxpr = jax.make_jaxpr(update)(_state(params, tx, algo), rollout, Hyper.from_config(algo))
+        found = set()
+
+        def visit(jx):
+            for eqn in jx.eqns:
+                if eqn.primitive.name == "scan":
+                    found.add(eqn.params["length"])
+                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                    visit(sub)
+
+        visit(jaxpr.jaxpr)
+        lengths.append((want, found))
+    for want, found in lengths:
+        if want is not None:
+            assert want in found, (want, found)
+    assert not ({4, 8} & lengths[0][1])  # no budget: no micro-batch scan of those lengths
 
 
 def test_non_finite_loss_skips_the_update():
