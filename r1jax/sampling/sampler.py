@@ -74,6 +74,9 @@ class BatchShape:
         stochastic: whether any row samples (False: all rows greedy, no random draw is compiled).
         cache_dtype: KV-cache dtype name, or None for the parameter dtype.
         pad_id: token written after a row has finished.
+        prefill_batch: rows of the prefill when rows share prompts (the distinct prompts, padded to a
+            power of two): each prompt is run once and its cache copied to its rows; None = one
+            prefill row per row.
     """
 
     batch: int
@@ -84,6 +87,7 @@ class BatchShape:
     stochastic: bool = True
     cache_dtype: str | None = None
     pad_id: int = 0
+    prefill_batch: int | None = None
 
 
 class RowParams(NamedTuple):
@@ -255,31 +259,41 @@ def _project(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
 
 
 def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: jax.Array,
-            active: jax.Array, row: RowParams, *, shape: BatchShape) -> DecodeState:
+            active: jax.Array, row: RowParams, source: jax.Array | None = None, *,
+            shape: BatchShape) -> DecodeState:
     """Runs the LEFT-padded prompts through the model and returns the initial decode state.
 
     Args:
         params: model parameters.
         config: the architecture (static).
-        tokens: [B, P] int32 LEFT-padded prompts.
-        prompt_mask: [B, P] bool, True on real prompt tokens (a suffix of each row).
+        tokens: [U, P] int32 LEFT-padded prompts: one per row (U = B), or the distinct prompts
+            (U = ``shape.prefill_batch``) with ``source``.
+        prompt_mask: [U, P] bool, True on real prompt tokens (a suffix of each row).
         active: [B] bool, False for batch-padding rows (they start finished).
         row: per-row sampling parameters.
+        source: [B] int32, the prompt row of each row (with ``shape.prefill_batch``): its cache,
+            logits and position are copies of that prompt's.
         shape: the static :class:`BatchShape`.
 
     Returns:
         A :class:`DecodeState` at step 0.
     """
-    B, P = tokens.shape
+    B, (U, P) = shape.batch, tokens.shape
     N = shape.max_new_tokens
     params = cast_for_compute(params, config)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
-    cache = init_cache(config, B, P + N, dtype=shape.cache_dtype)
+    cache = init_cache(config, U, P + N, dtype=shape.cache_dtype)
     hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache)
+    logits = _project(params, config, hidden[:, -1])
+    next_positions = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
+    if source is not None:  # each prompt ran once: its rows start from copies
+        take = lambda x: jnp.take(x, source, axis=0)  # noqa: E731
+        cache = cache._replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)), mask=take(cache.mask))
+        logits, next_positions = take(logits), take(next_positions)
     return DecodeState(
         cache=cache,
-        logits=_project(params, config, hidden[:, -1]),
-        positions=jnp.sum(prompt_mask, axis=1).astype(jnp.int32),
+        logits=logits,
+        positions=next_positions,
         step=jnp.zeros((), jnp.int32),
         tokens=jnp.full((B, N), shape.pad_id, jnp.int32),
         logprobs=jnp.zeros((B, N), _F32),
@@ -386,13 +400,15 @@ class Sampler:
             between calls); None = run each batch to completion in one call.
         cache_dtype: KV-cache dtype (default: the parameter dtype).
         pad_id: filler token after a row finished (never returned).
+        share_prefill: run each distinct prompt of a batch once and copy its KV cache to its rows
+            (the G samples of a GRPO group), when that at least halves the prefill's rows.
     """
 
     def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, min_batch_bucket: int = 1,
                  prompt_bucket: int | None = None,
                  min_prompt_bucket: int = 8, new_tokens_bucket: int | None = None,
                  min_new_tokens_bucket: int = 8, decode_chunk: int | None = None,
-                 cache_dtype: str | None = None, pad_id: int = 0):
+                 cache_dtype: str | None = None, pad_id: int = 0, share_prefill: bool = True):
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows: must be >= 1, got {max_batch_rows}")
         if decode_chunk is not None and decode_chunk < 1:
@@ -409,6 +425,7 @@ class Sampler:
         self.decode_chunk = decode_chunk
         self.cache_dtype = cache_dtype
         self.pad_id = pad_id
+        self.share_prefill = share_prefill
         self._shapes: set[BatchShape] = set()
         self._lock = threading.Lock()
 
@@ -471,7 +488,14 @@ class Sampler:
             stochastic=any(not r.sampling.greedy for r in rows),
             cache_dtype=self.cache_dtype,
             pad_id=self.pad_id,
+            prefill_batch=self._prefill_batch(rows),
         )
+
+    def _prefill_batch(self, rows: Sequence[Row]) -> int | None:
+        """The distinct prompts' row count (bucketed like the batch), when it is at most half the batch (else None)."""
+        distinct = bucket(len({r.prompt.tobytes() for r in rows}), None, self.min_batch_bucket)
+        share = self.share_prefill and 2 * distinct <= bucket(len(rows), None, self.min_batch_bucket)
+        return distinct if share else None
 
     def run_rows(self, params: Any, rows: Sequence[Row], *, decode_chunk: int | None = None,
                  cancelled: Any = None) -> Iterator[tuple[int, Sample]]:
@@ -491,8 +515,7 @@ class Sampler:
         shape = self.batch_shape(rows)
         with self._lock:
             self._shapes.add(shape)
-        tokens, mask, active, row = self._pack(rows, shape)
-        state = _prefill_jit(params, self.config, tokens, mask, active, row, shape=shape)
+        state = _prefill_jit(params, self.config, *self._pack(rows, shape), shape=shape)
         chunk = decode_chunk if decode_chunk is not None else self.decode_chunk
         chunk = shape.max_new_tokens if chunk is None else chunk
         reported = np.zeros(len(rows), bool)
@@ -516,9 +539,16 @@ class Sampler:
     # -- packing -----------------------------------------------------------------------------------
 
     def _pack(self, rows: Sequence[Row], shape: BatchShape):
+        """``(tokens, mask, active, row params, source)``: the prefill's prompts (one per row, or the
+        distinct ones with ``source`` mapping rows to them) and the per-row arrays."""
         B, P, S = shape.batch, shape.prompt_len, shape.num_stop
-        tokens = np.full((B, P), self.pad_id, np.int32)
-        mask = np.zeros((B, P), bool)
+        prompts: dict[bytes, int] = {}
+        source = np.zeros((B,), np.int32)
+        for b, r in enumerate(rows):
+            source[b] = prompts.setdefault(r.prompt.tobytes(), len(prompts)) if shape.prefill_batch else b
+        U = shape.prefill_batch or B
+        tokens = np.full((U, P), self.pad_id, np.int32)
+        mask = np.zeros((U, P), bool)
         active = np.zeros((B,), bool)
         temperature = np.zeros((B,), np.float32)
         top_p = np.ones((B,), np.float32)
@@ -530,15 +560,18 @@ class Sampler:
         sidx = np.zeros((B,), np.uint32)
         for b, r in enumerate(rows):
             n = len(r.prompt)
-            tokens[b, P - n:] = r.prompt
-            mask[b, P - n:] = True
+            tokens[source[b], P - n:] = r.prompt
+            mask[source[b], P - n:] = True
             active[b] = True
             s = r.sampling
             temperature[b], top_p[b], top_k[b], max_new[b] = s.temperature, s.top_p, s.top_k, s.max_new_tokens
             stop_ids[b, :len(s.stop_token_ids)] = s.stop_token_ids
             seeds[b], pidx[b], sidx[b] = r.seed, r.prompt_index % (1 << 32), r.sample_index
-        # Batch-padding rows get one real token so no attention row is empty.
-        mask[len(rows):, -1] = True
+        # Prompt rows no row reads (batch padding) get one real token so no attention row is empty.
+        used = np.zeros((U,), bool)
+        used[source[:len(rows)]] = True
+        mask[~used, -1] = True
         row = RowParams(jnp.asarray(temperature), jnp.asarray(top_p), jnp.asarray(top_k),
                         jnp.asarray(max_new), jnp.asarray(stop_ids), _row_keys_jit(seeds, pidx, sidx))
-        return jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(active), row
+        return (jnp.asarray(tokens), jnp.asarray(mask), jnp.asarray(active), row,
+                jnp.asarray(source) if shape.prefill_batch else None)

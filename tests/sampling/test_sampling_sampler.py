@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 from r1jax.models import forward, lm_head_weight
-from r1jax.sampling import SamplingParams
+from r1jax.sampling import Sampler, SamplingParams
 from r1jax.sampling import sampler as sampler_mod
 from r1jax.sampling.sampler import filter_logits
 from r1jax_kernels import token_logprobs
@@ -259,3 +259,22 @@ def test_decode_loop_writes_the_cache_in_place(tiny, sampler):
             moves.append(m.group(0))
     assert moves == []
     assert writes >= 2 * config.num_layers  # k and v of every layer written where they live
+
+
+def test_a_shared_prefill_gives_the_same_samples(tiny):
+    """The 4 samples of each of 2 prompts prefill 2 rows, not 8, and come out as without sharing."""
+    params, config = tiny
+    prompts = [np.array([3, 1, 4, 1, 5]), np.array([9, 2, 6])]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=MAX_NEW, n=4, seed=7)
+    shared, plain = Sampler(config, max_batch_rows=8), Sampler(config, max_batch_rows=8, share_prefill=False)
+    rows = shared.make_rows(prompts, sampling)
+    shape = shared.batch_shape(rows)
+    tokens, *_, source = shared._pack(rows, shape)
+    assert shape.prefill_batch == 2 and tokens.shape[0] == 2
+    np.testing.assert_array_equal(np.asarray(source), [0, 0, 0, 0, 1, 1, 1, 1])
+    assert plain.batch_shape(rows).prefill_batch is None
+    a, b = shared.generate(params, prompts, sampling), plain.generate(params, prompts, sampling)
+    for ga, gb in zip(a, b):
+        for sa, sb in zip(ga, gb):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)  # matmuls of 2 vs 8 rows round apart
