@@ -345,7 +345,14 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
     return jax.lax.while_loop(cond, body, state)
 
 
+def compact(state: DecodeState, rows: jax.Array) -> DecodeState:
+    """The decode state of the batch rows ``rows`` only (every per-row array gathered; the step
+    and the cache's write index are shared): the unfinished rows moved into a smaller batch."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, state)
+
+
 _prefill_jit = jax.jit(prefill, static_argnames=("config", "shape"))
+_compact_jit = jax.jit(compact)
 _decode_jit = jax.jit(decode, static_argnames=("config", "shape"), donate_argnames=("state",))
 
 
@@ -402,17 +409,24 @@ class Sampler:
         pad_id: filler token after a row finished (never returned).
         share_prefill: run each distinct prompt of a batch once and copy its KV cache to its rows
             (the G samples of a GRPO group), when that at least halves the prefill's rows.
+        drop_finished_every: check every this many decode steps whether the unfinished rows fit in
+            half the batch, and if so go on with only them (a power-of-two batch: one compile per
+            size); rows stopping early then stop costing compute. None = decode the whole batch
+            to the end (with ``decode_chunk``, the check runs at its chunks).
     """
 
     def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, min_batch_bucket: int = 1,
                  prompt_bucket: int | None = None,
                  min_prompt_bucket: int = 8, new_tokens_bucket: int | None = None,
                  min_new_tokens_bucket: int = 8, decode_chunk: int | None = None,
-                 cache_dtype: str | None = None, pad_id: int = 0, share_prefill: bool = True):
+                 cache_dtype: str | None = None, pad_id: int = 0, share_prefill: bool = True,
+                 drop_finished_every: int | None = None):
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows: must be >= 1, got {max_batch_rows}")
         if decode_chunk is not None and decode_chunk < 1:
             raise ValueError(f"decode_chunk: must be >= 1 or None, got {decode_chunk}")
+        if drop_finished_every is not None and drop_finished_every < 1:
+            raise ValueError(f"drop_finished_every: must be >= 1 or None, got {drop_finished_every}")
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id: {pad_id} outside the vocabulary [0, {config.vocab_size})")
         self.config = config
@@ -426,6 +440,7 @@ class Sampler:
         self.cache_dtype = cache_dtype
         self.pad_id = pad_id
         self.share_prefill = share_prefill
+        self.drop_finished_every = drop_finished_every
         self._shapes: set[BatchShape] = set()
         self._lock = threading.Lock()
 
@@ -517,24 +532,45 @@ class Sampler:
             self._shapes.add(shape)
         state = _prefill_jit(params, self.config, *self._pack(rows, shape), shape=shape)
         chunk = decode_chunk if decode_chunk is not None else self.decode_chunk
+        if self.drop_finished_every is not None:
+            chunk = min(chunk or self.drop_finished_every, self.drop_finished_every)
         chunk = shape.max_new_tokens if chunk is None else chunk
+        # the row of `rows` in each batch row (-1: batch padding, or a finished row kept as filler)
+        origin = np.where(np.arange(shape.batch) < len(rows), np.arange(shape.batch), -1)
         reported = np.zeros(len(rows), bool)
         while True:
             state = _decode_jit(params, self.config, state, jnp.int32(chunk), shape=shape)
             done, step = jax.device_get((state.done, state.step))
-            done = np.asarray(done[:len(rows)])
+            done = np.asarray(done)
             finished_all = bool(done.all()) or int(step) >= shape.max_new_tokens
-            new = np.flatnonzero(done & ~reported) if not finished_all else np.flatnonzero(~reported)
+            real = origin >= 0
+            new = np.flatnonzero(real & (done | finished_all))
+            new = new[~reported[origin[new]]]
             if new.size:
                 toks, lps, lens, stopped = jax.device_get(
                     (state.tokens, state.logprobs, state.lengths, state.stopped))
-                for r in new:
-                    n = int(lens[r])
-                    yield int(r), Sample(toks[r, :n].copy(), lps[r, :n].copy(),
-                                         "stop" if stopped[r] else "length")
-                reported[new] = True
+                for b in new:
+                    n = int(lens[b])
+                    yield int(origin[b]), Sample(toks[b, :n].copy(), lps[b, :n].copy(),
+                                                 "stop" if stopped[b] else "length")
+                reported[origin[new]] = True
             if finished_all or (cancelled is not None and cancelled()):
                 return
+            if self.drop_finished_every is not None:
+                state, shape, origin = self._drop_finished(state, shape, origin, done)
+
+    def _drop_finished(self, state: DecodeState, shape: BatchShape, origin: np.ndarray, done: np.ndarray):
+        """The unfinished rows alone, in the smallest batch bucket, when that halves the batch."""
+        live = np.flatnonzero(~done)
+        smaller = bucket(len(live), None, self.min_batch_bucket)
+        if 2 * smaller > shape.batch:
+            return state, shape, origin
+        filler = np.flatnonzero(done)[:1].repeat(smaller - len(live))  # finished: stays finished
+        keep = np.concatenate([live, filler]).astype(np.int32)
+        shape = dataclasses.replace(shape, batch=smaller, prefill_batch=None)
+        with self._lock:
+            self._shapes.add(shape)
+        return _compact_jit(state, jnp.asarray(keep)), shape, np.concatenate([origin[live], -np.ones(len(filler), int)])
 
     # -- packing -----------------------------------------------------------------------------------
 

@@ -166,6 +166,10 @@ class RolloutConfig:
     top_p: float = field(1.0, gt=0.0, le=1.0)
     top_k: int = field(0, ge=0)
     max_new_tokens: int = field(64, ge=1)
+    drop_finished_every: int | None = field(
+        None, ge=1, help="embedded engine: every this many decode steps, go on with only the unfinished rows when "
+                         "they fit half the batch (early stoppers stop costing compute; a compile per batch size); "
+                         "None = decode each batch to its end")
     async_: AsyncConfig = field(default_factory=AsyncConfig)
 
 

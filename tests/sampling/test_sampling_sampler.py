@@ -278,3 +278,28 @@ def test_a_shared_prefill_gives_the_same_samples(tiny):
         for sa, sb in zip(ga, gb):
             np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
             np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)  # matmuls of 2 vs 8 rows round apart
+
+
+def test_dropping_finished_rows_gives_the_same_samples(tiny):
+    """Rows that stop early leave the batch (the rest go on in a smaller one): same samples as a
+    batch decoded to the end, and a smaller batch shape was compiled."""
+    params, config = tiny
+    prompts = [np.array([3, 1, 4]), np.array([9, 2, 6, 5]), np.array([7, 7]), np.array([8])]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12, n=4, seed=3, stop_token_ids=tuple(range(0, 10)))
+    dropping = Sampler(config, max_batch_rows=16, drop_finished_every=2)
+    whole = Sampler(config, max_batch_rows=16)
+    a, b = dropping.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
+    lengths = [len(s) for g in b for s in g]
+    assert min(lengths) <= 4 and max(lengths) > 6  # rows do stop at different times
+    for ga, gb in zip(a, b):
+        for sa, sb in zip(ga, gb):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            assert sa.finish_reason == sb.finish_reason
+            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    assert {s.batch for s in whole.compiled_shapes} == {16}
+    assert min(s.batch for s in dropping.compiled_shapes) < 16
+
+
+def test_drop_finished_every_is_checked(tiny):
+    with pytest.raises(ValueError, match="drop_finished_every"):
+        Sampler(tiny[1], drop_finished_every=0)
