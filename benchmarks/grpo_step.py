@@ -68,7 +68,7 @@ import tempfile
 import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
-# The repository root goes on sys.path in main(), except in the TRL worker, which needs nothing of r1jax.
+# The repository root goes on sys.path in main() (the TRL worker imports only benchmarks._flops from it).
 
 REWARD_NAME = "bench_digit_share"
 MODEL = dict(hidden_size=256, num_hidden_layers=4, num_attention_heads=4, num_key_value_heads=2,
@@ -91,65 +91,25 @@ def bench_reward(prompt: str, completion: str, reference=None) -> float:
 
 
 def step_flops(prompts: int, group: int, prompt_tokens: float, new_tokens: int) -> dict:
-    """The useful FLOPs of one GRPO step with a reference model (see the module docstring).
+    """The useful FLOPs of one GRPO step with a reference model (see the module docstring and
+    ``benchmarks/_flops.py``): generation (one prefill per prompt, each new token once), the
+    reference forward and the policy forward + backward (3×) over every sample's prompt + completion."""
+    from benchmarks._flops import forward_flops, generation_flops
 
-    Matmul FLOPs are 2 per weight per token (the embedding lookup is free, the output projection
-    counts); attention is 4·H·Dh per (query, key) pair over the causal prefix. Generation runs
-    each prompt once per group (one prefill per prompt) and each new token once; the reference
-    forward and the policy forward + backward (3×) run over every sample's prompt + completion.
-    """
-    D, L, F, V = MODEL["hidden_size"], MODEL["num_hidden_layers"], MODEL["intermediate_size"], MODEL["vocab_size"]
-    H, K = MODEL["num_attention_heads"], MODEL["num_key_value_heads"]
-    Dh = D // H
-    per_token = 2 * (L * (D * (H + 2 * K) * Dh + H * Dh * D + 3 * D * F) + D * V)
-    pair = 4 * H * Dh * L  # scores + values, per attended (query, key) pair
-
-    def forward(tokens_per_seq: float, seqs: int, already: float = 0.0) -> float:
-        """``seqs`` sequences of ``tokens_per_seq`` new tokens after ``already`` cached ones."""
-        pairs = tokens_per_seq * already + tokens_per_seq * (tokens_per_seq + 1) / 2
-        return seqs * (tokens_per_seq * per_token + pairs * pair)
-
-    samples, total = prompts * group, prompt_tokens + new_tokens
-    generation = forward(prompt_tokens, prompts) + forward(new_tokens, samples, already=prompt_tokens)
-    one_pass = forward(total, samples)
+    dims = dict(hidden=MODEL["hidden_size"], layers=MODEL["num_hidden_layers"], heads=MODEL["num_attention_heads"],
+                kv_heads=MODEL["num_key_value_heads"], intermediate=MODEL["intermediate_size"],
+                vocab=MODEL["vocab_size"])
+    generation = generation_flops(dims, prompts=prompts, samples=group, prompt_tokens=prompt_tokens,
+                                  new_tokens=new_tokens)
+    one_pass = forward_flops(**dims, tokens=prompt_tokens + new_tokens, sequences=prompts * group)
     return {"generation": generation, "reference_forward": one_pass, "policy_forward_backward": 3 * one_pass,
             "total": generation + 4 * one_pass}
 
 
 def _matmul_peak(framework: str) -> dict:
-    """Measured matmul GFLOP/s of this (pinned) process: the model's MLP shape and 1024³, best of 3 medians."""
-    shapes = [(4608, 256, 512), (1024, 1024, 1024)]
-    out = {}
-    if framework == "xla":
-        import jax
-        import jax.numpy as jnp
+    from benchmarks._flops import matmul_peak
 
-        for dtype in ("float32", "bfloat16"):
-            best = 0.0
-            for m, k, n in shapes:
-                a, b = jnp.ones((m, k), dtype), jnp.ones((k, n), dtype)
-                f = jax.jit(lambda a, b: jnp.dot(a, b, preferred_element_type=jnp.float32))
-                best = max(best, 2 * m * k * n / _median_seconds(lambda: f(a, b).block_until_ready()) / 1e9)
-            out[dtype] = best
-    else:
-        import torch
-
-        best = 0.0
-        for m, k, n in shapes:
-            a, b = torch.ones(m, k), torch.ones(k, n)
-            best = max(best, 2 * m * k * n / _median_seconds(lambda: a @ b) / 1e9)
-        out["float32"] = best
-    return out
-
-
-def _median_seconds(fn, repeats: int = 15) -> float:
-    fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+    return matmul_peak(framework)
 
 
 # ----------------------------------------------------------------------------------- worker protocol
@@ -508,7 +468,7 @@ def main(argv=None):
     parser.add_argument("--work", help=argparse.SUPPRESS)
     parser.add_argument("--spec", help=argparse.SUPPRESS)
     args = parser.parse_args(argv)
-    if args.worker != "trl" and str(ROOT) not in sys.path:
+    if str(ROOT) not in sys.path:
         sys.path.insert(0, str(ROOT))  # `python benchmarks/grpo_step.py` puts benchmarks/, not the root, first
     if args.worker:
         spec = json.loads(pathlib.Path(args.spec).read_text())

@@ -43,8 +43,11 @@ multithreaded JAX process). Note that vLLM's scheduler process shares those core
 core for it), and that the JAX sampler also returns every token's log-prob while the other two
 return tokens only.
 
-Also recorded: the fraction of greedy tokens on which JAX agrees with torch and with each vLLM mode
-(a sanity check: equal up to float rounding on near-ties), and vLLM's engine settings.
+Also recorded: the useful GFLOP per call (``benchmarks/_flops.py``: one prefill per prompt, each new
+token once) and each side's achieved GFLOP/s, next to the matmul peak measured in the same process
+(XLA float32 and bfloat16, torch float32); the fraction of greedy tokens on which JAX agrees with
+torch and with each vLLM mode (a sanity check: equal up to float rounding on near-ties), and vLLM's
+engine settings.
 
 Presets (explicit flags override them):
 
@@ -83,6 +86,7 @@ import numpy as np
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 sys.path.insert(0, ROOT)
 
+from benchmarks._flops import generation_flops, matmul_peak  # noqa: E402
 from benchmarks._machine import describe_machine  # noqa: E402
 
 WORKER = os.path.join(ROOT, "benchmarks", "_vllm_sampler_worker.py")
@@ -348,6 +352,8 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
         for sampling in ("greedy", "t1"):
             speedup[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_{sampling}"]
             speedup_bf16[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_bf16_{sampling}"]
+    dims = dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate, vocab=vocab)
+    useful = generation_flops(dims, prompts=batch, samples=samples, prompt_tokens=prompt_len, new_tokens=N)
     if not workers and vllm_rec["run"]:  # every mode started, then failed
         vllm_rec.update(run=False, reason="; ".join(f"{m}: {r['reason']}" for m, r in vllm_rec["modes"].items()))
     return {
@@ -359,6 +365,8 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
         "seconds": seconds,
         "warmup_seconds": warmup_s,
         "tokens_per_s": tokens_per_s,
+        "useful_gflop_per_call": useful / 1e9,
+        "achieved_gflops": {k: useful / v / 1e9 for k, v in med.items()},
         "ratio_jax_over_torch": speedup["torch_greedy"],
         "jax_speedup_over": speedup,
         "jax_bf16_speedup_over": speedup_bf16,
@@ -440,13 +448,16 @@ def main(argv=None) -> dict:
                     "xla_flags": os.environ.get("XLA_FLAGS", "")},
         "settle_s": args.settle_s,
         "load_average_at_end": os.getloadavg() if hasattr(os, "getloadavg") else None,
+        "matmul_peak_gflops": {"xla": matmul_peak("xla"), "torch": matmul_peak("torch")},
         "ratio_jax_over_torch": main_run["ratio_jax_over_torch"],
         "runs": runs,
     }
     os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
     with open(out, "w") as f:
         json.dump(result, f, indent=2)
-    print(json.dumps([{k: r[k] for k in ("model", "tokens_per_s", "jax_speedup_over", "greedy_token_agreement")}
+    print(json.dumps({"matmul_peak_gflops": result["matmul_peak_gflops"]}))
+    print(json.dumps([{k: r[k] for k in ("model", "tokens_per_s", "achieved_gflops", "jax_speedup_over",
+                                         "greedy_token_agreement")}
                       | {"vllm": {m: {k: v for k, v in rec.items() if k != "engine"}
                                   for m, rec in r["vllm"]["modes"].items()}} for r in runs], indent=1))
     return result

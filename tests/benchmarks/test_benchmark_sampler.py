@@ -38,6 +38,8 @@ def _check_common(result: dict) -> dict:
                             "repeats": 2}
     assert run["model"]["head_dim"] == 32 and run["model"]["intermediate"] == 256
     assert SIDES <= set(run["tokens_per_s"])
+    assert set(run["achieved_gflops"]) == set(run["tokens_per_s"]) and min(run["achieved_gflops"].values()) > 0
+    assert result["matmul_peak_gflops"]["xla"]["float32"] > 0 and result["matmul_peak_gflops"]["torch"]["float32"] > 0
     for name, secs in run["seconds"].items():
         assert len(secs) == 2 and min(secs) > 0 and run["tokens_per_s"][name] > 0 and run["warmup_seconds"][name] > 0
     assert run["greedy_token_agreement"] >= 0.75  # JAX vs torch: equal but for float near-ties
