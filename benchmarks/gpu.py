@@ -393,11 +393,6 @@ def _part1_in_subprocess(spec: dict, smoke: bool, timeout: float) -> dict:
     return json.loads(proc.stdout.strip().splitlines()[-1])
 
 
-def _slug() -> str:
-    kind = getattr(jax.devices()[0], "device_kind", "gpu")
-    return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_") or "gpu"
-
-
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--out", default=None, help="JSON path (default: benchmarks/results/gpu_<device-kind>.json; "
@@ -465,7 +460,8 @@ def main(argv=None) -> int:
                         "part1_share": PART1_SHARE, "part1_elapsed_s": part1_s, "skipped": skipped}
     out = args.out
     if out is None and not smoke:
-        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results", f"gpu_{_slug()}.json")
+        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                           f"gpu_{kernels_gpu.gpu_slug()}.json")
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as fh:

@@ -199,7 +199,7 @@ def performance(shape: dict, interpret: bool, repeats: int, sweep: bool) -> dict
     return out
 
 
-def _gpu_slug() -> str:
+def gpu_slug() -> str:
     kind = getattr(jax.devices()[0], "device_kind", "gpu")
     return re.sub(r"[^a-z0-9]+", "_", kind.lower()).strip("_") or "gpu"
 
@@ -244,7 +244,7 @@ def main(argv=None) -> int:
     out = args.out
     if out is None and not interpret:
         out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                           f"kernels_gpu_{_gpu_slug()}.json")
+                           f"kernels_gpu_{gpu_slug()}.json")
     if out:
         os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
         with open(out, "w") as f:
