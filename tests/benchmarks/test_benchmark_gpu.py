@@ -25,7 +25,7 @@ def test_cpu_smoke_writes_a_complete_result(tmp_path):
     r = json.loads(out.read_text())
     assert r["benchmark"] == "gpu" and r["cpu_smoke"] is True
     assert r["device_kind"] and r["jax"] and r["jaxlib"] and r["machine"]["cpu_count"] >= 1
-    assert r["budget"]["skipped"] == [] and 0 < r["budget"]["elapsed_s"] < r["budget"]["budget_s"]
+    assert r["budget"]["skipped"] == [] and r["budget"]["elapsed_s"] > 0  # every part ran; time is recorded, not judged
 
     g = r["grpo_update"]
     assert "error" not in g, g.get("error")
