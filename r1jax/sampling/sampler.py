@@ -258,6 +258,13 @@ def _project(params, config: ModelConfig, hidden: jax.Array) -> jax.Array:
     return jnp.einsum("bd,dv->bv", hidden, lm_head_weight(params, config), preferred_element_type=_F32)
 
 
+def compact(tree: Any, rows: jax.Array) -> Any:
+    """``tree`` (a :class:`DecodeState`, a cache) at the batch rows ``rows``: every per-row array
+    gathered, scalars (the step, the cache's write index) shared. Moves the unfinished rows into
+    a smaller batch, and copies a prompt's prefill to its samples."""
+    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, tree)
+
+
 def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: jax.Array,
             active: jax.Array, row: RowParams, source: jax.Array | None = None, *,
             shape: BatchShape) -> DecodeState:
@@ -287,9 +294,7 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: ja
     logits = _project(params, config, hidden[:, -1])
     next_positions = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
     if source is not None:  # each prompt ran once: its rows start from copies
-        take = lambda x: jnp.take(x, source, axis=0)  # noqa: E731
-        cache = cache._replace(k=tuple(map(take, cache.k)), v=tuple(map(take, cache.v)), mask=take(cache.mask))
-        logits, next_positions = take(logits), take(next_positions)
+        cache, logits, next_positions = compact((cache, logits, next_positions), source)
     return DecodeState(
         cache=cache,
         logits=logits,
@@ -343,12 +348,6 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
                            stopped=st.stopped | hit_stop, row=st.row)
 
     return jax.lax.while_loop(cond, body, state)
-
-
-def compact(state: DecodeState, rows: jax.Array) -> DecodeState:
-    """The decode state of the batch rows ``rows`` only (every per-row array gathered; the step
-    and the cache's write index are shared): the unfinished rows moved into a smaller batch."""
-    return jax.tree.map(lambda x: jnp.take(x, rows, axis=0) if x.ndim else x, state)
 
 
 _prefill_jit = jax.jit(prefill, static_argnames=("config", "shape"))
