@@ -1,20 +1,15 @@
 """`r1jax serve` (r1jax.rollout.cli): flags, the remote-bind refusal, and a real server process."""
 
 import argparse
-import os
 import signal
-import subprocess
-import sys
-import time
 
 import pytest
+from procutil import start_jax_server
 
 from r1jax.rollout.cli import add_serve_parser, run_serve
 from r1jax.rollout.client import RolloutClient
 from r1jax.rollout.types import GenerateRequest, InvalidRequestError, RequestLimits
 from r1jax.sampling import SamplingParams
-
-ROOT = os.path.dirname(os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 
 def _parse(*argv):
@@ -65,18 +60,9 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
 
     save_pretrained(weights[0], cfg, tmp_path / "model")
     port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),
-         "--port", "0", "--port-file", str(port_file), "--max-batch-rows", "8", "--weight-version", "5",
-         "--max-n", "4"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": ROOT}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, addr = start_jax_server(tmp_path / "model", port_file, "--max-batch-rows", "8", "--weight-version", "5",
+                                  "--max-n", "4")
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        addr = f"127.0.0.1:{port_file.read_text()}"
         with RolloutClient(addr) as c:
             info = c.info()
             assert (info.engine, info.vocab_size, info.max_length, info.weight_version) == ("jax", 64, 64, 5)

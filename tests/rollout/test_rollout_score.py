@@ -8,11 +8,12 @@ import signal
 import subprocess
 import sys
 import threading
-import time
 
 import grpc
 import numpy as np
 import pytest
+
+from procutil import start_jax_server
 
 from r1jax.rollout import rollout_pb2 as pb
 from r1jax.rollout import rollout_pb2_grpc as pb_grpc
@@ -154,17 +155,9 @@ def test_serve_process_with_a_reward_model_scores_like_the_trainer(cfg, weights,
 
     save_pretrained(weights[0], cfg, tmp_path / "model")
     port_file = tmp_path / "port"
-    proc = subprocess.Popen(
-        [sys.executable, "-m", "r1jax.rollout.cli", "--engine", "jax", "--model", str(tmp_path / "model"),
-         "--port", "0", "--port-file", str(port_file), "--reward-model", f"helpful={rm_dir}"],
-        cwd=ROOT, env={**os.environ, "PYTHONPATH": str(ROOT)}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc, addr = start_jax_server(tmp_path / "model", port_file, "--reward-model", f"helpful={rm_dir}")
     try:
-        deadline = time.monotonic() + 120
-        while not port_file.exists():
-            assert proc.poll() is None, proc.stdout.read()
-            assert time.monotonic() < deadline, "server did not start"
-            time.sleep(0.1)
-        with RolloutClient(f"127.0.0.1:{port_file.read_text()}") as c:
+        with RolloutClient(addr) as c:
             assert c.info().reward_models == ("helpful",)
             remote = c.score("helpful", PROMPTS[:6], RESPONSES[:6])
     finally:
