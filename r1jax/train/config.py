@@ -22,6 +22,7 @@ from r1jax.data import TASK_REWARDS, DataConfig
 from r1jax.models import ModelConfig
 from r1jax.models.sharding import MeshConfig
 from r1jax.rewards import RewardConfig, get_reward, list_rewards
+from r1jax.train.buffer import BUFFER_POLICIES
 
 __all__ = [
     "AlgoConfig", "OptimConfig", "AsyncConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
@@ -149,6 +150,20 @@ class AsyncConfig:
 
     max_staleness: int = field(0, ge=0, help="K: step u's samples come from the policy after update max(0, u-K) "
                                            "(exactly, so runs are reproducible); 0 = synchronous")
+    partial_tokens: int = field(0, ge=0, help="partial rollouts (K >= 2): sample new tokens in segments of this "
+                                            "many; segment j of step u uses the policy after update u-K+j (at most "
+                                            "u-1), so an interrupted sample continues under newer weights; 0 = off")
+
+
+@dataclasses.dataclass(frozen=True)
+class BufferConfig:
+    """Which sampled prompt groups a step trains on (YAML ``rollout.buffer``; see r1jax.train.buffer)."""
+
+    policy: str = field("fifo", choices=lambda: BUFFER_POLICIES.names(),
+                        help="picks prompts_per_step of the step's groups (fifo, informative, freshest, or one a "
+                             "run.imports module registers)")
+    extra_prompts: int = field(0, ge=0, help="groups sampled per step beyond prompts_per_step, for the policy to "
+                                           "choose among (the unchosen are dropped and logged)")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -171,6 +186,7 @@ class RolloutConfig:
                          "they fit half the batch (early stoppers stop costing compute; a compile per batch size); "
                          "None = decode each batch to its end")
     async_: AsyncConfig = field(default_factory=AsyncConfig)
+    buffer: BufferConfig = field(default_factory=BufferConfig)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -260,6 +276,14 @@ class ExperimentConfig:
             raise ConfigError(f"algo.tis: rollout.async.max_staleness={self.rollout.async_.max_staleness} trains on "
                               "samples of older policies; set algo.tis (token, sequence or geometric) so the loss "
                               "weights them by the importance ratio to the sampler's log-probs")
+        partial = self.rollout.async_.partial_tokens
+        if partial and self.rollout.async_.max_staleness < 2:
+            raise ConfigError(f"rollout.async.partial_tokens: {partial} needs rollout.async.max_staleness >= 2 (with "
+                              f"K={self.rollout.async_.max_staleness} every segment of step u would use the policy of "
+                              "update u-1 anyway)")
+        if partial >= self.rollout.max_new_tokens:
+            raise ConfigError(f"rollout.async.partial_tokens: {partial} is not below rollout.max_new_tokens="
+                              f"{self.rollout.max_new_tokens}, so no sample would continue under newer weights")
         if self.algo.overlong_buffer > self.rollout.max_new_tokens:
             raise ConfigError(f"algo.overlong_buffer: {self.algo.overlong_buffer} exceeds rollout.max_new_tokens="
                               f"{self.rollout.max_new_tokens}")

@@ -29,15 +29,16 @@ import numpy as np
 from r1jax.config import ConfigError, save_config, to_dict
 from r1jax.data import PromptIterator
 from r1jax.models import init_value_head, save_pretrained
-from r1jax.train.async_rollout import Produced, Producer
+from r1jax.train.async_rollout import InProgress, Produced, Producer
+from r1jax.train.buffer import select_groups
 from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
-from r1jax.train.rollout import (Episodes, assemble_rollout, make_sampler, put_rows, sample_and_score,
-                                 step_seed)
+from r1jax.train.rollout import (Episodes, Partial, Segments, assemble_rollout, make_sampler, put_rows,
+                                 sample_and_score, step_seed)
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
@@ -80,7 +81,8 @@ class Trainer:
                               "checkpoint.resume=false")
         c = self.components = components or build(cfg)
         self.tokenizer, self.model_cfg, self.mesh = c.tokenizer, c.model_cfg, c.mesh
-        self.iterator = PromptIterator(c.train_set, cfg.rollout.prompts_per_step, seed=cfg.data.seed)
+        self.drawn_per_step = cfg.rollout.prompts_per_step + cfg.rollout.buffer.extra_prompts
+        self.iterator = PromptIterator(c.train_set, self.drawn_per_step, seed=cfg.data.seed)
         algo = cfg.algo
         total_updates = cfg.run.steps * algo.passes
         self.tx = tx = make_optimizer(cfg.optim, total_steps=total_updates)
@@ -139,41 +141,66 @@ class Trainer:
 
     # ------------------------------------------------------------------------------ one RL step
 
-    def _sample(self, params, version: int, examples: list, step: int) -> Episodes:
-        """Samples and scores the examples of ``step`` with ``params`` (the policy after ``version``
-        updates; pushed first to remote servers that serve another)."""
+    def _sample(self, examples: list, step: int, policy: Callable[[int, Partial], tuple[Any, int]],
+                resume: Partial | None = None) -> Episodes:
+        """Samples and scores the examples of ``step``; ``policy(segment, partial)`` gives the params
+        (and trainer version) of each segment of new tokens — one segment unless
+        ``rollout.async.partial_tokens`` — which are pushed first to remote servers that serve another."""
         cfg = self.config
-        if cfg.rollout.mode == "remote" and version != self._live_version:
-            self.sampler.push(params)
-            self._live_version = version
+        first: list[int] = []
+
+        def pushed(segment: int, partial: Partial) -> tuple[Any, int]:
+            params, version = policy(segment, partial)
+            first.append(version)
+            if cfg.rollout.mode == "remote" and version != self._live_version:
+                self.sampler.push(params)
+                self._live_version = version
+            return params, version
+
+        segments = None
+        if cfg.rollout.async_.partial_tokens:
+            segments = Segments(cfg.rollout.async_.partial_tokens, pushed, resume)
+            params = None
+        else:
+            params, _ = pushed(0, Partial.empty(len(examples), cfg.rollout.group_size))
         ep = sample_and_score(cfg, self.tokenizer, self.sampler, self.components.scorer, params, examples,
                               n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
-                              seed=step_seed(cfg.run.seed, step), first_index=step * cfg.rollout.prompts_per_step,
-                              step=step)
+                              seed=step_seed(cfg.run.seed, step), first_index=step * self.drawn_per_step,
+                              step=step, segments=segments)
         if cfg.rollout.mode == "embedded":
-            ep = dataclasses.replace(ep, versions=[version] * len(examples))
+            oldest = [int(v.min()) for grp in ep.token_versions or () for v in grp if v.size]
+            ep = dataclasses.replace(ep, versions=[min(oldest, default=first[0])] * len(examples))
         return ep
 
     def _start_producer(self) -> None:
         """Starts sampling ahead (asynchronous RL), from the buffer of the checkpoint resumed from."""
         version, meta = int(self.state.step), self._async_meta
         buffered: tuple[Produced, ...] = ()
-        if meta is not None and meta["max_staleness"] == self.max_staleness:
+        in_progress = None
+        segments = self._segments_per_batch()
+        if meta is not None and (meta["max_staleness"], meta.get("segments", 1)) == (self.max_staleness, segments):
             buffered = tuple(Produced.from_json(b) for b in meta["buffer"])
+            in_progress = InProgress.from_json(meta["in_progress"]) if meta.get("in_progress") else None
             if meta["cursor"] is not None:
                 self.iterator.restore(meta["cursor"])
-        elif meta is not None:  # K changed (an allowed config change): sample again from the consumed position
-            log.warning("rollout.async.max_staleness changed from %d to %d: the %d buffered batches of the checkpoint "
-                        "are sampled again", meta["max_staleness"], self.max_staleness, len(meta["buffer"]))
+        elif meta is not None:  # K or the segments changed (allowed): sample again from the consumed position
+            log.warning("rollout.async changed (max_staleness %d -> %d, segments %d -> %d): the %d buffered batches "
+                        "of the checkpoint are sampled again", meta["max_staleness"], self.max_staleness,
+                        meta.get("segments", 1), segments, len(meta["buffer"]))
         self.producer = Producer(self._sample, self.iterator, params=jax.tree.map(jnp.copy, self.state.params),
-                                 version=version, end_step=self.config.run.steps,
-                                 max_staleness=self.max_staleness, buffered=buffered)
+                                 version=version, end_step=self.config.run.steps, max_staleness=self.max_staleness,
+                                 segments=segments, buffered=buffered, in_progress=in_progress)
+
+    def _segments_per_batch(self) -> int:
+        """The most segments of new tokens a batch is sampled in (1 without partial rollouts)."""
+        ro = self.config.rollout
+        return -(-ro.max_new_tokens // ro.async_.partial_tokens) if ro.async_.partial_tokens else 1
 
     def _next_episodes(self, step: int, timing: dict[str, float]) -> tuple[Episodes, int]:
         """The scored samples of ``step`` and the version that sampled them."""
         t0 = time.perf_counter()
         if not self.max_staleness:
-            ep = self._sample(self.state.params, step, next(self.iterator), step)
+            ep = self._sample(next(self.iterator), step, lambda segment, partial: (self.state.params, step))
             timing["rollout+reward"] = time.perf_counter() - t0
             return ep, step
         if self.producer is None:
@@ -190,6 +217,12 @@ class Trainer:
         step = int(self.state.step)
         timing: dict[str, float] = {}
         ep, version = self._next_episodes(step, timing)
+        drawn = len(ep.samples)
+        buffer_metrics = {}
+        if cfg.rollout.buffer.extra_prompts:
+            chosen = select_groups(cfg.rollout.buffer.policy, ep, cfg.rollout.prompts_per_step, step=step)
+            ep = ep.select(chosen)
+            buffer_metrics = {"buffer/dropped": drawn - len(chosen)}
         t0 = time.perf_counter()
         rollout = put_rows(self.mesh, assemble_rollout(  # static shapes: the update compiles once per run
             ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id, length=c.max_length,
@@ -209,7 +242,13 @@ class Trainer:
         if update_metrics["skipped"]:
             log.warning("step %d: %d optimizer step(s) had a non-finite loss, gradient or update: skipped",
                         step, int(update_metrics["skipped"]))
-        metrics = {**ep.metrics(), "staleness": step - version, **{k: float(v) for k, v in update_metrics.items()}}
+        metrics = {**ep.metrics(), "staleness": step - version, **buffer_metrics,
+                   **{k: float(v) for k, v in update_metrics.items()}}
+        if ep.token_versions is not None:  # partial rollouts: the staleness of each token's policy
+            tv = np.concatenate([v for grp in ep.token_versions for v in grp])
+            spans = [len(np.unique(v)) > 1 for grp in ep.token_versions for v in grp]
+            metrics.update({"staleness/token_mean": float(step - tv.mean()) if tv.size else 0.0,
+                            "partial/resumed_frac": float(np.mean(spans))})
         timing["tokens_per_s"] = float(ep.lengths.sum()) / max(sum(timing.values()), 1e-9)
         return {"metrics": metrics, "timing": timing}
 

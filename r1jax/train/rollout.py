@@ -13,7 +13,7 @@ import dataclasses
 import math
 import pathlib
 import shutil
-from typing import Sequence
+from typing import Any, Callable, Sequence
 
 import jax
 import numpy as np
@@ -32,7 +32,8 @@ from r1jax.train.config import ExperimentConfig, RolloutConfig
 from r1jax.train.steps import Packed, Rollout
 
 __all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows",
-           "LENGTH_MULTIPLE", "Episodes", "sample_and_score", "step_seed"]
+           "LENGTH_MULTIPLE", "Episodes", "Partial", "Segments", "generate_in_segments", "sample_and_score",
+           "step_seed"]
 
 class EmbeddedSampler:
     """In-process sampling: ``generate(params, prompts, sampling, first_index)`` on any params."""
@@ -203,6 +204,8 @@ class Episodes:
     failures: int                   # rewards that raised, timed out or were non-finite
     domains: list[str] | None = None  # each prompt's domain (data.mixture; a single task's name)
     verifiers: list[str] | None = None  # each prompt's verifier (data.mixture; "none": nothing checks it)
+    token_versions: list[list[np.ndarray]] | None = None  # [P][n] int32 [L]: the trainer version of each
+    #                                                     token's policy (partial rollouts; None: one per batch)
 
     @property
     def lengths(self) -> np.ndarray:
@@ -211,6 +214,19 @@ class Episodes:
     @property
     def truncated(self) -> np.ndarray:
         return np.array([[s.finish_reason == "length" for s in grp] for grp in self.samples])
+
+    def select(self, groups: Sequence[int]) -> "Episodes":
+        """The episodes of prompt groups ``groups`` only, in that order."""
+        n = len(self.samples[0])
+        pick = lambda xs: None if xs is None else [xs[i] for i in groups]  # noqa: E731
+        rows = [i * n + j for i in groups for j in range(n)]
+        idx = np.asarray(groups, np.int64)
+        return Episodes(prompts=pick(self.prompts), samples=pick(self.samples), versions=pick(self.versions),
+                        texts=[self.texts[r] for r in rows], rewards=self.rewards[idx],
+                        components={k: v[idx] for k, v in self.components.items()},
+                        correct=None if self.correct is None else self.correct[idx], failures=self.failures,
+                        domains=pick(self.domains), verifiers=pick(self.verifiers),
+                        token_versions=pick(self.token_versions))
 
     def metrics(self) -> dict[str, float]:
         """Rewards, accuracy, lengths and weight versions of the batch (the RL step's sampling metrics)."""
@@ -231,9 +247,93 @@ class Episodes:
                               prefixes=("accuracy_by_domain", "reward_by_domain"))
 
 
+@dataclasses.dataclass
+class Partial:
+    """A batch's samples generated so far, segment by segment (partial rollouts): ``[P][n]`` token ids,
+    log-probs and the trainer version of each token's policy; ``finish[i][j]`` is None while sample
+    ``(i, j)`` continues in the next segment. JSON-ready via :meth:`to_json` (exact round trip)."""
+
+    segments: int                       # segments done
+    tokens: list[list[list[int]]]
+    logprobs: list[list[list[float]]]
+    versions: list[list[list[int]]]
+    finish: list[list[str | None]]
+    sampler_versions: list[int]         # the sampler's weight version of each prompt's first segment
+    policy_versions: list[int]          # the trainer version of each segment's policy
+
+    @classmethod
+    def empty(cls, prompts: int, n: int) -> "Partial":
+        grid = lambda: [[[] for _ in range(n)] for _ in range(prompts)]  # noqa: E731
+        return cls(0, grid(), grid(), grid(), [[None] * n for _ in range(prompts)], [], [])
+
+    def to_json(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_json(cls, d: dict[str, Any]) -> "Partial":
+        return cls(**d)
+
+
+@dataclasses.dataclass(frozen=True)
+class Segments:
+    """Partial rollouts: new tokens are sampled in segments of ``tokens``; before segment ``j`` runs,
+    ``policy(j, partial)`` (given the samples so far) returns ``(params, version)`` of the policy
+    that samples it, so a sample interrupted by a weight update continues under the new weights.
+    ``resume``: the :class:`Partial` of a checkpointed batch to continue from."""
+
+    tokens: int
+    policy: Callable[[int, Partial], tuple[Any, int]]
+    resume: Partial | None = None
+
+
+def generate_in_segments(sampler, prompts: Sequence[np.ndarray], sampling: SamplingParams, first_index: int,
+                         segments: Segments) -> tuple[list[list[Sample]], list[int], list[list[np.ndarray]]]:
+    """``sampling.n`` samples per prompt, ``segments.tokens`` new tokens at a time.
+
+    Segment 0 samples every (prompt, sample) for up to ``tokens`` tokens with ``policy(0)``'s weights;
+    each later segment continues the samples that neither stopped nor reached ``max_new_tokens`` as
+    single-sample requests whose prompt is the prompt + the tokens so far (the new policy recomputes
+    their prefix; the seed is ``(seed, segment)``'s). Returns the samples ``[P][n]`` (log-probs of each
+    token under the policy that sampled it), the sampler's weight version of each prompt's first
+    segment, and the trainer version of every token's policy ``[P][n]`` int32 ``[L]``.
+    """
+    n, budget = sampling.n, sampling.max_new_tokens
+    part = segments.resume or Partial.empty(len(prompts), n)
+    while True:
+        active = [(i, j) for i in range(len(prompts)) for j in range(n)
+                  if part.finish[i][j] is None and (part.segments == 0 or len(part.tokens[i][j]) < budget)]
+        if not active:
+            break
+        params, version = segments.policy(part.segments, part)
+        part.policy_versions.append(version)
+        new = min(segments.tokens, budget - part.segments * segments.tokens)
+        if part.segments == 0:
+            out, part.sampler_versions = sampler.generate(params, prompts, dataclasses.replace(
+                sampling, max_new_tokens=new), first_index)
+            results = [(i, j, out[i][j]) for i, j in active]
+        else:
+            rows = [np.concatenate([prompts[i], np.asarray(part.tokens[i][j], np.int32)]) for i, j in active]
+            seed = int(np.random.SeedSequence([sampling.seed or 0, part.segments]).generate_state(1)[0])
+            out, _ = sampler.generate(params, rows, dataclasses.replace(sampling, n=1, max_new_tokens=new, seed=seed),
+                                      first_index * n)
+            results = [(i, j, grp[0]) for (i, j), grp in zip(active, out)]
+        for i, j, s in results:
+            part.tokens[i][j] += s.token_ids.tolist()
+            part.logprobs[i][j] += s.logprobs.tolist()
+            part.versions[i][j] += [version] * len(s.token_ids)
+            if s.finish_reason == "stop" or len(part.tokens[i][j]) >= budget:
+                part.finish[i][j] = s.finish_reason
+        part.segments += 1
+    samples = [[Sample(np.asarray(part.tokens[i][j], np.int32), np.asarray(part.logprobs[i][j], np.float32),
+                       part.finish[i][j]) for j in range(n)] for i in range(len(prompts))]
+    return samples, list(part.sampler_versions), [[np.asarray(v, np.int32) for v in grp] for grp in part.versions]
+
+
 def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardScorer, params, examples, *,
-                     n: int, temperature: float, seed: int, first_index: int, step: int) -> Episodes:
-    """Samples ``n`` completions per example with ``params`` and scores them with the configured rewards.
+                     n: int, temperature: float, seed: int, first_index: int, step: int,
+                     segments: Segments | None = None) -> Episodes:
+    """Samples ``n`` completions per example with ``params`` (or segment by segment with the policies
+    of ``segments``: partial rollouts) and scores them with the configured rewards.
 
     Rewards see the rendered prompt (a template may open ``<think>``; the language reward detects the
     target language from it). A sample is correct when every accuracy reward (``RewardSpec.accuracy``)
@@ -243,7 +343,11 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
     prompts = encode_prompts(examples, tokenizer, data.template, system_prompt=data.system_prompt)
     sampling = SamplingParams(temperature=temperature, top_p=ro.top_p, top_k=ro.top_k,
                               max_new_tokens=ro.max_new_tokens, stop_token_ids=tokenizer.eos_ids, n=n, seed=seed)
-    samples, versions = sampler.generate(params, prompts, sampling, first_index)
+    token_versions = None
+    if segments is None:
+        samples, versions = sampler.generate(params, prompts, sampling, first_index)
+    else:
+        samples, versions, token_versions = generate_in_segments(sampler, prompts, sampling, first_index, segments)
     domains = [str(e.get("domain") or e.get("task") or "") for e in examples]
     texts = [tokenizer.decode(s.token_ids) for grp in samples for s in grp]
     rendered = [render_prompt(e, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
@@ -260,4 +364,4 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
                     correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
                     failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())),
                     domains=domains, verifiers=[str(e["verifier"]) for e in examples] if all(
-                        "verifier" in e for e in examples) else None)
+                        "verifier" in e for e in examples) else None, token_versions=token_versions)

@@ -71,10 +71,11 @@ def _run_producer(k: int, steps: int, *, start: int = 0, buffered=()):
     seen: list[tuple[int, int, int, int]] = []  # (step, version sampled with, params used, newest published)
     lock = threading.Lock()
 
-    def sample(params, version, examples, step):
+    def sample(examples, step, policy, resume):
+        params, version = policy(0, None)
         with lock:
             seen.append((step, version, params, published["newest"]))
-        assert examples == [step]
+        assert examples == [step] and resume is None
         return _episodes(step)
 
     producer = Producer(sample, _Examples(start + len(buffered)), params=start, version=start, end_step=steps,
@@ -116,7 +117,7 @@ def test_a_producer_resumed_with_its_buffer_continues_the_same_schedule():
 
 
 def test_a_producer_error_reaches_the_trainer():
-    def sample(params, version, examples, step):
+    def sample(examples, step, policy, resume):
         raise ZeroDivisionError("reward blew up")
 
     producer = Producer(sample, _Examples(), params=0, version=0, end_step=4, max_staleness=1)
@@ -170,11 +171,36 @@ def test_an_async_run_logs_staleness_and_trains_on_its_scheduled_batches(tmp_pat
     assert records[-1]["optimizer_steps"] == 2
 
 
-def _train(config: pathlib.Path, kill_on: str | None = None) -> None:
+def test_partial_rollouts_without_k_of_2_are_refused_naming_the_key(tmp_path):
+    with pytest.raises(ConfigError, match=r"rollout\.async\.partial_tokens: 4 needs rollout\.async\.max_staleness >= 2"):
+        load_config(ExperimentConfig, _config(tmp_path), ["rollout.async.max_staleness=1", "rollout.async.partial_tokens=4"])
+    with pytest.raises(ConfigError, match=r"rollout\.async\.partial_tokens: 12 is not below"):
+        load_config(ExperimentConfig, _config(tmp_path), ["rollout.async.partial_tokens=12"])
+
+
+def test_a_partial_rollout_run_logs_each_tokens_staleness(tmp_path):
+    from r1jax.train.loop import Trainer
+
+    cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=4", "checkpoint.every=0",
+                                                            "rollout.async.partial_tokens=4"])
+    trainer = Trainer(cfg)
+    try:
+        records = trainer.run()
+    finally:
+        trainer.close()
+    assert [r["staleness"] for r in records] == [0, 1, 2, 2]           # the oldest token's policy
+    # step 2: segments by versions 0, 1, 1; step 3: 1, 2, 2 (a token is at most K and at least 1 version old)
+    for r in records[2:]:
+        assert r["partial/resumed_frac"] > 0.5
+        assert 1.0 <= r["staleness/token_mean"] < 2.0
+    assert all(np.isfinite(r["loss"]) for r in records)
+
+
+def _train(config: pathlib.Path, kill_on: str | None = None) -> str:
+    """Runs ``r1jax train`` to its end (returns its log) or SIGKILLs it when it logs ``kill_on``."""
     cmd = [sys.executable, "-m", "r1jax.cli", "train", str(config)]
     if kill_on is None:
-        subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True)
-        return
+        return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stderr
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kill_on_log_line(proc, kill_on)
 
@@ -184,23 +210,31 @@ def _records(run_dir: pathlib.Path) -> list[dict]:
             for line in (run_dir / "metrics.jsonl").read_text().splitlines()]
 
 
+PARTIAL = {"async": {"max_staleness": 2, "partial_tokens": 4}, "buffer": {"policy": "informative", "extra_prompts": 2}}
+
+
 @pytest.mark.slow
-def test_an_async_run_sigkilled_at_random_points_resumes_to_the_same_samples_and_metrics(tmp_path):
+@pytest.mark.parametrize("rollout", [{}, PARTIAL], ids=["whole", "partial+informative"])
+def test_an_async_run_sigkilled_at_random_points_resumes_to_the_same_samples_and_metrics(tmp_path, rollout):
     """Two SIGKILLs, each at a point drawn at random (logged in the failure message): while the producer
-    has sampled a step ahead of the trainer (its buffer partly full, a batch in flight) or just after
-    a checkpoint. The resumed run's metrics equal an uninterrupted run's, step for step."""
+    has sampled a step ahead of the trainer (its buffer partly full, a batch in flight), between two
+    segments of a partial rollout, or just after a checkpoint. The resumed run's metrics equal an
+    uninterrupted run's, step for step."""
     seed = random.randrange(2**32)
     rng = random.Random(seed)
     steps = 6
-    _train(_config(tmp_path / "full"))
+    logged = _train(_config(tmp_path / "full", **rollout))
     reference = _records(tmp_path / "full" / "runs" / "t")
     assert [r["staleness"] for r in reference] == [0, 1, 2, 2, 2, 2]
 
-    killed = _config(tmp_path / "killed")
+    killed = _config(tmp_path / "killed", **rollout)
     points = []
     for lo in (1, 3):  # the second kill is later than the first's checkpoint
+        segments = [f"step {u} continues at segment {j} with" for u in range(lo + 2, steps) for j in (1, 2)
+                    if f"step {u} continues at segment {j} with" in logged]  # the samples are the same
         points.append(rng.choice([f"sampled step {u} with" for u in range(lo + 2, steps)]
-                                 + [f"checkpoint saved at step {u}" for u in range(lo, steps - 1)]))
+                                 + [f"checkpoint saved at step {u}" for u in range(lo, steps - 1)]
+                                 + (segments if rollout else [])))
         _train(killed, kill_on=points[-1])
     _train(killed)
     resumed = _records(tmp_path / "killed" / "runs" / "t")
