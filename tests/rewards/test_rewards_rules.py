@@ -379,3 +379,21 @@ def test_format_property(reasoning, answer, sep, extra_tag, where):
     assert format_strict("", good) == 1.0 and format_lenient("", good) == 1.0
     cut = [0, len("<think>"), len(good) - len("</answer>"), len(good)][where]
     assert format_strict("", good[:cut] + extra_tag + good[cut:]) == 0.0  # one tag too many, anywhere
+
+
+_INTEGER_TEXT = st.builds(lambda sign, zeros, digits: sign + "0" * zeros + digits,
+                          st.sampled_from(["", "+", "-"]), st.integers(0, 2),
+                          st.integers(0, 10**12).map(str) | st.integers(0, 99).map(str))
+
+
+@settings(max_examples=60, deadline=None)
+@given(reference=_INTEGER_TEXT, answer=_INTEGER_TEXT)
+def test_two_integers_are_compared_as_math_verify_compares_them(reference, answer):
+    """math_answers_equal decides integer pairs without parsing; its verdict is math-verify's own."""
+    from r1jax.rewards.math_accuracy import math_answers_equal
+    from math_verify import parse, verify
+
+    want = bool(verify(parse(f"${reference}$", parsing_timeout=None), parse(f"${answer}$", parsing_timeout=None),
+                       timeout_seconds=None))
+    assert math_answers_equal(reference, answer) is want
+    assert math_answers_equal(reference, f" {answer} ") is want
