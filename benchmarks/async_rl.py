@@ -16,9 +16,12 @@ samples at temperature 1, with its 95% interval). The server is started once per
 reused by every arm (each trainer pushes its initial weights first); a warm-up request compiles
 its sampler before the first arm.
 
+An arm is ``K`` (``rollout.async.max_staleness``) or ``K/pS`` (and partial rollouts of S tokens per
+segment, ``rollout.async.partial_tokens``).
+
 Usage (from the repository root)::
 
-    .venv/bin/python benchmarks/async_rl.py                       # JAX engine, K = 0, 1, 2, seeds 0-2
+    .venv/bin/python benchmarks/async_rl.py                       # JAX engine, arms 0 1 2 2/p32, seeds 0-2
     .venv/bin/python benchmarks/async_rl.py --engine vllm         # needs `make vllm-env`
 
 Writes ``benchmarks/results/async_rl_<engine>.json`` and ``async_rl_<engine>.png`` (batch accuracy
@@ -54,7 +57,8 @@ def worker(args: argparse.Namespace) -> None:
     overrides = [f"run.seed={args.seed}", f"run.steps={args.steps}", f"run.out_dir={args.run_dir}",
                  "run.name=arm", "run.progress=false", "run.tensorboard=false", "checkpoint.every=0",
                  "checkpoint.resume=false", "rollout.mode=remote", f"rollout.servers=[{args.server}]",
-                 f"rollout.async.max_staleness={args.k}", "algo.tis=token", *args.set]
+                 f"rollout.async.max_staleness={args.k}", f"rollout.async.partial_tokens={args.partial}",
+                 "algo.tis=token", *args.set]
     trainer = Trainer(load_experiment(str(CONFIG), overrides))
     steps = []
     try:
@@ -63,7 +67,8 @@ def worker(args: argparse.Namespace) -> None:
             out = trainer.rl_step()
             m = out["metrics"]
             steps.append({"step": step, "wall_s": time.perf_counter() - t_start, "accuracy": m["accuracy"],
-                          "reward": m["reward/total"], "staleness": m["staleness"], "timing": out["timing"]})
+                          "reward": m["reward/total"], "staleness": m["staleness"],
+                          "token_staleness": m.get("staleness/token_mean", m["staleness"]), "timing": out["timing"]})
         final = trainer.evaluate()
     finally:
         trainer.close()
@@ -97,15 +102,26 @@ def wait_for_port(proc: subprocess.Popen, port_file: pathlib.Path, timeout: floa
     return int(port_file.read_text().strip())
 
 
-def warm_up(address: str) -> None:
-    """One request of the arms' shape, so the server's sampler is compiled before any arm is timed."""
+def warm_up(address: str, partials: set[int]) -> None:
+    """Requests of the arms' shapes, so the server's sampler is compiled before any arm is timed: a
+    step's batch, and for partial rollouts of S tokens the continuations (prompt + j·S tokens, one
+    sample each, any number of rows: the sampler pads rows to powers of two, at most 64 per batch)."""
     from r1jax.rollout import RolloutClient
     from r1jax.rollout.types import GenerateRequest, SamplingParams
 
     client = RolloutClient([address], timeout=600)
     try:
-        client.generate(GenerateRequest([[1, 2, 3]] * 16, SamplingParams(temperature=1.0, max_new_tokens=64, n=8,
+        # distinct prompts: the sampler prefills each distinct prompt once (its prefill batch is their count)
+        distinct = lambda rows, length: [[1 + r % 50, 1 + r // 50] + [3] * (length - 2) for r in range(rows)]  # noqa: E731
+        client.generate(GenerateRequest(distinct(16, 10), SamplingParams(temperature=1.0, max_new_tokens=64, n=8,
                                                                           seed=0)))
+        for size in sorted(partials):  # continuations: samples with equal prefixes share a prefill too
+            for j in range(1, -(-64 // size)):
+                for rows in (1, 2, 4, 8, 16, 32, 64):
+                    for unique in (u for u in (1, 2, 4, 8, 16, 32, 64) if u <= rows):
+                        prompts = distinct(unique, 10 + j * size)
+                        client.generate(GenerateRequest([prompts[r % unique] for r in range(rows)], SamplingParams(
+                            temperature=1.0, max_new_tokens=min(size, 64 - j * size), n=1, seed=0)))
     finally:
         client.close()
 
@@ -130,7 +146,9 @@ def summarise(arm: list[dict], warmup: int, target: float) -> dict:
                          "steps_per_s": len(dt) / (st[-1]["wall_s"] - st[warmup - 1]["wall_s"]),
                          "time_to_target_s": first_reaching(st, target),
                          "final_accuracy": run["eval"]["eval/accuracy"],
-                         "mean_staleness": statistics.fmean(s["staleness"] for s in st)})
+                         "mean_staleness": statistics.fmean(s["staleness"] for s in st),
+                         "mean_token_staleness": statistics.fmean(s.get("token_staleness", s["staleness"])
+                                                                  for s in st)})
     out = {"per_seed": per_seed}
     for key in ("median_step_s", "steps_per_s", "final_accuracy"):
         values = [p[key] for p in per_seed]
@@ -140,6 +158,17 @@ def summarise(arm: list[dict], warmup: int, target: float) -> dict:
     out["time_to_target_s"] = {"mean": statistics.fmean(reached) if reached else None,
                                "reached": f"{len(reached)}/{len(per_seed)}"}
     return out
+
+
+def parse_arm(arm: str) -> tuple[int, int]:
+    """``"K"`` or ``"K/pS"`` -> (K, S); S = 0 without partial rollouts."""
+    k, _, partial = arm.partition("/p")
+    return int(k), int(partial or 0)
+
+
+def arm_label(arm: str) -> str:
+    k, partial = parse_arm(arm)
+    return "sync" if k == 0 else f"async K={k}" + (f", partial {partial}" if partial else "")
 
 
 def plot(results: dict, path: pathlib.Path) -> None:
@@ -153,7 +182,7 @@ def plot(results: dict, path: pathlib.Path) -> None:
         acc = np.mean([[s["accuracy"] for s in run["steps"]] for run in arm["runs"]], axis=0)
         wall = np.mean([[s["wall_s"] for s in run["steps"]] for run in arm["runs"]], axis=0)
         smooth = np.convolve(acc, np.ones(5) / 5, mode="valid")
-        label = "sync" if k == "0" else f"async K={k}"
+        label = arm_label(k)
         axes[0].plot(np.arange(4, len(acc)), smooth, label=label)
         axes[1].plot(wall[4:], smooth, label=label)
     axes[0].set_xlabel("step")
@@ -182,7 +211,7 @@ def plot_engines(paths: list[pathlib.Path], path: pathlib.Path) -> None:
             acc = np.mean([[s["accuracy"] for s in run["steps"]] for run in arm["runs"]], axis=0)
             smooth = np.convolve(acc, np.ones(5) / 5, mode="valid")
             ax.plot(np.arange(4, len(acc)), smooth, color=f"C{i}", ls="-" if results["engine"] == "jax" else "--",
-                    label=f"{results['engine']}: {'sync' if k == '0' else 'async K=' + k}")
+                    label=f"{results['engine']}: {arm_label(k)}")
     ax.set_xlabel("step")
     ax.set_ylabel("batch accuracy (moving mean of 5)")
     ax.grid(alpha=0.3)
@@ -197,7 +226,8 @@ def main() -> None:
     ap.add_argument("--engine", choices=("jax", "vllm"), default="jax")
     ap.add_argument("--server-python", default=None, help="python of the server (default: this one; "
                                                           "vllm: .venv-vllm/bin/python)")
-    ap.add_argument("--ks", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--arms", nargs="+", default=["0", "1", "2", "2/p32"],
+                    help="K (rollout.async.max_staleness) or K/pS (and rollout.async.partial_tokens=S); 0 = sync")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--steps", type=int, default=40)
     ap.add_argument("--warmup", type=int, default=3, help="first steps left out of the step times (compiles)")
@@ -209,6 +239,7 @@ def main() -> None:
     ap.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     ap.add_argument("--server", help=argparse.SUPPRESS)
     ap.add_argument("--k", type=int, help=argparse.SUPPRESS)
+    ap.add_argument("--partial", type=int, default=0, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, help=argparse.SUPPRESS)
     ap.add_argument("--run-dir", help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -223,22 +254,27 @@ def main() -> None:
     out = pathlib.Path(args.out or ROOT / "benchmarks" / "results" / f"async_rl_{args.engine}.json")
     tmp = pathlib.Path(tempfile.mkdtemp(prefix="r1jax-async-bench-"))
     port_file = tmp / "port"
+    for arm in args.arms:
+        parse_arm(arm)  # a malformed arm fails here, before the server starts
     server = start_server(args.engine, server_python, args.cores[0], port_file)
-    arms: dict[str, dict] = {str(k): {"runs": []} for k in args.ks}
+    arms: dict[str, dict] = {arm: {"runs": []} for arm in args.arms}
     try:
         address = f"127.0.0.1:{wait_for_port(server, port_file)}"
-        warm_up(address)
+        warm_up(address, {parse_arm(arm)[1] for arm in args.arms} - {0})
         for seed in args.seeds:
-            for k in args.ks:  # arms interleaved per seed: slow drift of the machine hits every arm alike
-                result = tmp / f"k{k}_s{seed}.json"
-                cmd = [sys.executable, __file__, "--worker", "--server", address, "--k", str(k), "--seed", str(seed),
-                       "--steps", str(args.steps), "--set", *args.set, "--run-dir", str(tmp / f"runs_k{k}_s{seed}"), "--out", str(result)]
+            for arm in args.arms:  # arms interleaved per seed: slow drift of the machine hits every arm alike
+                k, partial = parse_arm(arm)
+                name = f"k{k}p{partial}_s{seed}"
+                result = tmp / f"{name}.json"
+                cmd = [sys.executable, __file__, "--worker", "--server", address, "--k", str(k), "--partial",
+                       str(partial), "--seed", str(seed), "--steps", str(args.steps), "--set", *args.set,
+                       "--run-dir", str(tmp / f"runs_{name}"), "--out", str(result)]
                 t0 = time.perf_counter()
                 subprocess.run(_pinned(args.cores[1], cmd), check=True, cwd=ROOT,
                                env={**os.environ, "PYTHONPATH": str(ROOT)})
                 run = {"seed": seed, **json.loads(result.read_text())}
-                arms[str(k)]["runs"].append(run)
-                print(f"K={k} seed={seed}: {run['steps'][-1]['wall_s']:.1f} s for {args.steps} steps "
+                arms[arm]["runs"].append(run)
+                print(f"{arm_label(arm)} seed={seed}: {run['steps'][-1]['wall_s']:.1f} s for {args.steps} steps "
                       f"({time.perf_counter() - t0:.0f} s with start-up and eval), held-out accuracy "
                       f"{run['eval']['eval/accuracy']:.3f}", flush=True)
     finally:
@@ -262,11 +298,11 @@ def main() -> None:
     engines = [out.parent / f"async_rl_{e}.json" for e in ("jax", "vllm")]
     if args.out is None and all(p.exists() for p in engines):
         plot_engines(engines, out.parent / "async_rl_engines.png")
-    print(f"{'arm':>10s} {'s/step':>8s} {'steps/s':>8s} {'×sync':>6s} {'t→target':>9s} {'held-out acc [95% CI]':>24s}")
+    print(f"{'arm':>22s} {'s/step':>8s} {'steps/s':>8s} {'×sync':>6s} {'t→target':>9s} {'held-out acc [95% CI]':>24s}")
     for k, arm in arms.items():
         acc = arm["final_accuracy"]
         ttt = arm["time_to_target_s"]["mean"]
-        print(f"{'sync' if k == '0' else 'K=' + k:>10s} {arm['median_step_s']['mean']:8.3f} "
+        print(f"{arm_label(k):>22s} {arm['median_step_s']['mean']:8.3f} "
               f"{arm['steps_per_s']['mean']:8.3f} {arm.get('speedup_vs_sync', {}).get('mean', float('nan')):6.2f} "
               f"{(f'{ttt:.0f} s' if ttt is not None else 'never'):>9s} "
               f"{acc['mean']:.3f} " + (f"[{acc['ci95'][0]:.3f}, {acc['ci95'][1]:.3f}]" if acc["ci95"] else ""))
