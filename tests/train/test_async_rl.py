@@ -50,7 +50,7 @@ def test_episodes_round_trip_through_json_exactly():
     assert back.metrics() == ep.metrics()
 
 
-class _Examples:
+class Examples:
     """A prompt iterator: step i's examples are [i]; its state is the count drawn."""
 
     def __init__(self, start: int = 0):
@@ -78,7 +78,7 @@ def _run_producer(k: int, steps: int, *, start: int = 0, buffered=()):
         assert examples == [step] and resume is None
         return _episodes(step)
 
-    producer = Producer(sample, _Examples(start + len(buffered)), params=start, version=start, end_step=steps,
+    producer = Producer(sample, Examples(start + len(buffered)), params=start, version=start, end_step=steps,
                         max_staleness=k, buffered=buffered)
     batches = []
     try:
@@ -120,7 +120,7 @@ def test_a_producer_error_reaches_the_trainer():
     def sample(examples, step, policy, resume):
         raise ZeroDivisionError("reward blew up")
 
-    producer = Producer(sample, _Examples(), params=0, version=0, end_step=4, max_staleness=1)
+    producer = Producer(sample, Examples(), params=0, version=0, end_step=4, max_staleness=1)
     with pytest.raises(RuntimeError, match="rollout producer failed.*reward blew up"):
         producer.get(0)
     producer.close()
@@ -151,20 +151,25 @@ def _config(tmp_path: pathlib.Path, **rollout) -> pathlib.Path:
     return path
 
 
+def run_trainer(cfg: ExperimentConfig) -> list[dict]:
+    """Trains ``cfg`` in this process to its end; the per-step records."""
+    from r1jax.train.loop import Trainer
+
+    trainer = Trainer(cfg)
+    try:
+        return trainer.run()
+    finally:
+        trainer.close()
+
+
 def test_async_without_an_importance_correction_is_refused_naming_algo_tis(tmp_path):
     with pytest.raises(ConfigError, match=r"algo\.tis: rollout\.async\.max_staleness=2"):
         load_config(ExperimentConfig, _config(tmp_path), ['algo.tis="off"'])
 
 
 def test_an_async_run_logs_staleness_and_trains_on_its_scheduled_batches(tmp_path):
-    from r1jax.train.loop import Trainer
-
     cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=4", "checkpoint.every=0"])
-    trainer = Trainer(cfg)
-    try:
-        records = trainer.run()
-    finally:
-        trainer.close()
+    records = run_trainer(cfg)
     assert [r["staleness"] for r in records] == [0, 1, 2, 2]
     assert [r["weight_version_min"] for r in records] == [0, 0, 0, 1]
     assert all(np.isfinite(r["loss"]) for r in records)
@@ -179,15 +184,9 @@ def test_partial_rollouts_without_k_of_2_are_refused_naming_the_key(tmp_path):
 
 
 def test_a_partial_rollout_run_logs_each_tokens_staleness(tmp_path):
-    from r1jax.train.loop import Trainer
-
     cfg = load_config(ExperimentConfig, _config(tmp_path), ["run.steps=4", "checkpoint.every=0",
                                                             "rollout.async.partial_tokens=4"])
-    trainer = Trainer(cfg)
-    try:
-        records = trainer.run()
-    finally:
-        trainer.close()
+    records = run_trainer(cfg)
     assert [r["staleness"] for r in records] == [0, 1, 2, 2]           # the oldest token's policy
     # step 2: segments by versions 0, 1, 1; step 3: 1, 2, 2 (a token is at most K and at least 1 version old)
     for r in records[2:]:
@@ -203,6 +202,12 @@ def _train(config: pathlib.Path, kill_on: str | None = None) -> str:
         return subprocess.run(cmd, capture_output=True, text=True, timeout=600, check=True).stderr
     proc = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     kill_on_log_line(proc, kill_on)
+
+
+def _newest_checkpoint(run_dir: pathlib.Path) -> int:
+    """The newest checkpoint's step in ``run_dir`` (-1 without one; orbax names each by its step)."""
+    steps = [int(p.name) for p in (run_dir / "checkpoints").glob("*") if p.name.isdigit()]
+    return max(steps, default=-1)
 
 
 def _records(run_dir: pathlib.Path) -> list[dict]:
@@ -229,12 +234,17 @@ def test_an_async_run_sigkilled_at_random_points_resumes_to_the_same_samples_and
 
     killed = _config(tmp_path / "killed", **rollout)
     points = []
-    for lo in (1, 3):  # the second kill is later than the first's checkpoint
-        segments = [f"step {u} continues at segment {j} with" for u in range(lo + 2, steps) for j in (1, 2)
-                    if f"step {u} continues at segment {j} with" in logged]  # the samples are the same
-        points.append(rng.choice([f"sampled step {u} with" for u in range(lo + 2, steps)]
-                                 + [f"checkpoint saved at step {u}" for u in range(lo, steps - 1)]
-                                 + (segments if rollout else [])))
+    for _ in range(2):
+        # a point the next run logs: it resumes at its newest checkpoint, whose buffer may hold the
+        # batches up to start + K (sampled then, not again)
+        start = _newest_checkpoint(tmp_path / "killed" / "runs" / "t")
+        lines = ([f"sampled step {u} with" for u in range(start + 3, steps)]
+                 + [f"checkpoint saved at step {u}" for u in range(max(start, 0) + 1, steps - 1)]
+                 + [f"step {u} continues at segment {j} with" for u in range(start + 3, steps) for j in (1, 2)])
+        lines = [line for line in lines if line in logged]  # the samples, so the log lines, are the same
+        if not lines:
+            break
+        points.append(rng.choice(lines))
         _train(killed, kill_on=points[-1])
     _train(killed)
     resumed = _records(tmp_path / "killed" / "runs" / "t")

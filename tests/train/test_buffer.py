@@ -13,7 +13,7 @@ from r1jax.sampling.params import Sample
 from r1jax.train.buffer import BUFFER_POLICIES, select_groups
 from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.rollout import Episodes
-from test_async_rl import _config
+from test_async_rl import _config, run_trainer
 
 
 def _episodes(rewards, versions=None) -> Episodes:
@@ -81,8 +81,6 @@ def lowest_reward(episodes, n, *, step):
 
 
 def test_a_policy_registered_by_run_imports_chooses_each_steps_groups(tmp_path, monkeypatch):
-    from r1jax.train.loop import Trainer
-
     (tmp_path / "my_policy.py").write_text(POLICY_FILE)
     log = tmp_path / "policy.jsonl"
     monkeypatch.setenv("R1JAX_TEST_POLICY_LOG", str(log))
@@ -90,11 +88,7 @@ def test_a_policy_registered_by_run_imports_chooses_each_steps_groups(tmp_path, 
                                               "checkpoint.every=0", "rollout.async.max_staleness=0",
                                               "rollout.buffer.policy=lowest_reward_test",
                                               "rollout.buffer.extra_prompts=2"])
-    trainer = Trainer(cfg)
-    try:
-        records = trainer.run()
-    finally:
-        trainer.close()
+    records = run_trainer(cfg)
     calls = [json.loads(line) for line in log.read_text().splitlines()]
     assert [(c["step"], c["groups"]) for c in calls] == [(0, 6), (1, 6), (2, 6)]   # 4 + 2 drawn per step
     for r, c in zip(records, calls):

@@ -18,6 +18,7 @@ from r1jax.sampling.params import Sample
 from r1jax.train.async_rollout import InProgress, Produced, Producer
 from r1jax.train.rollout import EmbeddedSampler, Episodes, Partial, Segments, generate_in_segments
 from r1jax_kernels import token_logprobs
+from test_async_rl import Examples
 
 CONFIG = ModelConfig(vocab_size=32, hidden_size=32, intermediate_size=64, num_layers=2, num_heads=4, num_kv_heads=2,
                      max_position_embeddings=64)
@@ -96,18 +97,6 @@ def test_a_batch_resumed_from_its_partial_samples_ends_as_the_uninterrupted_one(
 # ---------------------------------------------------------------------------------- the producer's schedule
 
 
-class _Examples:
-    def __init__(self, start=0):
-        self.i = start
-
-    def __next__(self):
-        self.i += 1
-        return [self.i - 1]
-
-    def state(self):
-        return {"drawn": self.i}
-
-
 def _segmented(segments: int, log: list, lock: threading.Lock):
     """A sample function that asks for every segment's policy and records what it got."""
 
@@ -134,7 +123,7 @@ def _episodes(step: int, versions: list[int]) -> Episodes:
 
 def _drive(k, segments, steps, *, start=0, buffered=(), in_progress=None, checkpoint_at=None):
     log, lock = [], threading.Lock()
-    producer = Producer(_segmented(segments, log, lock), _Examples(start + len(buffered)),
+    producer = Producer(_segmented(segments, log, lock), Examples(start + len(buffered)),
                         params=start, version=start, end_step=steps, max_staleness=k, segments=segments,
                         buffered=buffered, in_progress=in_progress)
     batches, saved = [], None
