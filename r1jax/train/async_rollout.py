@@ -273,11 +273,11 @@ class Producer:
         with self._cond:
             self._wait(lambda: self._front >= past or self._next >= self.end)
             batches = [self._buffer[u] for u in sorted(self._buffer)]
-            in_progress = self._in_progress
+            in_progress, (step, segment) = self._in_progress, self._front
         cursor = in_progress.cursor if in_progress else (batches[-1].cursor if batches else None)
         return {"max_staleness": self.k, "segments": self.segments, "buffer": [b.to_json() for b in batches],
                 "in_progress": in_progress.to_json() if in_progress else None, "cursor": cursor,
-                "next": {"step": self._front[0], "segment": self._front[1]}}
+                "next": {"step": step, "segment": segment}}
 
     def close(self) -> None:
         """Stops the producer (an in-flight segment is finished first) and joins it."""
