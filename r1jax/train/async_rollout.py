@@ -31,6 +31,7 @@ samples and metrics as an uninterrupted run.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import logging
 import threading
@@ -186,7 +187,7 @@ class Producer:
             with self._cond:
                 self._front = (step, segment)
                 if segment:  # what a checkpoint keeps of this batch if it is taken from now on
-                    self._in_progress = InProgress(step, Partial.from_json(partial.to_json()), cursor)
+                    self._in_progress = InProgress(step, copy.deepcopy(partial), cursor)
                 for v in [v for v in self._snapshots if not self._needed(v)]:
                     del self._snapshots[v]
                 self._cond.notify_all()

@@ -168,8 +168,8 @@ class Trainer:
                               seed=step_seed(cfg.run.seed, step), first_index=step * self.drawn_per_step,
                               step=step, segments=segments)
         if cfg.rollout.mode == "embedded":
-            oldest = [int(v.min()) for grp in ep.token_versions or () for v in grp if v.size]
-            ep = dataclasses.replace(ep, versions=[min(oldest, default=first[0])] * len(examples))
+            oldest = resume.policy_versions[0] if resume is not None else first[0]  # versions only grow
+            ep = dataclasses.replace(ep, versions=[oldest] * len(examples))
         return ep
 
     def _start_producer(self) -> None:

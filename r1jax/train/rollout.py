@@ -300,8 +300,8 @@ def generate_in_segments(sampler, prompts: Sequence[np.ndarray], sampling: Sampl
     n, budget = sampling.n, sampling.max_new_tokens
     part = segments.resume or Partial.empty(len(prompts), n)
     while True:
-        active = [(i, j) for i in range(len(prompts)) for j in range(n)
-                  if part.finish[i][j] is None and (part.segments == 0 or len(part.tokens[i][j]) < budget)]
+        # a sample is finished once it stopped or reached the budget (below)
+        active = [(i, j) for i in range(len(prompts)) for j in range(n) if part.finish[i][j] is None]
         if not active:
             break
         params, version = segments.policy(part.segments, part)
