@@ -18,8 +18,8 @@ import argparse
 import logging
 import os
 import signal
+import socket
 import sys
-import threading
 
 __all__ = ["add_serve_parser", "run_serve"]
 
@@ -97,6 +97,31 @@ def _limits(args):
                          max_request_tokens=args.max_request_tokens, max_queued_rows=args.max_queued_rows)
 
 
+class _StopSignals:
+    """Waits in the main thread for SIGINT or SIGTERM without a lock in the signal handler.
+
+    The signal's C handler writes its number to a socket (``signal.set_wakeup_fd``) and ``wait``
+    reads it. (Setting a ``threading.Event`` from a Python handler can deadlock: the handler runs
+    in the main thread, which may hold that Event's lock on its way into ``wait``.)
+    """
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self):
+        self._read, self._write = socket.socketpair()
+        self._write.setblocking(False)
+        signal.set_wakeup_fd(self._write.fileno(), warn_on_full_buffer=False)
+        for sig in self.SIGNALS:
+            signal.signal(sig, lambda *_: None)  # a Python handler, so the C handler writes the wake-up byte
+
+    def wait(self) -> int:
+        """Blocks until one of ``SIGNALS`` arrives (or has arrived) and returns its number."""
+        while True:
+            sig = self._read.recv(1)[0]
+            if sig in self.SIGNALS:
+                return sig
+
+
 def run_serve(args) -> int:
     """Starts the server described by ``args`` and blocks until SIGINT / SIGTERM."""
     from r1jax.rollout.engine import make_engine
@@ -128,6 +153,7 @@ def run_serve(args) -> int:
     except ValueError as e:
         print(f"r1jax serve: {e}", file=sys.stderr)
         return 2
+    stop = _StopSignals()  # before the server is announced: once the port file exists, SIGTERM stops it
     engine = make_engine(args.engine, args.model, **_engine_kwargs(args))
     server, port = make_server(engine, args.host, args.port, token=token, allow_remote=args.allow_remote,
                                max_workers=args.max_workers, limits=limits, reward_models=reward_models)
@@ -143,9 +169,6 @@ def run_serve(args) -> int:
         with open(tmp, "w") as f:
             f.write(str(port))
         os.replace(tmp, args.port_file)
-    stop = threading.Event()
-    for sig in (signal.SIGINT, signal.SIGTERM):
-        signal.signal(sig, lambda *_: stop.set())
     stop.wait()
     server.stop(grace=5).wait()
     engine.close()

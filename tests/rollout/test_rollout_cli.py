@@ -78,3 +78,34 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
     assert proc.returncode == 0, out
     assert "jax engine" in out and f"127.0.0.1:{port_file.read_text()}" in out
     assert "limits: max n 4, 16384 rows and 33554432 tokens per request, 65536 rows queued" in out
+
+
+def test_a_serve_process_stops_on_sigterm_sent_the_moment_it_is_announced(cfg, weights, tmp_path):
+    """Once the port file exists the server's SIGTERM handling is in place: a signal sent at once stops
+    it cleanly (exit 0), never kills it with the default action or leaves it hanging."""
+    from r1jax.models import save_pretrained
+
+    save_pretrained(weights[0], cfg, tmp_path / "model")
+    proc, _ = start_jax_server(tmp_path / "model", tmp_path / "port")
+    proc.send_signal(signal.SIGTERM)
+    out, _ = proc.communicate(timeout=60)
+    assert proc.returncode == 0, out
+
+
+@pytest.mark.parametrize("sender", ["main", "thread"])
+def test_stop_signals_wake_the_waiting_main_thread_from_any_thread(sender):
+    """`_StopSignals.wait` returns the signal's number whether it arrived before the wait began or
+    landed on another thread (its C handler writes to a socket; no lock is taken in a handler)."""
+    import subprocess
+    import sys
+
+    script = (
+        "import os, signal, threading\n"
+        "from r1jax.rollout.cli import _StopSignals\n"
+        "stop = _StopSignals()\n"
+        "send = lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)\n"
+        f"t = threading.Thread(target=send) if {sender!r} == 'thread' else None\n"
+        "(t.start(), t.join()) if t else send()\n"
+        "print(stop.wait() == signal.SIGTERM)\n")
+    done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
+    assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
