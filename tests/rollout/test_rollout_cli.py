@@ -98,14 +98,21 @@ def test_stop_signals_wake_the_waiting_main_thread_from_any_thread(sender):
     landed on another thread (its C handler writes to a socket; no lock is taken in a handler)."""
     import subprocess
     import sys
+    import textwrap
 
-    script = (
-        "import os, signal, threading\n"
-        "from r1jax.rollout.cli import _StopSignals\n"
-        "stop = _StopSignals()\n"
-        "send = lambda: signal.pthread_kill(threading.get_ident(), signal.SIGTERM)\n"
-        f"t = threading.Thread(target=send) if {sender!r} == 'thread' else None\n"
-        "(t.start(), t.join()) if t else send()\n"
-        "print(stop.wait() == signal.SIGTERM)\n")
+    script = textwrap.dedent(f"""
+        import signal, threading
+        from r1jax.rollout.cli import _StopSignals
+        stop = _StopSignals()
+        def send():  # to the thread it runs on
+            signal.pthread_kill(threading.get_ident(), signal.SIGTERM)
+        if {sender!r} == "thread":
+            t = threading.Thread(target=send)
+            t.start()
+            t.join()
+        else:
+            send()
+        print(stop.wait() == signal.SIGTERM)
+        """)
     done = subprocess.run([sys.executable, "-c", script], capture_output=True, text=True, timeout=60)
     assert (done.returncode, done.stdout.strip()) == (0, "True"), done.stderr
