@@ -36,6 +36,7 @@ References:
 from __future__ import annotations
 
 import dataclasses
+import functools
 import math
 import secrets
 import threading
@@ -77,6 +78,8 @@ class BatchShape:
         prefill_batch: rows of the prefill when rows share prompts (the distinct prompts, padded to a
             power of two): each prompt is run once and its cache copied to its rows; None = one
             prefill row per row.
+        cache_len: KV-cache slots (``Sampler(decode_window=W)`` starts at ``prompt_len + W`` and
+            grows by W as they fill); None = ``prompt_len + max_new_tokens`` from the start.
     """
 
     batch: int
@@ -88,6 +91,7 @@ class BatchShape:
     cache_dtype: str | None = None
     pad_id: int = 0
     prefill_batch: int | None = None
+    cache_len: int | None = None
 
 
 class RowParams(NamedTuple):
@@ -289,7 +293,7 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: ja
     N = shape.max_new_tokens
     params = cast_for_compute(params, config)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
-    cache = init_cache(config, U, P + N, dtype=shape.cache_dtype)
+    cache = init_cache(config, U, shape.cache_len or P + N, dtype=shape.cache_dtype)
     hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache)
     logits = _project(params, config, hidden[:, -1])
     next_positions = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
@@ -355,6 +359,17 @@ _compact_jit = jax.jit(compact)
 _decode_jit = jax.jit(decode, static_argnames=("config", "shape"), donate_argnames=("state",))
 
 
+@functools.partial(jax.jit, static_argnames=("extra",))
+def _grow_cache(cache: KVCache, extra: int) -> KVCache:
+    """``cache`` with ``extra`` empty slots appended to every layer's keys and values (and the slot mask)."""
+
+    def pad(x, axis):
+        return jnp.pad(x, [(0, extra if a == axis else 0) for a in range(x.ndim)])
+
+    return cache._replace(k=tuple(pad(k, 3) for k in cache.k), v=tuple(pad(v, 2) for v in cache.v),
+                          mask=pad(cache.mask, 1))
+
+
 def row_keys(seeds: np.ndarray, prompt_index: np.ndarray, sample_index: np.ndarray) -> jax.Array:
     """[B, 2] uint32 keys ``fold_in(fold_in(PRNGKey(seed), prompt_index), sample_index)``."""
     def one(s, p, j):
@@ -412,6 +427,12 @@ class Sampler:
             half the batch, and if so go on with only them (a power-of-two batch: one compile per
             size); rows stopping early then stop costing compute. None = decode the whole batch
             to the end (with ``decode_chunk``, the check runs at its chunks).
+        decode_window: start the KV cache at the prompt plus this many slots and grow it by as
+            many each time it fills. A decode step reads the whole cache, so this reads only the
+            slots filled so far (rounded up to the window) instead of all ``prompt + max_new``
+            from the first token: with long generations the attention's memory traffic, which
+            grows with the square of the length, drops by up to half. One decode compile per
+            cache size; None = the whole buffer from the start.
     """
 
     def __init__(self, config: ModelConfig, *, max_batch_rows: int = 64, min_batch_bucket: int = 1,
@@ -419,13 +440,15 @@ class Sampler:
                  min_prompt_bucket: int = 8, new_tokens_bucket: int | None = None,
                  min_new_tokens_bucket: int = 8, decode_chunk: int | None = None,
                  cache_dtype: str | None = None, pad_id: int = 0, share_prefill: bool = True,
-                 drop_finished_every: int | None = None):
+                 drop_finished_every: int | None = None, decode_window: int | None = None):
         if max_batch_rows < 1:
             raise ValueError(f"max_batch_rows: must be >= 1, got {max_batch_rows}")
         if decode_chunk is not None and decode_chunk < 1:
             raise ValueError(f"decode_chunk: must be >= 1 or None, got {decode_chunk}")
         if drop_finished_every is not None and drop_finished_every < 1:
             raise ValueError(f"drop_finished_every: must be >= 1 or None, got {drop_finished_every}")
+        if decode_window is not None and decode_window < 1:
+            raise ValueError(f"decode_window: must be >= 1 or None, got {decode_window}")
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id: {pad_id} outside the vocabulary [0, {config.vocab_size})")
         self.config = config
@@ -440,6 +463,7 @@ class Sampler:
         self.pad_id = pad_id
         self.share_prefill = share_prefill
         self.drop_finished_every = drop_finished_every
+        self.decode_window = decode_window
         self._shapes: set[BatchShape] = set()
         self._lock = threading.Lock()
 
@@ -492,17 +516,20 @@ class Sampler:
 
     def batch_shape(self, rows: Sequence[Row]) -> BatchShape:
         """The bucketed static shape for a batch of rows."""
+        prompt_len = bucket(max(len(r.prompt) for r in rows), self.prompt_bucket, self.min_prompt_bucket)
+        max_new = bucket(max(r.sampling.max_new_tokens for r in rows), self.new_tokens_bucket,
+                         self.min_new_tokens_bucket)
         return BatchShape(
             batch=bucket(len(rows), None, self.min_batch_bucket),
-            prompt_len=bucket(max(len(r.prompt) for r in rows), self.prompt_bucket, self.min_prompt_bucket),
-            max_new_tokens=bucket(max(r.sampling.max_new_tokens for r in rows), self.new_tokens_bucket,
-                                  self.min_new_tokens_bucket),
+            prompt_len=prompt_len,
+            max_new_tokens=max_new,
             num_stop=bucket(max(1, max(len(r.sampling.stop_token_ids) for r in rows))),
             truncate=any(r.sampling.truncates and not r.sampling.greedy for r in rows),
             stochastic=any(not r.sampling.greedy for r in rows),
             cache_dtype=self.cache_dtype,
             pad_id=self.pad_id,
             prefill_batch=self._prefill_batch(rows),
+            cache_len=prompt_len + self.decode_window if self.decode_window and self.decode_window < max_new else None,
         )
 
     def _prefill_batch(self, rows: Sequence[Row]) -> int | None:
@@ -537,8 +564,10 @@ class Sampler:
         # the row of `rows` in each batch row (-1: batch padding, or a finished row kept as filler)
         origin = np.where(np.arange(shape.batch) < len(rows), np.arange(shape.batch), -1)
         reported = np.zeros(len(rows), bool)
+        step = 0
         while True:
-            state = _decode_jit(params, self.config, state, jnp.int32(chunk), shape=shape)
+            steps = chunk if shape.cache_len is None else min(chunk, shape.cache_len - shape.prompt_len - step)
+            state = _decode_jit(params, self.config, state, jnp.int32(steps), shape=shape)
             done, step = jax.device_get((state.done, state.step))
             done = np.asarray(done)
             finished_all = bool(done.all()) or int(step) >= shape.max_new_tokens
@@ -557,6 +586,17 @@ class Sampler:
                 return
             if self.drop_finished_every is not None:
                 state, shape, origin = self._drop_finished(state, shape, origin, done)
+            if shape.cache_len is not None and shape.prompt_len + int(step) == shape.cache_len:  # full: grow
+                state, shape = self._grow(state, shape)
+
+    def _grow(self, state: DecodeState, shape: BatchShape) -> tuple[DecodeState, BatchShape]:
+        """``state`` with a cache longer by ``decode_window`` slots (up to the whole buffer)."""
+        full = shape.prompt_len + shape.max_new_tokens
+        new_len = min(shape.cache_len + self.decode_window, full)
+        shape = dataclasses.replace(shape, cache_len=new_len if new_len < full else None)
+        with self._lock:
+            self._shapes.add(shape)
+        return state._replace(cache=_grow_cache(state.cache, new_len - state.cache.mask.shape[1])), shape
 
     def _drop_finished(self, state: DecodeState, shape: BatchShape, origin: np.ndarray, done: np.ndarray):
         """The unfinished rows alone, in the smallest batch bucket, when that halves the batch."""

@@ -185,6 +185,10 @@ class RolloutConfig:
         None, ge=1, help="embedded engine: every this many decode steps, go on with only the unfinished rows when "
                          "they fit half the batch (early stoppers stop costing compute; a compile per batch size); "
                          "None = decode each batch to its end")
+    decode_window: int | None = field(
+        None, ge=1, help="embedded engine: start the KV cache at the prompt + this many slots and grow it by as many "
+                         "when full, so decode steps read only the filled slots (long generations; a compile per "
+                         "cache size); None = the whole prompt + max_new_tokens buffer from the start")
     async_: AsyncConfig = field(default_factory=AsyncConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
 

@@ -303,3 +303,30 @@ def test_dropping_finished_rows_gives_the_same_samples(tiny):
 def test_drop_finished_every_is_checked(tiny):
     with pytest.raises(ValueError, match="drop_finished_every"):
         Sampler(tiny[1], drop_finished_every=0)
+
+
+@pytest.mark.parametrize("drop_finished_every", [None, 3])
+def test_a_growing_cache_gives_the_same_samples(tiny, drop_finished_every):
+    """`decode_window`: the cache starts at prompt + W slots and grows by W when full (also after
+    rows left the batch): the same samples as the whole buffer from the start, through cache
+    sizes P + 4, P + 8 and the full P + 12 (the last one is the plain shape)."""
+    params, config = tiny
+    prompts = [np.array([3, 1, 4]), np.array([9, 2, 6, 5]), np.array([7, 7]), np.array([8])]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=12, n=4, seed=5, stop_token_ids=tuple(range(0, 10)))
+    kwargs = {"max_batch_rows": 16, "new_tokens_bucket": 4, "drop_finished_every": drop_finished_every}
+    growing, whole = Sampler(config, decode_window=4, **kwargs), Sampler(config, **kwargs)
+    a, b = growing.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
+    assert max(len(s) for g in b for s in g) > 8  # some rows reach the last window
+    for ga, gb in zip(a, b):
+        for sa, sb in zip(ga, gb):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            assert sa.finish_reason == sb.finish_reason
+            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    P = 8  # the prompt bucket
+    assert {s.cache_len for s in growing.compiled_shapes} == {P + 4, P + 8, None}
+    assert {s.cache_len for s in whole.compiled_shapes} == {None}
+
+
+def test_decode_window_is_checked(tiny):
+    with pytest.raises(ValueError, match="decode_window"):
+        Sampler(tiny[1], decode_window=0)
