@@ -21,8 +21,6 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -41,18 +39,13 @@ def main(argv=None) -> dict:
     import dataclasses
 
     import numpy as np
-    import torch
-    import transformers
 
     from benchmarks._machine import describe_machine
+    from benchmarks._rollout_bench import interleaved_generate, random_model
     from benchmarks.grpo_step import MODEL
-    from r1jax.models import load_pretrained
     from r1jax.sampling import Sampler, SamplingParams
 
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as d:
-        transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**MODEL, tie_word_embeddings=False)).save_pretrained(d)
-        params, config = load_pretrained(d)
+    params, config = random_model()
     config = dataclasses.replace(config, compute_dtype=args.compute_dtype)
     prompts = [np.random.default_rng(i).integers(0, MODEL["vocab_size"], 6) for i in range(8)]
     windows = [None] + [int(w) for w in args.windows.split(",")]
@@ -60,13 +53,7 @@ def main(argv=None) -> dict:
     for length in (int(x) for x in args.lengths.split(",")):
         sampling = SamplingParams(temperature=1.0, max_new_tokens=length, n=16, seed=0)
         samplers = {w: Sampler(config, max_batch_rows=128, decode_window=w) for w in windows}
-        outputs = {w: s.generate(params, prompts, sampling) for w, s in samplers.items()}  # warm-up (compiles)
-        seconds: dict = {w: [] for w in windows}
-        for _ in range(args.repeats):
-            for w, sampler in samplers.items():
-                start = time.perf_counter()
-                sampler.generate(params, prompts, sampling)
-                seconds[w].append(time.perf_counter() - start)
+        outputs, seconds = interleaved_generate(samplers, params, prompts, sampling, args.repeats)
         whole = outputs[None]
         same = {str(w): all((a.token_ids == b.token_ids).all() for ga, gb in zip(out, whole) for a, b in zip(ga, gb))
                 for w, out in outputs.items() if w is not None}

@@ -20,8 +20,6 @@ import os
 import pathlib
 import statistics
 import sys
-import tempfile
-import time
 
 ROOT = pathlib.Path(__file__).resolve().parents[1]
 
@@ -36,18 +34,13 @@ def main(argv=None) -> dict:
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])  # before JAX starts its pools
     sys.path.insert(0, str(ROOT))
     import numpy as np
-    import torch
-    import transformers
 
     from benchmarks._machine import describe_machine
+    from benchmarks._rollout_bench import interleaved_generate, random_model
     from benchmarks.grpo_step import MODEL
-    from r1jax.models import load_pretrained
     from r1jax.sampling import Sampler, SamplingParams
 
-    torch.manual_seed(0)
-    with tempfile.TemporaryDirectory() as d:
-        transformers.Qwen2ForCausalLM(transformers.Qwen2Config(**MODEL, tie_word_embeddings=False)).save_pretrained(d)
-        params, config = load_pretrained(d)
+    params, config = random_model()
     rng = np.random.default_rng(0)
     sampling = SamplingParams(temperature=1.0, max_new_tokens=64, n=8, seed=0)
     samplers = {"per_row": Sampler(config, max_batch_rows=64, share_prefill=False),
@@ -55,13 +48,7 @@ def main(argv=None) -> dict:
     runs = []
     for length in (int(x) for x in args.prompt_lengths.split(",")):
         prompts = [rng.integers(0, MODEL["vocab_size"], length) for _ in range(8)]
-        seconds: dict[str, list[float]] = {k: [] for k in samplers}
-        outputs = {k: s.generate(params, prompts, sampling) for k, s in samplers.items()}  # warm-up (compile)
-        for _ in range(args.repeats):
-            for name, sampler in samplers.items():
-                start = time.perf_counter()
-                sampler.generate(params, prompts, sampling)
-                seconds[name].append(time.perf_counter() - start)
+        outputs, seconds = interleaved_generate(samplers, params, prompts, sampling, args.repeats)
         same = all((a.token_ids == b.token_ids).all() for ga, gb in zip(*outputs.values()) for a, b in zip(ga, gb))
         med = {k: statistics.median(v) for k, v in seconds.items()}
         runs.append({"prompt_tokens": length, "seconds": seconds, "median_s": med,
