@@ -58,6 +58,15 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     g = p.add_argument_group("jax engine")
     g.add_argument("--max-batch-rows", type=int, default=64, help="rows (prompts x n) per batch")
     g.add_argument("--decode-chunk", type=int, default=32, help="decode steps between streaming checks")
+    g.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="input dtype of the weight matmuls (float32 accumulation and log-probs; default: the "
+                        "checkpoint's), as the trainer's model.compute_dtype")
+    g.add_argument("--drop-finished-every", type=int, default=None, metavar="N",
+                   help="every N decode steps go on with only the unfinished rows when they fit half the batch "
+                        "(rollout.drop_finished_every; default off)")
+    g.add_argument("--decode-window", type=int, default=None, metavar="W",
+                   help="start the KV cache at prompt + W slots and grow it by W when full (long generations; "
+                        "rollout.decode_window; default off)")
     g = p.add_argument_group("vllm engine (r1jax/rollout/VLLM.md)")
     g.add_argument("--tensor-parallel-size", type=int, default=1)
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9,
@@ -79,6 +88,8 @@ def _engine_kwargs(args) -> dict:
     if args.engine == "jax":
         kw = {"max_batch_rows": args.max_batch_rows, "decode_chunk": args.decode_chunk,
               "weight_version": args.weight_version}
+        kw.update({k: getattr(args, k) for k in ("compute_dtype", "drop_finished_every", "decode_window")
+                   if getattr(args, k) is not None})
     else:
         kw = {"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
               "gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_gib": args.kv_cache_gib,
@@ -142,6 +153,16 @@ def run_serve(args) -> int:
         flags = str(e).replace("limits.", "--").replace("_", "-")  # limits.max_n -> --max-n
         print(f"r1jax serve: {flags}", file=sys.stderr)
         return 2
+    for flag in ("max_batch_rows", "decode_chunk", "drop_finished_every", "decode_window"):
+        value = getattr(args, flag)
+        if value is not None and value < 1:
+            print(f"r1jax serve: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
+            return 2
+    jax_only = [f for f in ("compute_dtype", "drop_finished_every", "decode_window") if getattr(args, f) is not None]
+    if args.engine != "jax" and jax_only:
+        print(f"r1jax serve: --{jax_only[0].replace('_', '-')} is a jax engine flag (vLLM has its own scheduling)",
+              file=sys.stderr)
+        return 2
     if not 0 <= args.weight_version <= MAX_WEIGHT_VERSION:
         print(f"r1jax serve: --weight-version must be in [0, 2**63 - 1], got {args.weight_version}", file=sys.stderr)
         return 2
@@ -163,7 +184,10 @@ def run_serve(args) -> int:
           f"{limits.max_n}, {limits.max_request_rows} rows and {limits.max_request_tokens} tokens per request, "
           f"{limits.max_queued_rows} rows queued"
           + (f"; reward models {', '.join(f'{k}={m.directory}' for k, m in reward_models.items())}"
-             if reward_models else ""), flush=True)
+             if reward_models else "")
+          + "".join(f"; --{k.replace('_', '-')} {getattr(args, k)}" for k in
+                    ("compute_dtype", "drop_finished_every", "decode_window") if getattr(args, k, None) is not None),
+          flush=True)
     if args.port_file:
         tmp = f"{args.port_file}.tmp"
         with open(tmp, "w") as f:

@@ -86,11 +86,17 @@ class JaxEngine(Engine):
         self._worker: threading.Thread | None = None
 
     @classmethod
-    def from_pretrained(cls, path: str, **kwargs) -> "JaxEngine":
-        """Loads a Hugging Face directory with :func:`r1jax.models.load_pretrained`."""
+    def from_pretrained(cls, path: str, *, compute_dtype: str | None = None, **kwargs) -> "JaxEngine":
+        """Loads a Hugging Face directory with :func:`r1jax.models.load_pretrained`.
+
+        ``compute_dtype`` overrides the model's (``ModelConfig.compute_dtype``: the weight matmuls'
+        input dtype); the other keywords go to the constructor.
+        """
         from r1jax.models import load_pretrained
 
         params, config = load_pretrained(path)
+        if compute_dtype is not None:
+            config = dataclasses.replace(config, compute_dtype=compute_dtype)
         kwargs.setdefault("model_name", str(path))
         return cls(params, config, **kwargs)
 

@@ -1,6 +1,7 @@
 """`r1jax serve` (r1jax.rollout.cli): flags, the remote-bind refusal, and a real server process."""
 
 import argparse
+import dataclasses
 import signal
 
 import pytest
@@ -40,10 +41,38 @@ def test_serve_flags_and_defaults():
      "--max-queued-rows (8) must be >= --max-request-rows (64): a request that may be sent must fit the queue"),
     (("--weight-version", "-1"), "--weight-version must be in [0, 2**63 - 1], got -1"),
     (("--weight-version", str(2**63)), f"--weight-version must be in [0, 2**63 - 1], got {2**63}"),
+    (("--decode-window", "0"), "--decode-window must be >= 1, got 0"),
+    (("--drop-finished-every", "-2"), "--drop-finished-every must be >= 1, got -2"),
+    (("--max-batch-rows", "0"), "--max-batch-rows must be >= 1, got 0"),
+    (("--engine", "vllm", "--compute-dtype", "bfloat16"),
+     "--compute-dtype is a jax engine flag (vLLM has its own scheduling)"),
 ])
 def test_bad_limits_and_versions_are_refused_before_loading_anything(capsys, argv, message):
     assert run_serve(_parse("--model", "/nonexistent", *argv)) == 2
     assert capsys.readouterr().err.strip() == f"r1jax serve: {message}"
+
+
+def test_jax_sampler_flags_reach_the_served_engine(cfg, weights, prompts, tmp_path):
+    from r1jax.models import save_pretrained
+    from r1jax.rollout.cli import _engine_kwargs
+    from r1jax.rollout.engine import make_engine
+    from r1jax.sampling import Sampler
+
+    save_pretrained(weights[0], cfg, tmp_path / "model")
+    args = _parse("--model", str(tmp_path / "model"), "--max-batch-rows", "8", "--compute-dtype", "bfloat16",
+                  "--drop-finished-every", "4", "--decode-window", "8")
+    engine = make_engine("jax", args.model, **_engine_kwargs(args))
+    try:
+        assert engine.config.compute_dtype == "bfloat16"
+        assert (engine.sampler.drop_finished_every, engine.sampler.decode_window) == (4, 8)
+        greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
+        served = [[s.token_ids.tolist() for s in r.samples] for r in engine.generate(GenerateRequest(prompts, greedy))]
+    finally:
+        engine.close()
+    # the cache started at prompt + 8 slots and grew: more than one cache size was compiled
+    assert len({s.cache_len for s in engine.sampler.compiled_shapes}) > 1
+    bf16 = Sampler(dataclasses.replace(cfg, compute_dtype="bfloat16"), max_batch_rows=8)
+    assert served == [[s.token_ids.tolist() for s in g] for g in bf16.generate(weights[0], prompts, greedy)]
 
 
 def test_remote_bind_is_refused_before_loading_anything(monkeypatch, capsys):
@@ -61,7 +90,7 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
     save_pretrained(weights[0], cfg, tmp_path / "model")
     port_file = tmp_path / "port"
     proc, addr = start_jax_server(tmp_path / "model", port_file, "--max-batch-rows", "8", "--weight-version", "5",
-                                  "--max-n", "4")
+                                  "--max-n", "4", "--decode-window", "8")
     try:
         with RolloutClient(addr) as c:
             info = c.info()
@@ -77,7 +106,7 @@ def test_serve_process_answers_and_stops_cleanly(cfg, weights, reference, tokens
         out, _ = proc.communicate(timeout=60)
     assert proc.returncode == 0, out
     assert "jax engine" in out and f"127.0.0.1:{port_file.read_text()}" in out
-    assert "limits: max n 4, 16384 rows and 33554432 tokens per request, 65536 rows queued" in out
+    assert "limits: max n 4, 16384 rows and 33554432 tokens per request, 65536 rows queued; --decode-window 8" in out
 
 
 def test_a_serve_process_stops_on_sigterm_sent_the_moment_it_is_announced(cfg, weights, tmp_path):
