@@ -414,16 +414,11 @@ class RolloutClient:
         if transport != "grpc":
             raise ValueError(f"transport: update_weights pushes grpc chunks; got {transport!r} (use "
                              "update_weights_from_dir for safetensors, begin_nccl_update for NCCL)")
-        flat = flatten_params(weights) if any(isinstance(v, (Mapping, list, tuple)) for v in weights.values()) \
-            else dict(weights)
-        host = {n: np.asarray(a) for n, a in flat.items()}  # one device->host copy for all servers
+        host = self._host_tensors(weights)
 
         def push(s: _Server):
-            self._begin(s, version, pb.GRPC_CHUNKS)
+            self._stage(s, host, version)
             try:
-                chunks = (convert.chunk_to_pb(c) for n, a in host.items()
-                          for c in iter_chunks(n, a, version, self.chunk_bytes))
-                s.stub.PushWeights(chunks, timeout=self.timeout, metadata=s.md)
                 return self._commit(s, version, "")
             except BaseException:
                 self._abort_quietly(s, version)
@@ -431,6 +426,39 @@ class RolloutClient:
 
         self._on_all(lambda s: self._wrap(s, push))
         return version
+
+    def stage_weights(self, weights: Mapping[str, Any] | Any, version: int) -> None:
+        """The first half of :meth:`update_weights`: every server receives ``version`` over grpc
+        chunks and keeps serving its live weights until :meth:`commit` (or :meth:`abort`).
+
+        A trainer stages the next policy while the servers still sample with the last one, so that
+        making it live costs only the commit. Raises like :meth:`update_weights`; a server that
+        failed is left with no update in progress.
+        """
+        host = self._host_tensors(weights)
+        self._on_all(lambda s: self._wrap(s, lambda s: self._stage(s, host, version)))
+
+    def abort(self, version: int) -> None:
+        """Drops the update of ``version`` in progress on every server (errors ignored: a server that
+        has none, or cannot be reached, keeps its live weights either way)."""
+        for s in self._servers:
+            self._abort_quietly(s, version)
+
+    @staticmethod
+    def _host_tensors(weights: Mapping[str, Any] | Any) -> dict[str, np.ndarray]:
+        flat = flatten_params(weights) if any(isinstance(v, (Mapping, list, tuple)) for v in weights.values()) \
+            else dict(weights)
+        return {n: np.asarray(a) for n, a in flat.items()}  # one device->host copy for all servers
+
+    def _stage(self, s: _Server, host: Mapping[str, np.ndarray], version: int) -> None:
+        self._begin(s, version, pb.GRPC_CHUNKS)
+        try:
+            chunks = (convert.chunk_to_pb(c) for n, a in host.items()
+                      for c in iter_chunks(n, a, version, self.chunk_bytes))
+            s.stub.PushWeights(chunks, timeout=self.timeout, metadata=s.md)
+        except BaseException:
+            self._abort_quietly(s, version)
+            raise
 
     def update_weights_from_dir(self, path: str, version: int) -> int:
         """Every server loads the Hugging Face safetensors directory ``path`` (a shared path)."""
@@ -459,7 +487,7 @@ class RolloutClient:
         self._on_all(lambda s: self._wrap(s, begin))
 
     def commit(self, version: int) -> int:
-        """Commits ``version`` on every server (after an NCCL broadcast)."""
+        """Commits ``version`` on every server (after an NCCL broadcast or :meth:`stage_weights`)."""
         self._on_all(lambda s: self._wrap(s, lambda s: self._commit(s, version, "")))
         return version
 

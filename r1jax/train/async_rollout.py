@@ -13,6 +13,11 @@ so a sample interrupted by a weight update continues under the new weights (exac
 newer per segment, never one the trainer has not made before it needs the batch). Each token
 records the version that sampled it.
 
+Sampling and scoring overlap: the producer thread samples a batch and hands its scoring to a second
+thread, then samples the next batch while the first is scored (rewards are CPU work on the trainer's
+side; a rollout server would otherwise idle through them every step). Batches are scored and
+buffered in step order.
+
 Between producer and trainer is a bounded FIFO buffer (at most K + 1 batches, each consumed once, in
 step order). Each buffered batch carries the version that sampled it (the trainer logs
 ``staleness = u - v(u)``) and the data iterator's position after its prompts were drawn. The
@@ -34,6 +39,7 @@ from __future__ import annotations
 import copy
 import dataclasses
 import logging
+import queue
 import threading
 import time
 from typing import Any, Callable, Iterator, Mapping
@@ -50,9 +56,9 @@ log = logging.getLogger("r1jax.train")
 # policy(segment, partial) -> (params, version): the weights that sample a segment of the batch (waits
 # until the trainer has made them); ``partial`` holds the samples of the segments before it.
 PolicyFn = Callable[[int, Partial], tuple[Any, int]]
-# sample(examples, step, policy, resume) -> Episodes: the trainer's sampling and scoring of one step
-# (``resume``: the Partial of a batch checkpointed between segments, else None)
-SampleFn = Callable[[list, int, PolicyFn, "Partial | None"], Episodes]
+# sample(examples, step, policy, resume) -> score: the trainer's sampling of one step, returning the
+# function that scores it (``resume``: the Partial of a batch checkpointed between segments, else None)
+SampleFn = Callable[[list, int, PolicyFn, "Partial | None"], Callable[[], Episodes]]
 
 
 class _Stopped(Exception):
@@ -130,8 +136,9 @@ class Producer:
     """Samples the batches of steps ``next_step .. end_step - 1`` on a thread, K versions ahead.
 
     Args:
-      sample: ``sample(examples, step, policy, resume) -> Episodes`` (called on the producer thread;
-        ``policy(segment, partial)`` gives the weights of each segment, waiting for them).
+      sample: ``sample(examples, step, policy, resume) -> score`` samples a step on the producer thread
+        (``policy(segment, partial)`` gives the weights of each segment, waiting for them) and returns
+        ``score() -> Episodes``, which the scoring thread runs while the next step is sampled.
       examples: the prompt iterator (``next`` gives a step's examples; ``state()`` its position);
         owned by the producer from now on.
       params: the trainer's params of version ``version`` (a copy the trainer will not donate).
@@ -158,13 +165,17 @@ class Producer:
         self.start, self.end, self.k, self.segments = version, end_step, max_staleness, segments
         self._buffer: dict[int, Produced] = {b.step: b for b in buffered}
         self._next = version + len(steps)          # the next step the producer samples
+        self._scored = self._next                  # the next step the scoring thread buffers
         self._front = (self._next, 0)              # the next (step, segment) it samples
         self._in_progress = in_progress
         self._snapshots: dict[int, Any] = {version: params}
         self._cond = threading.Condition()
         self._error: BaseException | None = None
         self._stop = False
+        self._to_score: queue.Queue = queue.Queue()  # (step, version, cursor, t0, score); None: no more
+        self._scorer = threading.Thread(target=self._score, name="r1jax-rollout-scorer", daemon=True)
         self._thread = threading.Thread(target=self._run, name="r1jax-rollout-producer", daemon=True)
+        self._scorer.start()
         self._thread.start()
 
     def version_of(self, step: int, segment: int = 0) -> int:
@@ -212,12 +223,10 @@ class Producer:
                 examples = next(self._examples)
                 cursor = self._examples.state()
                 used: list[int] = list(resume.policy_versions) if resume is not None else []
-                episodes = self._sample(examples, step, self._policy(step, before, used), resume)
-                # the oldest policy that sampled it (a batch resumed between segments began before this run)
-                batch = Produced(step, used[0], episodes, cursor, time.perf_counter() - t0)
-                log.info("sampled step %d with the policy of version %d", step, batch.version)
+                score = self._sample(examples, step, self._policy(step, before, used), resume)
                 with self._cond:
-                    self._buffer[step] = batch
+                    # the oldest policy that sampled it (a batch resumed between segments began before this run)
+                    self._to_score.put((step, used[0], cursor, t0, score))
                     self._next = step + 1
                     self._front = (step + 1, 0)
                     self._in_progress = None
@@ -227,9 +236,30 @@ class Producer:
         except _Stopped:
             return
         except BaseException as err:  # handed to the trainer at its next get / checkpoint
+            self._fail(err)
+        finally:
+            self._to_score.put(None)
+
+    def _score(self) -> None:
+        """The scoring thread: scores the sampled batches in step order and buffers them."""
+        while (item := self._to_score.get()) is not None:
+            step, version, cursor, t0, score = item
+            try:
+                batch = Produced(step, version, score(), cursor, time.perf_counter() - t0)
+            except BaseException as err:  # noqa: BLE001 - handed to the trainer
+                self._fail(err)
+                return
+            log.info("sampled step %d with the policy of version %d", step, version)
             with self._cond:
-                self._error = err
+                self._buffer[step] = batch
+                self._scored = step + 1
                 self._cond.notify_all()
+
+    def _fail(self, err: BaseException) -> None:
+        with self._cond:
+            if self._error is None:
+                self._error = err
+            self._cond.notify_all()
 
     # ------------------------------------------------------------------ trainer side
 
@@ -245,13 +275,15 @@ class Producer:
             self._wait(lambda: step in self._buffer)
             return self._buffer.pop(step)
 
-    def publish(self, version: int, params: Any) -> None:
-        """The trainer's params after ``version`` updates (a copy it will not donate), if a later
-        segment is sampled with them."""
+    def publish(self, version: int, params: Any) -> bool:
+        """The trainer's params after ``version`` updates (a copy it will not donate), kept if a later
+        segment is sampled with them; returns whether one is."""
         with self._cond:
-            if self._needed(version):
-                self._snapshots[version] = params
-                self._cond.notify_all()
+            if not self._needed(version):
+                return False
+            self._snapshots[version] = params
+            self._cond.notify_all()
+            return True
 
     def _past_older_policies(self, version: int) -> tuple[int, int]:
         """The first (step, segment) sampled with ``version`` or newer after every one sampled with an
@@ -272,7 +304,8 @@ class Producer:
         """
         past = self._past_older_policies(version)
         with self._cond:
-            self._wait(lambda: self._front >= past or self._next >= self.end)
+            # sampled past them, and every batch sampled so far scored (buffered)
+            self._wait(lambda: (self._front >= past or self._next >= self.end) and self._scored == self._next)
             batches = [self._buffer[u] for u in sorted(self._buffer)]
             in_progress, (step, segment) = self._in_progress, self._front
         cursor = in_progress.cursor if in_progress else (batches[-1].cursor if batches else None)
@@ -281,8 +314,10 @@ class Producer:
                 "next": {"step": step, "segment": segment}}
 
     def close(self) -> None:
-        """Stops the producer (an in-flight segment is finished first) and joins it."""
+        """Stops the producer (an in-flight segment, and the scoring of what was sampled, are finished
+        first) and joins its threads."""
         with self._cond:
             self._stop = True
             self._cond.notify_all()
         self._thread.join()
+        self._scorer.join()

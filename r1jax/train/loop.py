@@ -38,7 +38,7 @@ from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
 from r1jax.train.rollout import (Episodes, Partial, Segments, assemble_rollout, make_sampler, put_rows,
-                                 sample_and_score, step_seed)
+                                 sample_then_score, step_seed)
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
@@ -146,6 +146,11 @@ class Trainer:
         """Samples and scores the examples of ``step``; ``policy(segment, partial)`` gives the params
         (and trainer version) of each segment of new tokens — one segment unless
         ``rollout.async.partial_tokens`` — which are pushed first to remote servers that serve another."""
+        return self._sample_then_score(examples, step, policy, resume)()
+
+    def _sample_then_score(self, examples: list, step: int, policy: Callable[[int, Partial], tuple[Any, int]],
+                           resume: Partial | None = None) -> Callable[[], Episodes]:
+        """:meth:`_sample` in two halves: samples now, returns the function that scores (the producer's)."""
         cfg = self.config
         first: list[int] = []
 
@@ -153,7 +158,7 @@ class Trainer:
             params, version = policy(segment, partial)
             first.append(version)
             if cfg.rollout.mode == "remote" and version != self._live_version:
-                self.sampler.push(params)
+                self.sampler.push(params, key=version)  # only commits, when the trainer staged it
                 self._live_version = version
             return params, version
 
@@ -163,14 +168,14 @@ class Trainer:
             params = None
         else:
             params, _ = pushed(0, Partial.empty(len(examples), cfg.rollout.group_size))
-        ep = sample_and_score(cfg, self.tokenizer, self.sampler, self.components.scorer, params, examples,
-                              n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
-                              seed=step_seed(cfg.run.seed, step), first_index=step * self.drawn_per_step,
-                              step=step, segments=segments)
-        if cfg.rollout.mode == "embedded":
-            oldest = resume.policy_versions[0] if resume is not None else first[0]  # versions only grow
-            ep = dataclasses.replace(ep, versions=[oldest] * len(examples))
-        return ep
+        score = sample_then_score(cfg, self.tokenizer, self.sampler, self.components.scorer, params, examples,
+                                  n=cfg.rollout.group_size, temperature=cfg.rollout.temperature,
+                                  seed=step_seed(cfg.run.seed, step), first_index=step * self.drawn_per_step,
+                                  step=step, segments=segments)
+        if cfg.rollout.mode == "remote":
+            return score
+        oldest = resume.policy_versions[0] if resume is not None else first[0]  # versions only grow
+        return lambda: dataclasses.replace(score(), versions=[oldest] * len(examples))
 
     def _start_producer(self) -> None:
         """Starts sampling ahead (asynchronous RL), from the buffer of the checkpoint resumed from."""
@@ -187,7 +192,7 @@ class Trainer:
             log.warning("rollout.async changed (max_staleness %d -> %d, segments %d -> %d): the %d buffered batches "
                         "of the checkpoint are sampled again", meta["max_staleness"], self.max_staleness,
                         meta.get("segments", 1), segments, len(meta["buffer"]))
-        self.producer = Producer(self._sample, self.iterator, params=jax.tree.map(jnp.copy, self.state.params),
+        self.producer = Producer(self._sample_then_score, self.iterator, params=jax.tree.map(jnp.copy, self.state.params),
                                  version=version, end_step=self.config.run.steps, max_staleness=self.max_staleness,
                                  segments=segments, buffered=buffered, in_progress=in_progress)
 
@@ -234,7 +239,10 @@ class Trainer:
         timing["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.producer is not None:  # the producer samples step + 1 + K with these (pushed from its thread)
-            self.producer.publish(step + 1, jax.tree.map(jnp.copy, self.state.params))
+            params = jax.tree.map(jnp.copy, self.state.params)
+            if (self.producer.publish(step + 1, params) and cfg.rollout.mode == "remote"
+                    and step + 1 == self._live_version + 1):  # the next policy the servers take: send it now
+                self.sampler.stage(params, key=step + 1)
         else:
             self.sampler.push(self.state.params)
             self._live_version = step + 1

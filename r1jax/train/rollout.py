@@ -9,10 +9,13 @@ a safetensors directory) and samples report the version that produced them.
 
 from __future__ import annotations
 
+import concurrent.futures as cf
 import dataclasses
+import logging
 import math
 import pathlib
 import shutil
+import threading
 from typing import Any, Callable, Sequence
 
 import jax
@@ -31,9 +34,11 @@ from r1jax.train.components import LENGTH_MULTIPLE
 from r1jax.train.config import ExperimentConfig, RolloutConfig
 from r1jax.train.steps import Packed, Rollout
 
+log = logging.getLogger("r1jax.train")
+
 __all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows",
            "LENGTH_MULTIPLE", "Episodes", "Partial", "Segments", "generate_in_segments", "sample_and_score",
-           "step_seed"]
+           "sample_then_score", "step_seed"]
 
 class EmbeddedSampler:
     """In-process sampling: ``generate(params, prompts, sampling, first_index)`` on any params."""
@@ -83,6 +88,10 @@ class RemoteSampler:
         self.hf_tensors = info.engine != "jax"
         dtypes = {t.dtype for t in info.tensors}
         self.hf_dtype = dtypes.pop() if len(dtypes) == 1 and self.hf_tensors else None
+        self._lock = threading.Lock()  # one push (or stage) at a time
+        self._staged: tuple[Any, int, cf.Future] | None = None  # (key, version, future of its commit)
+        self._stager = cf.ThreadPoolExecutor(max_workers=1, thread_name_prefix="r1jax-weight-stage")
+        self.staged_pushes = 0  # pushes that only committed what stage() had sent
 
     def generate(self, params, prompts, sampling: SamplingParams, first_index: int):
         del params  # the servers sample with the last pushed weights
@@ -90,21 +99,82 @@ class RemoteSampler:
                          key=lambda r: r.prompt_index)
         return [list(r.samples) for r in results], [r.weight_version for r in results]
 
-    def push(self, params) -> None:
-        """Makes ``params`` the servers' live weights as the next version (atomic on their side)."""
-        version = self.weight_version + 1
+    def push(self, params, key: Any = None) -> None:
+        """Makes ``params`` the servers' live weights as the next version (atomic on their side).
+
+        If :meth:`stage` staged the same ``key``, only its commit is left to do; a staged update of
+        another key (or one that failed) is dropped and ``params`` sent whole.
+        """
+        with self._lock:
+            staged, self._staged = self._staged, None
+            commit = None
+            if staged is not None:
+                staged_key, staged_version, future = staged
+                try:
+                    commit = future.result()
+                except Exception as e:  # noqa: BLE001 - sent again whole below, which raises if it fails
+                    log.warning("staging weight version %d failed (%s: %s); sending it again", staged_version,
+                                type(e).__name__, e)
+                if commit is None or staged_key != key:
+                    self._drop(staged_version)
+                    commit = None
+            version = self.weight_version + 1
+            self.staged_pushes += commit is not None
+            if commit is None:
+                commit = self._send(params, version)
+            try:
+                commit()
+            except BaseException:
+                self._drop(version)
+                raise
+            previous, self.weight_version = self.weight_version, version
+            if self.config.weight_transport == "safetensors":
+                shutil.rmtree(self.weights_dir / f"v{previous}", ignore_errors=True)
+
+    def stage(self, params, key: Any) -> bool:
+        """Starts sending ``params`` as the next version on a background thread, without making it
+        live: the servers keep sampling with their weights until :meth:`push` of the same ``key``
+        commits it. Asynchronous RL stages the policy the producer pushes next while the servers
+        still sample with the last one, so the servers wait only for the commit.
+
+        Returns:
+            Whether it staged: not while another push or stage is under way (that push goes on whole).
+        """
+        if not self._lock.acquire(blocking=False):
+            return False
+        try:
+            if self._staged is not None:
+                return False
+            version = self.weight_version + 1
+            self._staged = (key, version, self._stager.submit(self._send, params, version))
+            return True
+        finally:
+            self._lock.release()
+
+    def _send(self, params, version: int) -> Callable[[], Any]:
+        """Sends ``params`` to the servers as ``version`` without making it live; returns the commit."""
         if self.config.weight_transport == "safetensors":
             directory = self.weights_dir / f"v{version}"
             save_pretrained(jax.device_get(params), self.model, directory)
-            self.client.update_weights_from_dir(str(directory), version)
-            shutil.rmtree(self.weights_dir / f"v{self.weight_version}", ignore_errors=True)
-        elif self.hf_tensors:
-            self.client.update_weights(hf_state_dict(params, self.model, dtype=self.hf_dtype), version=version)
+            return lambda: self.client.update_weights_from_dir(str(directory), version)
+        wire = hf_state_dict(params, self.model, dtype=self.hf_dtype) if self.hf_tensors else jax.device_get(params)
+        self.client.stage_weights(wire, version)
+        return lambda: self.client.commit(version)
+
+    def _drop(self, version: int) -> None:
+        """Forgets a sent, uncommitted ``version`` (the servers keep their live weights)."""
+        if self.config.weight_transport == "safetensors":
+            shutil.rmtree(self.weights_dir / f"v{version}", ignore_errors=True)
         else:
-            self.client.update_weights(jax.device_get(params), version=version)
-        self.weight_version = version
+            self.client.abort(version)
 
     def close(self) -> None:
+        with self._lock:
+            staged, self._staged = self._staged, None
+            if staged is not None:
+                cf.wait([staged[2]])
+                self._drop(staged[1])
+        self._stager.shutdown()
         self.client.close()
 
 
@@ -341,6 +411,15 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
     target language from it). A sample is correct when every accuracy reward (``RewardSpec.accuracy``)
     of the config scores it above 0.5.
     """
+    return sample_then_score(cfg, tokenizer, sampler, scorer, params, examples, n=n, temperature=temperature,
+                             seed=seed, first_index=first_index, step=step, segments=segments)()
+
+
+def sample_then_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardScorer, params, examples, *,
+                      n: int, temperature: float, seed: int, first_index: int, step: int,
+                      segments: Segments | None = None) -> Callable[[], Episodes]:
+    """:func:`sample_and_score` in two halves: samples now and returns the function that scores the
+    samples (asynchronous RL scores a batch on another thread while it samples the next)."""
     data, ro = cfg.data, cfg.rollout
     prompts = encode_prompts(examples, tokenizer, data.template, system_prompt=data.system_prompt)
     sampling = SamplingParams(temperature=temperature, top_p=ro.top_p, top_k=ro.top_k,
@@ -350,20 +429,24 @@ def sample_and_score(cfg: ExperimentConfig, tokenizer, sampler, scorer: RewardSc
         samples, versions = sampler.generate(params, prompts, sampling, first_index)
     else:
         samples, versions, token_versions = generate_in_segments(sampler, prompts, sampling, first_index, segments)
-    domains = [str(e.get("domain") or e.get("task") or "") for e in examples]
-    texts = [tokenizer.decode(s.token_ids) for grp in samples for s in grp]
-    rendered = [render_prompt(e, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
-                for e in examples]
-    result = scorer.score(prompts=[r for r in rendered for _ in range(n)], completions=texts,
-                          references=[e["reference"] for e in examples for _ in range(n)],
-                          step=step, total_steps=cfg.run.steps, domains=[d for d in domains for _ in range(n)],
-                          model_prompts=[str(e["prompt"]) for e in examples for _ in range(n)])
-    shape = (len(examples), n)
-    comps = {k: np.asarray(v, np.float32).reshape(shape) for k, v in result.components.items()}
-    acc = [v for k, v in comps.items() if get_reward(k).accuracy]
-    return Episodes(prompts=list(prompts), samples=samples, versions=list(versions), texts=texts,
-                    rewards=np.asarray(result.total, np.float32).reshape(shape), components=comps,
-                    correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
-                    failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())),
-                    domains=domains, verifiers=[str(e["verifier"]) for e in examples] if all(
-                        "verifier" in e for e in examples) else None, token_versions=token_versions)
+
+    def score() -> Episodes:
+        domains = [str(e.get("domain") or e.get("task") or "") for e in examples]
+        texts = [tokenizer.decode(s.token_ids) for grp in samples for s in grp]
+        rendered = [render_prompt(e, data.template, tokenizer=tokenizer, system_prompt=data.system_prompt)
+                    for e in examples]
+        result = scorer.score(prompts=[r for r in rendered for _ in range(n)], completions=texts,
+                              references=[e["reference"] for e in examples for _ in range(n)],
+                              step=step, total_steps=cfg.run.steps, domains=[d for d in domains for _ in range(n)],
+                              model_prompts=[str(e["prompt"]) for e in examples for _ in range(n)])
+        shape = (len(examples), n)
+        comps = {k: np.asarray(v, np.float32).reshape(shape) for k, v in result.components.items()}
+        acc = [v for k, v in comps.items() if get_reward(k).accuracy]
+        return Episodes(prompts=list(prompts), samples=samples, versions=list(versions), texts=texts,
+                        rewards=np.asarray(result.total, np.float32).reshape(shape), components=comps,
+                        correct=np.all(np.stack(acc) > 0.5, axis=0) if acc else None,
+                        failures=int(sum(result.num_errors.values()) + sum(result.num_timeouts.values())),
+                        domains=domains, verifiers=[str(e["verifier"]) for e in examples] if all(
+                            "verifier" in e for e in examples) else None, token_versions=token_versions)
+
+    return score

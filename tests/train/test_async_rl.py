@@ -76,7 +76,7 @@ def _run_producer(k: int, steps: int, *, start: int = 0, buffered=()):
         with lock:
             seen.append((step, version, params, published["newest"]))
         assert examples == [step] and resume is None
-        return _episodes(step)
+        return lambda: _episodes(step)
 
     producer = Producer(sample, Examples(start + len(buffered)), params=start, version=start, end_step=steps,
                         max_staleness=k, buffered=buffered)
@@ -124,6 +124,74 @@ def test_a_producer_error_reaches_the_trainer():
     with pytest.raises(RuntimeError, match="rollout producer failed.*reward blew up"):
         producer.get(0)
     producer.close()
+
+
+def test_the_producer_samples_the_next_batch_while_the_last_one_is_scored():
+    next_sampled = threading.Event()
+
+    def sample(examples, step, policy, resume):
+        policy(0, None)
+        if step == 1:
+            next_sampled.set()
+
+        def score():
+            # step 0's scoring finishes only once step 1 has been sampled: sampling waits for no scoring
+            if step == 0 and not next_sampled.wait(timeout=60):
+                raise AssertionError("step 1 was not sampled while step 0 was being scored")
+            return _episodes(step)
+        return score
+
+    producer = Producer(sample, Examples(), params=0, version=0, end_step=2, max_staleness=1)
+    try:
+        assert [producer.get(u).episodes.samples for u in (0, 1)] == [_episodes(0).samples, _episodes(1).samples]
+    finally:
+        producer.close()
+
+
+def test_a_scoring_error_reaches_the_trainer():
+    def sample(examples, step, policy, resume):
+        policy(0, None)
+
+        def score():
+            raise ZeroDivisionError("reward blew up while scoring")
+        return score
+
+    producer = Producer(sample, Examples(), params=0, version=0, end_step=4, max_staleness=1)
+    with pytest.raises(RuntimeError, match="rollout producer failed.*reward blew up while scoring"):
+        producer.get(0)
+    producer.close()
+
+
+def test_a_checkpoint_holds_the_batches_sampled_but_still_being_scored():
+    scoring, release = threading.Event(), threading.Event()
+
+    def sample(examples, step, policy, resume):
+        policy(0, None)
+
+        def score():
+            if step == 1:  # sampled; its scoring blocks until released
+                scoring.set()
+                release.wait(timeout=60)
+            return _episodes(step)
+        return score
+
+    producer = Producer(sample, Examples(), params=0, version=0, end_step=4, max_staleness=1)
+    try:
+        producer.get(0)
+        producer.publish(1, 1)
+        assert scoring.wait(timeout=60)
+        saved = {}
+        t = threading.Thread(target=lambda: saved.update(producer.checkpoint(1)))
+        t.start()
+        release.set()
+        t.join(timeout=60)
+        # version 1: step 1 (sampled with version 0) is buffered, scored, with the cursor after its prompts
+        assert [b["step"] for b in saved["buffer"]][:1] == [1]
+        assert Produced.from_json(saved["buffer"][0]).episodes.samples == _episodes(1).samples
+        assert saved["cursor"] == saved["buffer"][-1]["cursor"]
+    finally:
+        release.set()
+        producer.close()
 
 
 def _config(tmp_path: pathlib.Path, **rollout) -> pathlib.Path:
@@ -174,6 +242,48 @@ def test_an_async_run_logs_staleness_and_trains_on_its_scheduled_batches(tmp_pat
     assert [r["weight_version_min"] for r in records] == [0, 0, 0, 1]
     assert all(np.isfinite(r["loss"]) for r in records)
     assert records[-1]["optimizer_steps"] == 2
+
+
+@pytest.mark.parametrize("transport", ["grpc", "safetensors"])
+def test_a_remote_async_run_stages_the_next_policy_and_samples_as_without_staging(tmp_path, monkeypatch, transport):
+    """K=1 against a real loopback JAX server: the trainer sends each next policy while the server
+    still samples with the last one, the producer's push only commits it, and the run's batches and
+    metrics are the same as when every push goes whole."""
+    import jax
+
+    from r1jax.models import init_params
+    from r1jax.rollout.jax_engine import JaxEngine
+    from r1jax.rollout.server import make_server
+    from r1jax.train.loop import Trainer
+    from r1jax.train.rollout import RemoteSampler
+
+    def run(staging: bool):
+        base = load_config(ExperimentConfig, _config(tmp_path), [])
+        engine = JaxEngine(init_params(base.model.config, jax.random.PRNGKey(7)), base.model.config)
+        server, port = make_server(engine)
+        with monkeypatch.context() as m:
+            if not staging:
+                m.setattr(RemoteSampler, "stage", lambda self, params, key: False)
+            cfg = load_config(ExperimentConfig, _config(tmp_path), [
+                "run.steps=4", "checkpoint.every=0", "run.name=" + ("staged" if staging else "whole"),
+                "rollout.async.max_staleness=1", "rollout.mode=remote", f"rollout.servers=['127.0.0.1:{port}']",
+                f"rollout.weight_transport={transport}"])
+            trainer = Trainer(cfg)
+            try:
+                records = trainer.run()
+                staged = trainer.sampler.staged_pushes
+            finally:
+                trainer.close()
+                server.stop(None)
+                engine.close()
+        return records, staged, engine.weight_version
+
+    keys = ("staleness", "weight_version_min", "loss", "reward/total", "accuracy")
+    staged_records, staged, live = run(staging=True)
+    whole_records, none, live_whole = run(staging=False)
+    assert [r["staleness"] for r in staged_records] == [0, 1, 1, 1]
+    assert [[r[k] for k in keys] for r in staged_records] == [[r[k] for k in keys] for r in whole_records]
+    assert none == 0 and staged >= 1 and live == live_whole  # pushes of versions 1, 2: staged ahead
 
 
 def test_partial_rollouts_without_k_of_2_are_refused_naming_the_key(tmp_path):

@@ -109,7 +109,7 @@ def _segmented(segments: int, log: list, lock: threading.Lock):
             with lock:
                 log.append((step, j, params, version))
             got.append(version)
-        return _episodes(step, got)
+        return lambda: _episodes(step, got)
 
     return sample
 
