@@ -192,8 +192,9 @@ class Trainer:
             log.warning("rollout.async changed (max_staleness %d -> %d, segments %d -> %d): the %d buffered batches "
                         "of the checkpoint are sampled again", meta["max_staleness"], self.max_staleness,
                         meta.get("segments", 1), segments, len(meta["buffer"]))
-        self.producer = Producer(self._sample_then_score, self.iterator, params=jax.tree.map(jnp.copy, self.state.params),
-                                 version=version, end_step=self.config.run.steps, max_staleness=self.max_staleness,
+        self.producer = Producer(self._sample_then_score, self.iterator,
+                                 params=jax.tree.map(jnp.copy, self.state.params), version=version,
+                                 end_step=self.config.run.steps, max_staleness=self.max_staleness,
                                  segments=segments, buffered=buffered, in_progress=in_progress)
 
     def _segments_per_batch(self) -> int:
