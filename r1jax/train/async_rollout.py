@@ -275,15 +275,19 @@ class Producer:
             self._wait(lambda: step in self._buffer)
             return self._buffer.pop(step)
 
-    def publish(self, version: int, params: Any) -> bool:
-        """The trainer's params after ``version`` updates (a copy it will not donate), kept if a later
-        segment is sampled with them; returns whether one is."""
+    def publish(self, version: int, params: Any) -> None:
+        """The trainer's params after ``version`` updates (a copy it will not donate), if a later
+        segment is sampled with them."""
         with self._cond:
-            if not self._needed(version):
-                return False
-            self._snapshots[version] = params
-            self._cond.notify_all()
-            return True
+            if self._needed(version):
+                self._snapshots[version] = params
+                self._cond.notify_all()
+
+    def published_after(self, version: int) -> tuple[int, Any] | None:
+        """The oldest policy kept for sampling that is newer than ``version``: (its version, params)."""
+        with self._cond:
+            newer = [v for v in self._snapshots if v > version]
+            return (min(newer), self._snapshots[min(newer)]) if newer else None
 
     def _past_older_policies(self, version: int) -> tuple[int, int]:
         """The first (step, segment) sampled with ``version`` or newer after every one sampled with an

@@ -158,8 +158,9 @@ class Trainer:
             params, version = policy(segment, partial)
             first.append(version)
             if cfg.rollout.mode == "remote" and version != self._live_version:
-                self.sampler.push(params, key=version)  # only commits, when the trainer staged it
+                self.sampler.push(params, key=version)  # only commits, when it was staged
                 self._live_version = version
+                self._stage_next()
             return params, version
 
         segments = None
@@ -176,6 +177,17 @@ class Trainer:
             return score
         oldest = resume.policy_versions[0] if resume is not None else first[0]  # versions only grow
         return lambda: dataclasses.replace(score(), versions=[oldest] * len(examples))
+
+    def _stage_next(self) -> None:
+        """Asynchronous RL with remote servers: sends them the next policy they will take as soon as
+        the trainer has made it and no other push is under way (they keep sampling with the live
+        one; the producer's push of it then only commits)."""
+        producer = self.producer  # None while the producer starts (its first push comes from its thread)
+        if self.config.rollout.mode != "remote" or producer is None:
+            return
+        nxt = producer.published_after(self._live_version)
+        if nxt is not None:
+            self.sampler.stage(nxt[1], key=nxt[0])
 
     def _start_producer(self) -> None:
         """Starts sampling ahead (asynchronous RL), from the buffer of the checkpoint resumed from."""
@@ -240,10 +252,8 @@ class Trainer:
         timing["train"] = time.perf_counter() - t0
         t0 = time.perf_counter()
         if self.producer is not None:  # the producer samples step + 1 + K with these (pushed from its thread)
-            params = jax.tree.map(jnp.copy, self.state.params)
-            if (self.producer.publish(step + 1, params) and cfg.rollout.mode == "remote"
-                    and step + 1 == self._live_version + 1):  # the next policy the servers take: send it now
-                self.sampler.stage(params, key=step + 1)
+            self.producer.publish(step + 1, jax.tree.map(jnp.copy, self.state.params))
+            self._stage_next()
         else:
             self.sampler.push(self.state.params)
             self._live_version = step + 1

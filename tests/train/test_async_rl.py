@@ -244,9 +244,10 @@ def test_an_async_run_logs_staleness_and_trains_on_its_scheduled_batches(tmp_pat
     assert records[-1]["optimizer_steps"] == 2
 
 
-@pytest.mark.parametrize("transport", ["grpc", "safetensors"])
-def test_a_remote_async_run_stages_the_next_policy_and_samples_as_without_staging(tmp_path, monkeypatch, transport):
-    """K=1 against a real loopback JAX server: the trainer sends each next policy while the server
+@pytest.mark.parametrize("k, transport", [(1, "grpc"), (1, "safetensors"), (2, "grpc")])
+def test_a_remote_async_run_stages_the_next_policy_and_samples_as_without_staging(tmp_path, monkeypatch, k,
+                                                                                   transport):
+    """K=1, 2 against a real loopback JAX server: the trainer sends each next policy while the server
     still samples with the last one, the producer's push only commits it, and the run's batches and
     metrics are the same as when every push goes whole."""
     import jax
@@ -266,7 +267,7 @@ def test_a_remote_async_run_stages_the_next_policy_and_samples_as_without_stagin
                 m.setattr(RemoteSampler, "stage", lambda self, params, key: False)
             cfg = load_config(ExperimentConfig, _config(tmp_path), [
                 "run.steps=4", "checkpoint.every=0", "run.name=" + ("staged" if staging else "whole"),
-                "rollout.async.max_staleness=1", "rollout.mode=remote", f"rollout.servers=['127.0.0.1:{port}']",
+                f"rollout.async.max_staleness={k}", "rollout.mode=remote", f"rollout.servers=['127.0.0.1:{port}']",
                 f"rollout.weight_transport={transport}"])
             trainer = Trainer(cfg)
             try:
@@ -281,9 +282,9 @@ def test_a_remote_async_run_stages_the_next_policy_and_samples_as_without_stagin
     keys = ("staleness", "weight_version_min", "loss", "reward/total", "accuracy")
     staged_records, staged, live = run(staging=True)
     whole_records, none, live_whole = run(staging=False)
-    assert [r["staleness"] for r in staged_records] == [0, 1, 1, 1]
+    assert [r["staleness"] for r in staged_records] == [[0, 1, 1, 1], [0, 1, 2, 2]][k - 1]
     assert [[r[k] for k in keys] for r in staged_records] == [[r[k] for k in keys] for r in whole_records]
-    assert none == 0 and staged >= 1 and live == live_whole  # pushes of versions 1, 2: staged ahead
+    assert none == 0 and staged >= 1 and live == live_whole  # K=1 pushes versions 1, 2; K=2 version 1
 
 
 def test_partial_rollouts_without_k_of_2_are_refused_naming_the_key(tmp_path):
