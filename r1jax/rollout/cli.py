@@ -23,6 +23,9 @@ import sys
 
 __all__ = ["add_serve_parser", "run_serve"]
 
+# the embedded sampler's switches the JAX engine takes as flags (argparse dests; None = not given)
+_JAX_SAMPLER_FLAGS = ("compute_dtype", "drop_finished_every", "decode_window")
+
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     """Adds the ``serve`` sub-command to an argparse ``subparsers`` object; returns its parser."""
@@ -88,8 +91,7 @@ def _engine_kwargs(args) -> dict:
     if args.engine == "jax":
         kw = {"max_batch_rows": args.max_batch_rows, "decode_chunk": args.decode_chunk,
               "weight_version": args.weight_version}
-        kw.update({k: getattr(args, k) for k in ("compute_dtype", "drop_finished_every", "decode_window")
-                   if getattr(args, k) is not None})
+        kw.update({k: getattr(args, k) for k in _JAX_SAMPLER_FLAGS if getattr(args, k) is not None})
     else:
         kw = {"tensor_parallel_size": args.tensor_parallel_size, "dtype": args.dtype,
               "gpu_memory_utilization": args.gpu_memory_utilization, "kv_cache_gib": args.kv_cache_gib,
@@ -158,7 +160,7 @@ def run_serve(args) -> int:
         if value is not None and value < 1:
             print(f"r1jax serve: --{flag.replace('_', '-')} must be >= 1, got {value}", file=sys.stderr)
             return 2
-    jax_only = [f for f in ("compute_dtype", "drop_finished_every", "decode_window") if getattr(args, f) is not None]
+    jax_only = [f for f in _JAX_SAMPLER_FLAGS if getattr(args, f) is not None]
     if args.engine != "jax" and jax_only:
         print(f"r1jax serve: --{jax_only[0].replace('_', '-')} is a jax engine flag (vLLM has its own scheduling)",
               file=sys.stderr)
@@ -185,8 +187,8 @@ def run_serve(args) -> int:
           f"{limits.max_queued_rows} rows queued"
           + (f"; reward models {', '.join(f'{k}={m.directory}' for k, m in reward_models.items())}"
              if reward_models else "")
-          + "".join(f"; --{k.replace('_', '-')} {getattr(args, k)}" for k in
-                    ("compute_dtype", "drop_finished_every", "decode_window") if getattr(args, k, None) is not None),
+          + "".join(f"; --{k.replace('_', '-')} {getattr(args, k)}" for k in _JAX_SAMPLER_FLAGS
+                    if getattr(args, k, None) is not None),
           flush=True)
     if args.port_file:
         tmp = f"{args.port_file}.tmp"
