@@ -80,6 +80,9 @@ class ModelConfig:
                                            "None -> param_dtype")
     initializer_range: float = field(0.02, gt=0.0, help="std of the normal init of weight matrices")
     remat: str = field("none", choices=("none", "full", "dots"), help="per-layer rematerialisation policy")
+    scan_layers: bool = field(False, help="run the full-sequence forward's layers as one lax.scan (one layer "
+                                          "compiled, whatever L: for deep models) instead of unrolled (faster "
+                                          "on XLA:CPU: no stacked per-layer activations)")
     bos_token_id: int | None = field(None, ge=0, help="kept for HF round trips")
     eos_token_ids: tuple[int, ...] = field((), ge=0, help="kept for HF round trips (stop tokens)")
 

@@ -7,6 +7,7 @@ every gradient leaf within 5% in norm (bfloat16 keeps 8 significant bits: 0.4% p
 """
 
 import dataclasses
+import re
 
 import jax
 import jax.extend
@@ -72,10 +73,30 @@ def test_bf16_compute_runs_the_weight_matmuls_in_bf16_and_the_head_in_float32(mo
                 visit(sub)
 
     visit(jaxpr.jaxpr)
-    # per layer (scanned: traced once): q, k, v, o, gate, up, down in bf16; attention scores and
-    # values, and the output projection of the log-prob kernel, in float32
-    assert dots.count(("bfloat16", "bfloat16")) == 7
+    # per layer (unrolled: traced L times): q, k, v, o, gate, up, down in bf16; attention scores
+    # and values, and the output projection of the log-prob kernel, in float32
+    assert dots.count(("bfloat16", "bfloat16")) == 7 * bf16.num_layers
     assert ("float32", "float32") in dots
+
+
+def test_bf16_weight_gradients_are_bf16_matmuls(models):
+    """The backward's weight-gradient matmuls read bfloat16 operands in the compiled HLO (issue 15:
+    contracting a flattened [tokens, I] x [tokens, O] made XLA:CPU upcast both to float32 and run
+    a generic dot at a third of its bfloat16 speed)."""
+    f32, bf16, params = models
+    hlo = jax.jit(jax.grad(lambda p: jnp.sum(_logp(p, bf16, TOKENS)))).lower(params).compile().as_text()
+    dtype = {m.group(1): m.group(2) for m in re.finditer(r"%(\S+) = (\w+)\[", hlo)}
+    D, F, HD = f32.hidden_size, f32.intermediate_size, f32.num_heads * f32.resolved_head_dim
+    KD = f32.num_kv_heads * f32.resolved_head_dim
+    weights = {(D, F), (F, D), (D, HD), (HD, D), (D, KD)}
+    found = []
+    # a dot, or XLA:CPU's fusion around one, from the backward pass (its op_name)
+    for m in re.finditer(r"%\S+ = f32\[(\d+),(\d+)\]\S* (?:dot|fusion)\(%(\S+?), %(\S+?)\)[^\n]*"
+                         r"op_name=\"[^\"]*transpose\(jvp[^\"]*dot_general", hlo):
+        if (int(m.group(1)), int(m.group(2))) in weights and not m.group(3).startswith("param_"):  # not inside a fusion
+            found.append((dtype[m.group(3)], dtype[m.group(4)]))
+    assert len(found) == 7 * f32.num_layers, found
+    assert set(found) == {("bf16", "bf16")}
 
 
 def test_cast_for_compute_casts_only_the_layer_matmul_weights(models):
