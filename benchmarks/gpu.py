@@ -277,7 +277,8 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
     rollout = synthetic_rollout(roll["prompts"], roll["samples"], roll["seq"], roll["prompt_len"],
                                 model_kw["vocab_size"])
     rows = roll["prompts"] * roll["samples"]
-    model = ModelConfig(param_dtype="bfloat16", remat=remat, **model_kw)
+    # Layers scanned: one compiled layer for 24 (XLA:CPU's unrolled default is for small models).
+    model = ModelConfig(param_dtype="bfloat16", remat=remat, scan_layers=True, **model_kw)
     state = init_state(init_params(model, jax.random.key(0)), tx, jax.random.key(1), reference=True)
     hp = Hyper.from_config(algo)
     limit = _memory_limit()
@@ -289,9 +290,9 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
                           "num_minibatches": algo.num_minibatches, "num_microbatches": algo.num_microbatches,
                           "loss_agg": algo.loss_agg},
                  "optimizer": "adamw (OptimConfig defaults: lr 1e-5, grad clip 1.0)",
-                 "logprob_backend": logprob_backend, "remat_requested": remat, "device_bytes_limit": limit}
+                 "logprob_backend": logprob_backend, "scan_layers": True, "remat_requested": remat, "device_bytes_limit": limit}
     for attempt in (remat, "full"):
-        model = ModelConfig(param_dtype="bfloat16", remat=attempt, **model_kw)
+        model = ModelConfig(param_dtype="bfloat16", remat=attempt, scan_layers=True, **model_kw)
         update = make_rl_update(model, algo, kernels, tx, max_new_tokens=roll["seq"] - roll["prompt_len"])
         t0 = time.perf_counter()
         compiled = update.lower(state, rollout, hp).compile()
