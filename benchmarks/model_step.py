@@ -11,7 +11,8 @@ machine hits both alike. Wall time and process CPU time are recorded for every c
 reported with the ratios before / after (> 1: the change is faster).
 
 Workloads, at the shape of ``benchmarks/grpo_step.py`` (a random Qwen2: hidden 256, 4 layers,
-4 query / 2 KV heads, intermediate 512, vocab 512, float32; the same weights for both sides):
+4 query / 2 KV heads, intermediate 512, vocab 512, float32 parameters, ``--compute-dtype bfloat16``
+for bfloat16 weight matmuls; the same weights for both sides):
 
 * ``grad``: ``jax.value_and_grad`` of the summed per-token log-probs of 64 right-padded rows of
   96 tokens (70 to 96 real tokens per row), under ``jax.jit``; log-probs from
@@ -24,7 +25,7 @@ tokens (same seed) with the largest log-prob difference: a change meant to be ex
 
 Usage::
 
-    python benchmarks/model_step.py --before /tmp/r1jax_base [--repeats 9 --warmup 2]
+    python benchmarks/model_step.py --before /tmp/r1jax_base [--repeats 9 --warmup 2] [--compute-dtype bfloat16]
 
 Writes ``benchmarks/results/model_step.json`` (``--out`` to change).
 """
@@ -75,12 +76,12 @@ def load_tree(root: str) -> types.SimpleNamespace:
                 del sys.modules[name]
 
 
-def make_side(tree, params, tokens, mask, prompts):
+def make_side(tree, params, tokens, mask, prompts, compute_dtype=None):
     """The two jitted workloads of one tree, warmed up: ``{"grad": fn, "generate": fn}``."""
     import jax
     import jax.numpy as jnp
 
-    config = tree.ModelConfig(**MODEL)
+    config = tree.ModelConfig(**MODEL, **({"compute_dtype": compute_dtype} if compute_dtype else {}))
 
     def loss(p):
         hidden = tree.forward(p, config, tokens, attention_mask=mask)
@@ -124,6 +125,8 @@ def main(argv=None) -> dict:
     ap.add_argument("--after", default=ROOT, help="source tree of the change (default: this repository)")
     ap.add_argument("--describe", nargs=2, metavar=("BEFORE", "AFTER"), default=("", ""),
                     help="what the two trees are (e.g. their commits), recorded in the JSON")
+    ap.add_argument("--compute-dtype", default=None, choices=("bfloat16",),
+                    help="the model's compute_dtype on both sides (default: float32 throughout)")
     ap.add_argument("--repeats", type=int, default=9, help="timed calls per side and workload (>= 7)")
     ap.add_argument("--warmup", type=int, default=2, help="untimed calls per side and workload (compilation)")
     ap.add_argument("--out", default=os.path.join(ROOT, "benchmarks", "results", "model_step.json"))
@@ -147,7 +150,7 @@ def main(argv=None) -> dict:
 
     fns, first = {}, {}
     for name, tree in sides.items():
-        fns[name] = make_side(tree, params, tokens, mask, prompts)
+        fns[name] = make_side(tree, params, tokens, mask, prompts, args.compute_dtype)
         for work, fn in fns[name].items():
             for _ in range(args.warmup):
                 first[name, work] = fn()
@@ -176,10 +179,10 @@ def main(argv=None) -> dict:
         "command": "python benchmarks/model_step.py " + " ".join(argv if argv is not None else sys.argv[1:]),
         "machine": {**describe_machine(), "cpu_model": cpu_model()},
         "load_average_at_end": os.getloadavg(),
-        "model": MODEL,
+        "model": {**MODEL, "compute_dtype": args.compute_dtype},
         "workloads": {
             "grad": f"value_and_grad of summed token log-probs, {ROWS} rows x {ROW_LEN} tokens "
-                    f"({MIN_ROW_LEN}-{ROW_LEN} real), float32",
+                    f"({MIN_ROW_LEN}-{ROW_LEN} real), compute {args.compute_dtype or 'float32'}",
             "generate": f"Sampler.generate: {PROMPTS} prompts x {SAMPLES} samples x {NEW_TOKENS} new tokens, "
                         "temperature 1, one batch",
         },
