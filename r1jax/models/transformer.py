@@ -646,6 +646,8 @@ def forward_with_cache(
     positions: jax.Array,
     token_mask: jax.Array,
     cache: KVCache,
+    *,
+    positions_below: int | None = None,
 ) -> tuple[jax.Array, KVCache]:
     """Runs T new tokens per row against the cache (prefill when T > 1, decode when T = 1).
 
@@ -667,6 +669,9 @@ def forward_with_cache(
       positions: [B, T] int RoPE positions.
       token_mask: [B, T] bool, True for real tokens.
       cache: the :class:`KVCache` (from :func:`init_cache` or a previous call).
+      positions_below: a static bound on ``positions`` (the sampler's: the cache length): RoPE's
+        cos and sin are then looked up in a table of that many positions instead of computed.
+        Positions at or above it would read clamped table rows.
 
     Returns:
       (hidden [B, T, D] after the final RMSNorm, the updated cache with index + T).
@@ -687,7 +692,7 @@ def forward_with_cache(
     slots = jnp.arange(S)
     q_slots = index + jnp.arange(T)
     mask = new_mask[:, None, :] & (slots[None, None, :] <= q_slots[None, :, None])  # [B, T, S]
-    rope = _rope_tables(positions, rope_inv_freq(config))
+    rope = _rope_tables(positions, rope_inv_freq(config), positions_below)
     zero = jnp.zeros((), jnp.int32)
 
     x = _embed(params, tokens)

@@ -294,7 +294,8 @@ def prefill(params: Any, config: ModelConfig, tokens: jax.Array, prompt_mask: ja
     params = cast_for_compute(params, config)
     positions = jnp.maximum(jnp.cumsum(prompt_mask.astype(jnp.int32), axis=1) - 1, 0)
     cache = init_cache(config, U, shape.cache_len or P + N, dtype=shape.cache_dtype)
-    hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache)
+    hidden, cache = forward_with_cache(params, config, tokens, positions, prompt_mask, cache,
+                                       positions_below=cache.mask.shape[1])
     logits = _project(params, config, hidden[:, -1])
     next_positions = jnp.sum(prompt_mask, axis=1).astype(jnp.int32)
     if source is not None:  # each prompt ran once: its rows start from copies
@@ -345,7 +346,7 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
         hit_stop = live & jnp.any(tok[:, None] == st.row.stop_ids, axis=-1)
         done = st.done | hit_stop | (lengths >= st.row.max_new)
         hidden, cache = forward_with_cache(params, config, tok[:, None], st.positions[:, None],
-                                           live[:, None], st.cache)
+                                           live[:, None], st.cache, positions_below=st.cache.mask.shape[1])
         return DecodeState(cache=cache, logits=_project(params, config, hidden[:, 0]),
                            positions=st.positions + 1, step=st.step + 1, tokens=tokens,
                            logprobs=logprobs, lengths=lengths, done=done,

@@ -77,7 +77,8 @@ def _left_pad(rows, width, pad=0):
     return jnp.asarray(tokens), jnp.asarray(mask)
 
 
-def test_kv_cache_prefill_and_decode_match_full_forward(qwen3_model):
+@pytest.mark.parametrize("table", [False, True], ids=["rope_computed", "rope_table"])
+def test_kv_cache_prefill_and_decode_match_full_forward(qwen3_model, table):
     config, params = qwen3_model
     rng = np.random.RandomState(0)
     prompt_lens, P, G = [3, 6, 1], 6, 4
@@ -89,7 +90,13 @@ def test_kv_cache_prefill_and_decode_match_full_forward(qwen3_model):
     full_pos = default_positions(full_toks.shape, attention_mask=full_mask)
     full = jit_forward(params, config, full_toks, attention_mask=full_mask)
 
-    step = jax.jit(chex.assert_max_traces(forward_with_cache, n=2), static_argnums=1)  # prefill + decode shapes
+    # positions_below = the cache length (the sampler's bound): cos / sin from a table
+    def fn(*args):
+        return forward_with_cache(*args, positions_below=P + G + 3 if table else None)
+
+    chex.clear_trace_counter()  # counted per code object, across the parametrizations
+
+    step = jax.jit(chex.assert_max_traces(fn, n=2), static_argnums=1)  # prefill + decode shapes
     cache = init_cache(config, batch=3, max_len=P + G + 3)
     hidden, cache = step(params, config, ptoks, full_pos[:, :P], pmask, cache)
     assert int(cache.index) == P
@@ -150,6 +157,11 @@ def test_default_positions_take_rope_from_a_table(make_config):
     assert " cosine(" not in hlo and " sine(" not in hlo
     hlo = jax.jit(forward, static_argnums=1).lower(params, config, tokens, positions=positions).compile().as_text()
     assert " cosine(" in hlo  # given positions (any values): computed
+    cache = init_cache(config, batch=3, max_len=48)
+    decode = functools.partial(forward_with_cache, positions_below=48)
+    hlo = jax.jit(decode, static_argnums=1).lower(params, config, tokens[:, :1], positions[:, :1],
+                                                  mask[:, :1], cache).compile().as_text()
+    assert " cosine(" not in hlo and " sine(" not in hlo
 
 
 def test_padding_does_not_change_valid_tokens(make_config):
