@@ -224,7 +224,8 @@ def vllm_python_or_reason(arg: str | None) -> tuple[str | None, str | None]:
     """``(interpreter, None)`` for the vLLM side, or ``(None, why it is not run)``."""
     if arg == "":
         return None, "not asked for (--vllm-python '')"
-    path = arg if arg is not None else DEFAULT_VLLM_PYTHON
+    # absolute: the worker starts in a fresh temporary directory, where a relative path is missing
+    path = os.path.abspath(arg if arg is not None else DEFAULT_VLLM_PYTHON)
     if not os.access(path, os.X_OK):
         what = "no vLLM environment" if arg is None else "--vllm-python is not an executable"
         return None, f"{what}: {path} is missing (run `make vllm-env`)"
