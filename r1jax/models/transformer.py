@@ -23,8 +23,11 @@ Layout (``D`` width, ``H`` query heads, ``K`` kv heads, ``Dh`` head width, ``F``
 them onto a device mesh.
 
 Speed on XLA:CPU: every weight matmul (q/k/v/o projections, MLP) goes through ``_dense``,
-whose custom backward pass computes weight gradients from the activations as they are; the
-attention head reshapes are ``einops`` rearranges into the batched-matmul layouts.
+whose custom backward pass computes weight gradients from the activations as they are (in
+bfloat16, over the leading axes unflattened, which gets XLA's bfloat16 kernel); the attention
+head reshapes are ``einops`` rearranges into the batched-matmul layouts; RoPE's cos and sin come
+from a constant table of positions when the positions are known to be bounded (XLA would
+otherwise evaluate them inside every layer's rotation, per head).
 
 Numerics: the weight matmuls read their inputs in ``config.matmul_dtype`` (``compute_dtype``,
 default the parameter dtype: bfloat16 compute of float32 parameters is a config) and accumulate
