@@ -140,7 +140,7 @@ def test_packed_segments_equal_separate_sequences(qwen3_model):
 
 def test_default_positions_take_rope_from_a_table(make_config):
     """Without ``positions`` the forward looks cos and sin up in a table of the first T positions
-    (XLA fused computed ones into every layer's q/k rotation, per head: 9% of an update, issue
+    (XLA fused computed ones into every layer's q/k rotation, per head: about 14% of an update, issue
     15): the same hidden states as passing those positions, and no cos/sin left in the HLO."""
     config = make_config(architecture="qwen2")
     params = init_params(config, jax.random.key(2))
