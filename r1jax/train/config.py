@@ -251,6 +251,9 @@ class ModelSection:
                                       help="dtype of the weight matmuls' inputs (float32 accumulation; "
                                            "parameters, optimizer and log-probs stay as they are); "
                                            "None = the parameter dtype")
+    scan_layers: bool | None = field(None, help="run the update's layers as one lax.scan (one compiled layer, "
+                                                "for deep models) instead of unrolled (faster on XLA:CPU); "
+                                                "None = the model's own setting")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -269,9 +269,9 @@ VARIANTS = {  # every variant's maths is checked against its formula in test_tra
              "algo.overlong_buffer=4", "algo.kl_coef=0.0"],
     "reinforce_pp": ["algo.advantage=reinforce_pp", "algo.policy_loss=pg", "algo.kl_coef=0.01"],
     "rloo+tis": ["algo.advantage=rloo", "algo.tis=token", "algo.num_epochs=2"],
-    "bf16_compute+microbatches+drop_finished+decode_window": [
-        "model.compute_dtype=bfloat16", "algo.num_microbatches=2", "rollout.drop_finished_every=2",
-        "rollout.decode_window=4"],
+    "bf16_compute+scanned_layers+microbatches+drop_finished+decode_window": [
+        "model.compute_dtype=bfloat16", "model.scan_layers=true", "algo.num_microbatches=2",
+        "rollout.drop_finished_every=2", "rollout.decode_window=4"],
 }
 
 
@@ -294,6 +294,7 @@ def test_algorithm_variants_train(tmp_path, variant):
         "reward.components=[{name: test_digit_share, weight: 1.0}]", *VARIANTS[variant]])
     trainer = Trainer(cfg)
     assert trainer.model_cfg.compute_dtype == cfg.model.compute_dtype  # None unless the variant sets it
+    assert trainer.model_cfg.scan_layers == bool(cfg.model.scan_layers)  # the model's default: unrolled
     assert trainer.sampler.sampler.drop_finished_every == cfg.rollout.drop_finished_every
     assert trainer.sampler.sampler.decode_window == cfg.rollout.decode_window
     (rec,) = trainer.run()
