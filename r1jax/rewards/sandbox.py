@@ -118,7 +118,8 @@ class SandboxResult:
 
     ``returncode`` is negative for a signal (``-9`` = killed); ``timed_out`` means the wall clock
     ran out; ``output_exceeded`` that stdout or stderr passed ``max_output_bytes`` (the run was
-    killed and the kept output is a prefix).
+    killed and the kept output is a prefix); ``uid`` the throw-away uid the program ran as (None
+    when it kept the host's: not root, or ``rlimits``).
     """
 
     returncode: int
@@ -128,6 +129,7 @@ class SandboxResult:
     output_exceeded: bool
     isolation: str
     wall_s: float
+    uid: int | None = None
 
     @property
     def ok(self) -> bool:
@@ -413,7 +415,7 @@ def _launch(
         raise SandboxError(f"sandbox setup failed ({mode}): {err.decode(errors='replace').strip()}")
     return SandboxResult(
         returncode=rc, stdout=out, stderr=err, timed_out=timed_out,
-        output_exceeded=exceeded, isolation=mode, wall_s=time.monotonic() - start,
+        output_exceeded=exceeded, isolation=mode, wall_s=time.monotonic() - start, uid=uid,
     )
 
 

@@ -35,7 +35,9 @@ def run(src, **kw):
     return run_python(textwrap.dedent(src), limits=kw.pop("limits", SMALL), **kw)
 
 
-def _sandbox_uid_processes():
+def _sandbox_uid_processes(run_uid):
+    """Processes left running as ``run_uid``, the throw-away uid of one run (``None``: any sandbox
+    uid). Per run, because pytest-xdist's other worker may be running a sandbox of its own."""
     found = []
     for d in os.listdir("/proc"):
         if d.isdigit():
@@ -43,7 +45,7 @@ def _sandbox_uid_processes():
                 uid = int(open(f"/proc/{d}/status").read().split("\nUid:")[1].split()[0])
             except (OSError, IndexError):
                 continue
-            if _UID_BASE <= uid < _UID_BASE + _UID_SPAN:
+            if uid == run_uid if run_uid is not None else _UID_BASE <= uid < _UID_BASE + _UID_SPAN:
                 found.append(int(d))
     return found
 
@@ -158,7 +160,7 @@ def test_fork_bomb_is_contained():
                 time.sleep(0.05)
     """, limits=SandboxLimits(cpu_time_s=1.0, wall_time_s=2.0, max_processes=8))
     assert r.timed_out and not r.ok
-    assert _sandbox_uid_processes() == []  # every process of the bomb is gone
+    assert _sandbox_uid_processes(r.uid) == []  # every process of the bomb is gone
 
 
 def test_memory_bomb_is_contained():
@@ -274,8 +276,8 @@ def test_uid_fallback_limits_forks_and_kills_escaped_daemons():
     """, limits=UID_ONLY)
     assert r.ok and r.isolation == "uid", r.stderr
     uid, forked = map(int, r.stdout.split())
-    assert uid != 0 and forked == UID_ONLY.max_processes - 1
-    assert _sandbox_uid_processes() == []
+    assert uid != 0 and forked == UID_ONLY.max_processes - 1 and uid == r.uid
+    assert _sandbox_uid_processes(r.uid) == []
 
 
 @needs_uid_fallback
