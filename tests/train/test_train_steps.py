@@ -117,6 +117,36 @@ def test_the_token_budget_splits_the_update_into_micro_batches():
     assert not ({4, 8} & lengths[0][1])  # no budget: no micro-batch scan of those lengths
 
 
+def _matmul_rows(update, state, rollout, hp) -> set[int]:
+    """The leading (row) sizes of every batched matmul operand ``[rows, tokens, features]`` in ``update``."""
+    rows = set()
+
+    def visit(jx):
+        for eqn in jx.eqns:
+            if eqn.primitive.name == "dot_general":
+                rows.update(v.aval.shape[0] for v in eqn.invars if v.aval.ndim >= 3)
+            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+                visit(sub)
+
+    visit(jax.make_jaxpr(update)(state, rollout, hp).jaxpr)
+    return rows
+
+
+@pytest.mark.parametrize("num_epochs", [1, 2])  # 2: the old-policy forward runs too
+def test_forwards_without_gradient_run_in_micro_batches(num_epochs):
+    """With micro-batches, the reference (and old-policy) forwards run on the micro-batch's rows too,
+    never on all N rows at once (their activations stay in cache, as the gradient's: faster on CPU)."""
+    params, rollout = _rollout()
+    found = {}
+    for budget in (None, 2 * T):  # None: one micro-batch, the control that the test sees N-row matmuls
+        algo = _algo(kl_coef=0.1, num_epochs=num_epochs, microbatch_tokens=budget)
+        tx = optax.sgd(1.0)
+        update = make_rl_update(MODEL, algo, KERNELS, tx, max_new_tokens=MAX_NEW, jit=False)
+        found[budget] = _matmul_rows(update, _state(params, tx, algo), rollout, Hyper.from_config(algo))
+    assert max(found[None]) == N
+    assert max(found[2 * T]) == N // 4, found
+
+
 def test_non_finite_loss_skips_the_update():
     params, rollout = _rollout()
     bad = rollout._replace(rewards=rollout.rewards.at[0, 0].set(jnp.nan))
