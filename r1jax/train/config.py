@@ -29,10 +29,13 @@ __all__ = [
     "ModelSection", "KernelConfig", "ExperimentConfig", "load_experiment", "import_user_modules",
 ]
 
-MICROBATCH_TOKENS = 2048
-"""Default token budget of a micro-batch, measured (one pinned core, f32, update seconds): 8 × 8 × 64 tokens
-1.77 at 1 micro-batch of 4608 tokens, 1.64 at 2304, 1.55-1.57 at 1152 and 576; 16 × 8 × 128: 9.7 at 17408 tokens,
-6.05-6.19 from 4352 down to 544. Rows of more than this many tokens train one per micro-batch."""
+MICROBATCH_TOKENS = 1024
+"""Default token budget of a micro-batch, measured (one pinned core, update seconds, in one process, interleaved).
+Session 6, f32, the reference forward on every row at once: 8 × 8 × 64 tokens 1.77 at 1 micro-batch of 4608
+tokens, 1.64 at 2304, 1.55-1.57 at 1152 and 576; 16 × 8 × 128: 9.7 at 17408 tokens, 6.05-6.19 from 4352 down
+to 544. Session 11, the forwards without gradient micro-batched too: 8 × 8 × 64, f32 1.33 at 1152 tokens, 1.28
+at 576, 1.38 at 288; bf16 0.97 at 2304, 0.90 at 1152, 0.86 at 576; 16 × 8 × 128 bf16: 3.51 at 2176, 3.48 at
+1088, 3.43 at 544. Rows of more than this many tokens train one per micro-batch."""
 
 
 @dataclasses.dataclass(frozen=True)
