@@ -91,6 +91,14 @@ def test_microbatch_count_keeps_micro_batches_within_the_token_budget():
     assert microbatch_count(12, 10, at_least=4, max_tokens=25) == 12  # multiples of at_least only: 4 -> 12
 
 
+def _equations(jaxpr):
+    """Every equation of ``jaxpr`` and of the jaxprs nested in it (scans, conds, custom rules)."""
+    for eqn in jaxpr.eqns:
+        yield eqn
+        for sub in jax.extend.core.jaxprs_in_params(eqn.params):
+            yield from _equations(sub)
+
+
 def test_the_token_budget_splits_the_update_into_micro_batches():
     """The compiled update accumulates over the micro-batches the budget asks for (a scan of that length)."""
     params, rollout = _rollout()
@@ -100,16 +108,7 @@ def test_the_token_budget_splits_the_update_into_micro_batches():
         tx = optax.sgd(1.0)
         update = make_rl_update(MODEL, algo, KERNELS, tx, max_new_tokens=MAX_NEW, jit=False)
         jaxpr = jax.make_jaxpr(update)(_state(params, tx, algo), rollout, Hyper.from_config(algo))
-        found = set()
-
-        def visit(jx):
-            for eqn in jx.eqns:
-                if eqn.primitive.name == "scan":
-                    found.add(eqn.params["length"])
-                for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                    visit(sub)
-
-        visit(jaxpr.jaxpr)
+        found = {eqn.params["length"] for eqn in _equations(jaxpr.jaxpr) if eqn.primitive.name == "scan"}
         lengths.append((want, found))
     for want, found in lengths:
         if want is not None:
@@ -119,17 +118,8 @@ def test_the_token_budget_splits_the_update_into_micro_batches():
 
 def _matmul_rows(update, state, rollout, hp) -> set[int]:
     """The leading (row) sizes of every batched matmul operand ``[rows, tokens, features]`` in ``update``."""
-    rows = set()
-
-    def visit(jx):
-        for eqn in jx.eqns:
-            if eqn.primitive.name == "dot_general":
-                rows.update(v.aval.shape[0] for v in eqn.invars if v.aval.ndim >= 3)
-            for sub in jax.extend.core.jaxprs_in_params(eqn.params):
-                visit(sub)
-
-    visit(jax.make_jaxpr(update)(state, rollout, hp).jaxpr)
-    return rows
+    return {v.aval.shape[0] for eqn in _equations(jax.make_jaxpr(update)(state, rollout, hp).jaxpr)
+            if eqn.primitive.name == "dot_general" for v in eqn.invars if v.aval.ndim >= 3}
 
 
 @pytest.mark.parametrize("num_epochs", [1, 2])  # 2: the old-policy forward runs too
