@@ -362,13 +362,16 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
     K = k.shape[1]
     # The query heads sharing a kv head are stacked on the query axis: one batched matmul per
     # (row, kv head), in the layouts the matmul wants.
-    qg = rearrange(q, "b t (k g) d -> b k (g t) d", k=K)
-    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k.astype(q.dtype), preferred_element_type=_F32)
+    # The matmuls read the keys and values as stored, the queries and probabilities cast to their
+    # dtype, and accumulate in float32: a bfloat16 KV cache is read in place (converting it to
+    # float32 would copy the whole cache every decode step). Training passes float32 keys.
+    qg = rearrange(q, "b t (k g) d -> b k (g t) d", k=K).astype(k.dtype)
+    scores = jnp.einsum("bkqd,bkds->bkqs", qg, k, preferred_element_type=_F32)
     scores = rearrange(scores, "b k (g t) s -> b k g t s", t=T) * (1.0 / math.sqrt(config.resolved_head_dim))
     scores = jnp.where(mask[:, None, None, :, :], scores, _MASK_VALUE)
-    probs = rearrange(jax.nn.softmax(scores, axis=-1).astype(q.dtype), "b k g t s -> b k (g t) s")
-    out = jnp.einsum("bkqs,bksd->bkqd", probs, v.astype(q.dtype))
-    return rearrange(out, "b k (g t) d -> b t (k g) d", t=T)
+    probs = rearrange(jax.nn.softmax(scores, axis=-1).astype(v.dtype), "b k g t s -> b k (g t) s")
+    out = jnp.einsum("bkqs,bksd->bkqd", probs, v, preferred_element_type=_F32)
+    return rearrange(out, "b k (g t) d -> b t (k g) d", t=T).astype(q.dtype)
 
 
 def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
@@ -405,8 +408,22 @@ def _residual_update(layer: Params, x: jax.Array, attn: jax.Array, config: Model
 
 
 def _layer(params: Params, i: int) -> Params:
-    """The weights of layer ``i`` (a static slice of the stacked layer axis)."""
-    return {name: w[i] for name, w in params["layers"].items()}
+    """The weights of layer ``i``: a static slice of the stacked layer axis, or the ``i``-th dict
+    of layers :func:`unstack_layers` already split."""
+    layers = params["layers"]
+    if isinstance(layers, tuple):
+        return layers[i]
+    return {name: w[i] for name, w in layers.items()}
+
+
+def unstack_layers(params: Params) -> Params:
+    """``params`` with ``"layers"`` split into a tuple of one weight dict per layer.
+
+    For :func:`forward_with_cache` inside a decode loop: the slices are taken once, outside the
+    loop, rather than in every step (XLA:CPU does not always hoist them; with a bfloat16 KV cache
+    it copied every layer's weights every step).
+    """
+    return {**params, "layers": tuple(_layer(params, i) for i in range(len(params["layers"]["q_proj"])))}
 
 
 def _dense(x: jax.Array, w: jax.Array, compute: jnp.dtype) -> jax.Array:

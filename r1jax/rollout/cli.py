@@ -24,7 +24,7 @@ import sys
 __all__ = ["add_serve_parser", "run_serve"]
 
 # the embedded sampler's switches the JAX engine takes as flags (argparse dests; None = not given)
-_JAX_SAMPLER_FLAGS = ("compute_dtype", "drop_finished_every", "decode_window")
+_JAX_SAMPLER_FLAGS = ("compute_dtype", "cache_dtype", "drop_finished_every", "decode_window")
 
 
 def add_serve_parser(subparsers) -> argparse.ArgumentParser:
@@ -64,6 +64,9 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--compute-dtype", choices=("float32", "bfloat16"), default=None,
                    help="input dtype of the weight matmuls (float32 accumulation and log-probs; default: the "
                         "checkpoint's), as the trainer's model.compute_dtype")
+    g.add_argument("--cache-dtype", choices=("float32", "bfloat16"), default=None,
+                   help="KV-cache dtype (rollout.cache_dtype; default: the checkpoint's): bfloat16 halves the "
+                        "decode attention's reads; log-probs then carry its rounding")
     g.add_argument("--drop-finished-every", type=int, default=None, metavar="N",
                    help="every N decode steps go on with only the unfinished rows when they fit half the batch "
                         "(rollout.drop_finished_every; default off)")

@@ -47,6 +47,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from r1jax.models import KVCache, ModelConfig, cast_for_compute, forward_with_cache, init_cache, lm_head_weight
+from r1jax.models.transformer import unstack_layers
 from r1jax.sampling.params import Sample, SamplingParams
 from r1jax_kernels import logprobs_from_logits
 
@@ -329,7 +330,7 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
         The advanced state.
     """
     limit = jnp.minimum(state.step + num_steps, shape.max_new_tokens)
-    params = cast_for_compute(params, config)  # once per call, outside the token loop
+    params = unstack_layers(cast_for_compute(params, config))  # once per call, outside the token loop
 
     def cond(st: DecodeState):
         return (st.step < limit) & ~jnp.all(st.done)
@@ -357,7 +358,14 @@ def decode(params: Any, config: ModelConfig, state: DecodeState, num_steps: jax.
 
 _prefill_jit = jax.jit(prefill, static_argnames=("config", "shape"))
 _compact_jit = jax.jit(compact)
-_decode_jit = jax.jit(decode, static_argnames=("config", "shape"), donate_argnames=("state",))
+# XLA:CPU's bfloat16 float-normalization pass rewrites a bfloat16 dynamic-update-slice as a
+# float32 one: each decode step converted every layer's whole bfloat16 KV cache to float32 and
+# back to write one slot (0.54 s against 0.38 s for a float32 cache on benchmarks/grpo_step.py's
+# rollout). Without the pass the slot is written in place; the decode's other bfloat16 ops (the
+# casts feeding the weight matmuls, the matmuls themselves) run natively either way.
+_DECODE_COMPILER_OPTIONS = {"xla_disable_hlo_passes": "float-normalization-bf16"}
+_decode_jit = jax.jit(decode, static_argnames=("config", "shape"), donate_argnames=("state",),
+                      compiler_options=_DECODE_COMPILER_OPTIONS)
 
 
 @functools.partial(jax.jit, static_argnames=("extra",))
@@ -420,7 +428,11 @@ class Sampler:
         min_new_tokens_bucket: smallest generation buffer.
         decode_chunk: decode steps per device call when streaming (finished rows are reported
             between calls); None = run each batch to completion in one call.
-        cache_dtype: KV-cache dtype (default: the parameter dtype).
+        cache_dtype: KV-cache dtype, "float32" or "bfloat16" (default: the parameter dtype). A
+            bfloat16 cache halves the decode attention's reads (the rollout is 1.2-1.3x faster
+            on benchmarks/grpo_step.py's model with bfloat16 compute); keys and values are then
+            rounded to bfloat16, so the reported log-probs move off the trainer's (which
+            attends over float32 keys) by the rounding: see ``benchmarks/results/kv_cache_dtype.json``.
         pad_id: filler token after a row finished (never returned).
         share_prefill: run each distinct prompt of a batch once and copy its KV cache to its rows
             (the G samples of a GRPO group), when that at least halves the prefill's rows.
@@ -450,6 +462,8 @@ class Sampler:
             raise ValueError(f"drop_finished_every: must be >= 1 or None, got {drop_finished_every}")
         if decode_window is not None and decode_window < 1:
             raise ValueError(f"decode_window: must be >= 1 or None, got {decode_window}")
+        if cache_dtype not in (None, "float32", "bfloat16"):
+            raise ValueError(f"cache_dtype: must be 'float32', 'bfloat16' or None, got {cache_dtype!r}")
         if not 0 <= pad_id < config.vocab_size:
             raise ValueError(f"pad_id: {pad_id} outside the vocabulary [0, {config.vocab_size})")
         self.config = config

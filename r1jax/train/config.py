@@ -192,6 +192,11 @@ class RolloutConfig:
         None, ge=1, help="embedded engine: start the KV cache at the prompt + this many slots and grow it by as many "
                          "when full, so decode steps read only the filled slots (long generations; a compile per "
                          "cache size); None = the whole prompt + max_new_tokens buffer from the start")
+    cache_dtype: str | None = field(
+        None, choices=(None, "float32", "bfloat16"),
+        help="embedded engine: KV-cache dtype (None = the parameter dtype); bfloat16 halves the decode attention's "
+             "reads, and the sampled log-probs then differ from the trainer's by its rounding (on-policy GRPO "
+             "recomputes them; rollout/sampler_kl reports the gap)")
     async_: AsyncConfig = field(default_factory=AsyncConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
 

@@ -60,18 +60,19 @@ def test_jax_sampler_flags_reach_the_served_engine(cfg, weights, prompts, tmp_pa
 
     save_pretrained(weights[0], cfg, tmp_path / "model")
     args = _parse("--model", str(tmp_path / "model"), "--max-batch-rows", "8", "--compute-dtype", "bfloat16",
-                  "--drop-finished-every", "4", "--decode-window", "8")
+                  "--cache-dtype", "bfloat16", "--drop-finished-every", "4", "--decode-window", "8")
     engine = make_engine("jax", args.model, **_engine_kwargs(args))
     try:
         assert engine.config.compute_dtype == "bfloat16"
         assert (engine.sampler.drop_finished_every, engine.sampler.decode_window) == (4, 8)
+        assert engine.sampler.cache_dtype == "bfloat16"
         greedy = SamplingParams(temperature=0.0, max_new_tokens=24)
         served = [[s.token_ids.tolist() for s in r.samples] for r in engine.generate(GenerateRequest(prompts, greedy))]
     finally:
         engine.close()
     # the cache started at prompt + 8 slots and grew: more than one cache size was compiled
     assert len({s.cache_len for s in engine.sampler.compiled_shapes}) > 1
-    bf16 = Sampler(dataclasses.replace(cfg, compute_dtype="bfloat16"), max_batch_rows=8)
+    bf16 = Sampler(dataclasses.replace(cfg, compute_dtype="bfloat16"), max_batch_rows=8, cache_dtype="bfloat16")
     assert served == [[s.token_ids.tolist() for s in g] for g in bf16.generate(weights[0], prompts, greedy)]
 
 

@@ -330,3 +330,8 @@ def test_a_growing_cache_gives_the_same_samples(tiny, drop_finished_every):
 def test_decode_window_is_checked(tiny):
     with pytest.raises(ValueError, match="decode_window"):
         Sampler(tiny[1], decode_window=0)
+
+
+def test_cache_dtype_is_checked(tiny):
+    with pytest.raises(ValueError, match="cache_dtype.*float16"):
+        Sampler(tiny[1], cache_dtype="float16")
