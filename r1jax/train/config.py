@@ -197,6 +197,10 @@ class RolloutConfig:
         help="embedded engine: KV-cache dtype (None = the parameter dtype); bfloat16 halves the decode attention's "
              "reads, and the sampled log-probs then differ from the trainer's by its rounding (on-policy GRPO "
              "recomputes them; rollout/sampler_kl reports the gap)")
+    parallel_batches: int = field(
+        1, ge=1, help="embedded engine: split each step's rollout into this many batches of whole groups, decoded "
+                      "at once in as many threads (on a CPU with that many cores: XLA does not split a decode "
+                      "step's small matmuls across cores); 1 = one batch")
     async_: AsyncConfig = field(default_factory=AsyncConfig)
     buffer: BufferConfig = field(default_factory=BufferConfig)
 

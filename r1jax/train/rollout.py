@@ -44,9 +44,9 @@ class EmbeddedSampler:
     """In-process sampling: ``generate(params, prompts, sampling, first_index)`` on any params."""
 
     def __init__(self, model: ModelConfig, max_batch_rows: int = 64, drop_finished_every: int | None = None,
-                 decode_window: int | None = None, cache_dtype: str | None = None):
+                 decode_window: int | None = None, cache_dtype: str | None = None, parallel_batches: int = 1):
         self.sampler = Sampler(model, max_batch_rows=max_batch_rows, drop_finished_every=drop_finished_every,
-                               decode_window=decode_window, cache_dtype=cache_dtype)
+                               decode_window=decode_window, cache_dtype=cache_dtype, parallel_batches=parallel_batches)
         self.weight_version = 0
 
     def generate(self, params, prompts: Sequence[Sequence[int]], sampling: SamplingParams, first_index: int
@@ -183,7 +183,7 @@ def make_sampler(config: RolloutConfig, model: ModelConfig, run_dir: pathlib.Pat
     if config.mode == "embedded":
         sampler = EmbeddedSampler(model, max_batch_rows=max(64, config.prompts_per_step * config.group_size),
                                   drop_finished_every=config.drop_finished_every, decode_window=config.decode_window,
-                                  cache_dtype=config.cache_dtype)
+                                  cache_dtype=config.cache_dtype, parallel_batches=config.parallel_batches)
         sampler.weight_version = weight_version
         return sampler
     return RemoteSampler(config, model, run_dir / "weights", weight_version)

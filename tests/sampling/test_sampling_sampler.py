@@ -2,6 +2,7 @@
 log-probs (r1jax_kernels.token_logprobs on r1jax.models.forward), a numpy top-p/top-k filter."""
 
 import re
+import threading
 
 import jax
 import jax.numpy as jnp
@@ -335,3 +336,33 @@ def test_decode_window_is_checked(tiny):
 def test_cache_dtype_is_checked(tiny):
     with pytest.raises(ValueError, match="cache_dtype.*float16"):
         Sampler(tiny[1], cache_dtype="float16")
+
+
+def test_parallel_batches_decode_at_once_and_give_the_same_samples(tiny):
+    """`parallel_batches=2`: the rows split into two batches of whole groups, both in flight at once
+    (each waits at a barrier for the other: one after the other, the first would time out), with
+    the samples the same batches give one after another."""
+    params, config = tiny
+    prompts = [np.array([3, 1, 4]), np.array([9, 2, 6, 5]), np.array([7, 7]), np.array([8]), np.array([5, 4])]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=10, n=3, seed=7)
+    parallel, serial = Sampler(config, parallel_batches=2), Sampler(config, max_batch_rows=9)
+    rows = parallel.make_rows(prompts, sampling)
+    assert parallel.group_batches(rows, 3) == serial.group_batches(rows, 3) == [list(range(9)), list(range(9, 15))]
+    both_running = threading.Barrier(2, timeout=60)
+    run_rows = parallel.run_rows
+
+    def meeting(*args, **kwargs):
+        both_running.wait()
+        yield from run_rows(*args, **kwargs)
+
+    parallel.run_rows = meeting
+    a, b = parallel.generate(params, prompts, sampling), serial.generate(params, prompts, sampling)
+    for ga, gb in zip(a, b, strict=True):
+        for sa, sb in zip(ga, gb, strict=True):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            np.testing.assert_array_equal(sa.logprobs, sb.logprobs)
+
+
+def test_parallel_batches_is_checked(tiny):
+    with pytest.raises(ValueError, match="parallel_batches"):
+        Sampler(tiny[1], parallel_batches=0)

@@ -269,9 +269,10 @@ VARIANTS = {  # every variant's maths is checked against its formula in test_tra
              "algo.overlong_buffer=4", "algo.kl_coef=0.0"],
     "reinforce_pp": ["algo.advantage=reinforce_pp", "algo.policy_loss=pg", "algo.kl_coef=0.01"],
     "rloo+tis": ["algo.advantage=rloo", "algo.tis=token", "algo.num_epochs=2"],
-    "bf16_compute+scanned_layers+microbatches+drop_finished+decode_window+bf16_cache": [
+    "bf16_compute+scanned_layers+microbatches+drop_finished+decode_window+bf16_cache+parallel_batches": [
         "model.compute_dtype=bfloat16", "model.scan_layers=true", "algo.num_microbatches=2",
-        "rollout.drop_finished_every=2", "rollout.decode_window=4", "rollout.cache_dtype=bfloat16"],
+        "rollout.drop_finished_every=2", "rollout.decode_window=4", "rollout.cache_dtype=bfloat16",
+        "rollout.parallel_batches=2"],
 }
 
 
@@ -298,6 +299,7 @@ def test_algorithm_variants_train(tmp_path, variant):
     assert trainer.sampler.sampler.drop_finished_every == cfg.rollout.drop_finished_every
     assert trainer.sampler.sampler.decode_window == cfg.rollout.decode_window
     assert trainer.sampler.sampler.cache_dtype == cfg.rollout.cache_dtype
+    assert trainer.sampler.sampler.parallel_batches == cfg.rollout.parallel_batches
     (rec,) = trainer.run()
     assert all(np.isfinite(v) for v in rec.values() if isinstance(v, float)), rec
     assert rec["skipped"] == 0.0 and rec["groups_kept_frac"] > 0
