@@ -14,7 +14,8 @@ Measured sides (each a callable returning the ``(rows, new_tokens)`` token array
 
 * ``jax_greedy``, ``jax_top_p_0.9``, ``jax_t1``: r1jax's :class:`~r1jax.sampling.Sampler`;
   ``jax_bf16_greedy``, ``jax_bf16_t1``: the same with ``compute_dtype="bfloat16"`` (bfloat16 weight
-  matmuls, float32 accumulation, float32 log-probs);
+  matmuls, float32 accumulation, float32 log-probs); ``jax_bf16kv_greedy``, ``jax_bf16kv_t1``: that
+  with a bfloat16 KV cache too (``cache_dtype="bfloat16"``, as vLLM's bfloat16 mode keeps its cache);
 * ``torch_greedy``: ``transformers`` ``generate(do_sample=False)``;
 * ``vllm_<mode>_greedy``, ``vllm_<mode>_t1``: vLLM (temperature 0, and 1 with vLLM's engine seed),
   one engine per mode: ``eager`` (``enforce_eager=True``), ``compiled`` (vLLM's default on CPU:
@@ -264,7 +265,9 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
         model.save_pretrained(model_dir)
         params, config = load_pretrained(model_dir)
         samplers = {"float32": Sampler(config, max_batch_rows=R),
-                    "bfloat16": Sampler(dataclasses.replace(config, compute_dtype="bfloat16"), max_batch_rows=R)}
+                    "bfloat16": Sampler(dataclasses.replace(config, compute_dtype="bfloat16"), max_batch_rows=R),
+                    "bfloat16_kv": Sampler(dataclasses.replace(config, compute_dtype="bfloat16"), max_batch_rows=R,
+                                           cache_dtype="bfloat16")}
 
         def jax_side(compute="float32", **kw):
             sampling, sampler = SamplingParams(max_new_tokens=N, n=samples, **kw), samplers[compute]
@@ -285,7 +288,10 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
                  "jax_t1": jax_side(temperature=1.0, seed=SEED),
                  # model.compute_dtype: bfloat16 (bfloat16 weight matmuls, float32 accumulation and log-probs)
                  "jax_bf16_greedy": jax_side("bfloat16", temperature=0.0),
-                 "jax_bf16_t1": jax_side("bfloat16", temperature=1.0, seed=SEED)}
+                 "jax_bf16_t1": jax_side("bfloat16", temperature=1.0, seed=SEED),
+                 # rollout.cache_dtype: bfloat16 as well
+                 "jax_bf16kv_greedy": jax_side("bfloat16_kv", temperature=0.0),
+                 "jax_bf16kv_t1": jax_side("bfloat16_kv", temperature=1.0, seed=SEED)}
 
         # vLLM: each mode's engine started alone (its start-up is reported, not measured with the rest).
         vllm_rec: dict[str, Any] = {"run": False, "reason": vllm_reason, "python": vllm_python, "modes": {}}
@@ -347,12 +353,14 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
     tokens_per_s = {k: R * N / v for k, v in med.items()}
     speedup = {"torch_greedy": med["torch_greedy"] / med["jax_greedy"]}
     speedup_bf16 = {"torch_greedy": med["torch_greedy"] / med["jax_bf16_greedy"]}
+    speedup_bf16kv = {"torch_greedy": med["torch_greedy"] / med["jax_bf16kv_greedy"]}
     for mode in workers:
         vllm_rec["modes"][mode]["greedy_token_agreement_with_jax"] = float(
             (first["jax_greedy"] == first[f"vllm_{mode}_greedy"]).mean())
         for sampling in ("greedy", "t1"):
             speedup[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_{sampling}"]
             speedup_bf16[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_bf16_{sampling}"]
+            speedup_bf16kv[f"vllm_{mode}_{sampling}"] = med[f"vllm_{mode}_{sampling}"] / med[f"jax_bf16kv_{sampling}"]
     dims = dict(hidden=hidden, layers=layers, heads=heads, kv_heads=kv_heads, intermediate=intermediate, vocab=vocab)
     useful = generation_flops(dims, prompts=batch, samples=samples, prompt_tokens=prompt_len, new_tokens=N)
     if not workers and vllm_rec["run"]:  # every mode started, then failed
@@ -371,7 +379,9 @@ def bench_one(*, hidden, layers, heads, kv_heads, intermediate, vocab, batch, sa
         "ratio_jax_over_torch": speedup["torch_greedy"],
         "jax_speedup_over": speedup,
         "jax_bf16_speedup_over": speedup_bf16,
+        "jax_bf16kv_speedup_over": speedup_bf16kv,
         "jax_bf16_greedy_agreement_with_float32": float((first["jax_greedy"] == first["jax_bf16_greedy"]).mean()),
+        "jax_bf16kv_greedy_agreement_with_float32": float((first["jax_greedy"] == first["jax_bf16kv_greedy"]).mean()),
         "greedy_token_agreement": float((first["jax_greedy"] == first["torch_greedy"]).mean()),
         "vllm": vllm_rec,
         "compiled_shapes": sum(len(s.compiled_shapes) for s in samplers.values()),
