@@ -17,7 +17,8 @@ from vllm_harness import VLLM_PYTHON, require_vllm_env  # noqa: E402
 # head_dim 32: the smallest vLLM's CPU attention has a kernel for.
 TOY = ["--hidden", "64", "--layers", "1", "--heads", "2", "--kv-heads", "1", "--vocab", "64", "--batch", "2",
        "--samples", "2", "--prompt-len", "4", "--new-tokens", "4", "--repeats", "2", "--small", "", "--settle-s", "0"]
-SIDES = {"jax_greedy", "torch_greedy", "jax_top_p_0.9", "jax_t1", "jax_bf16_greedy", "jax_bf16_t1"}
+SIDES = {"jax_greedy", "torch_greedy", "jax_top_p_0.9", "jax_t1", "jax_bf16_greedy", "jax_bf16_t1",
+         "jax_bf16kv_greedy", "jax_bf16kv_t1"}
 
 
 def _run(tmp_path, *extra, timeout=300) -> dict:
