@@ -196,7 +196,7 @@ class RolloutConfig:
         None, choices=(None, "float32", "bfloat16"),
         help="embedded engine: KV-cache dtype (None = the parameter dtype); bfloat16 halves the decode attention's "
              "reads, and the sampled log-probs then differ from the trainer's by its rounding (on-policy GRPO "
-             "recomputes them; rollout/sampler_kl reports the gap)")
+             "recomputes them; trainer_sampler_kl reports the gap)")
     parallel_batches: int = field(
         1, ge=1, help="embedded engine: split each step's rollout into this many batches of whole groups, decoded "
                       "at once in as many threads (on a CPU with that many cores: XLA does not split a decode "
