@@ -5,7 +5,7 @@ Each decode step reads every layer's whole KV cache; bfloat16 halves those reads
 values are then rounded to bfloat16, while the trainer attends over float32 ones, so the reported
 log-probs move off the trainer's: measured here per token against a full forward of the same
 (bfloat16-compute) model over the sampled tokens. On-policy GRPO recomputes its log-probs, so the
-gap reaches only the rollout-vs-trainer diagnostics (``rollout/sampler_kl``) and importance
+gap reaches only the rollout-vs-trainer diagnostics (``trainer_sampler_kl``) and importance
 corrections.
 
 Random Qwen2 of ``benchmarks/grpo_step.py`` (hidden 256, 4 layers, vocab 512), bfloat16 compute,

@@ -111,14 +111,8 @@ def test_cast_for_compute_casts_only_the_layer_matmul_weights(models):
 
 def test_bf16_sampler_reports_the_trainers_bf16_logprobs(models):
     _, bf16, params = models
-    prompts = [np.array([5, 9, 2, 7]), np.array([3, 1, 4])]
-    out = Sampler(bf16, max_batch_rows=4).generate(
-        params, prompts, SamplingParams(temperature=1.0, max_new_tokens=8, n=2, seed=1))
-    for prompt, group in zip(prompts, out):
-        for sample in group:
-            seq = jnp.asarray(np.concatenate([prompt, sample.token_ids])[None], jnp.int32)
-            want = np.asarray(_logp(params, bf16, seq))[0, len(prompt) - 1:]
-            np.testing.assert_allclose(sample.logprobs, want, atol=2e-3, rtol=0)
+    got, want = _sample_and_score(bf16, params, None)
+    np.testing.assert_allclose(got, want, atol=2e-3, rtol=0)
 
 
 def _sample_and_score(config, params, cache_dtype):
