@@ -54,7 +54,7 @@ from r1jax_kernels import logprobs_from_logits
 
 __all__ = [
     "BatchShape", "RowParams", "DecodeState", "Row", "Sampler",
-    "filter_logits", "categorical_inverse_cdf", "sample_tokens", "prefill", "decode", "bucket",
+    "filter_logits", "argmax_first", "categorical_inverse_cdf", "sample_tokens", "prefill", "decode", "bucket",
 ]
 
 _F32 = jnp.float32
@@ -206,27 +206,60 @@ def filter_logits(scaled: jax.Array, top_p: jax.Array, top_k: jax.Array) -> jax.
     return jnp.where(keep, scaled, -jnp.inf)
 
 
+def argmax_first(x: jax.Array) -> jax.Array:
+    """``jnp.argmax(x, axis=-1)`` (the first maximum; a NaN counts as the maximum), as int32.
+
+    Written as a max, a compare and a min over the index: XLA:CPU runs ``jnp.argmax``'s variadic
+    (value, index) reduction as a scalar loop, about 7x slower at [64, 512], where it was 3% of a
+    greedy decode step.
+    """
+    m = jnp.max(x, axis=-1, keepdims=True)
+    hit = (x == m) | jnp.isnan(x)
+    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
+    return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
+
+
 def categorical_inverse_cdf(scaled: jax.Array, u: jax.Array) -> jax.Array:
     """Draws one token per row from ``softmax(scaled)`` by inverting its CDF at ``u``.
 
     One uniform number per row instead of a Gumbel variate per vocabulary entry (the cost of
     ``jax.random.categorical``), which matters when decoding is dominated by small ops.
 
+    The CDF is searched in two levels, never built over the whole vocabulary: the vocabulary is cut
+    into blocks of about sqrt(V) tokens, a prefix sum over the block masses finds the block that
+    holds ``u``, and a prefix sum inside that one block finds the token. ``jnp.cumsum`` over
+    [64, 512] lowers to a quadratic reduce-window on XLA:CPU; this is 3.7x faster there.
+
     Args:
         scaled: [B, V] float32 logits (``-inf`` = excluded token).
         u: [B] float32 uniform numbers in [0, 1).
 
     Returns:
-        [B] int32: the first token whose cumulative probability exceeds ``u``; never a token of
-        probability 0.
+        [B] int32: the first token whose cumulative probability exceeds ``u`` (up to float
+        rounding at block edges); never a token of probability 0.
     """
+    B, V = scaled.shape
+    blk = 1 << max(0, math.ceil(math.log2(V) / 2))
+    nb = -(-V // blk)
     probs = jnp.exp(scaled - jnp.max(scaled, axis=-1, keepdims=True))
-    cdf = jnp.cumsum(probs, axis=-1)
-    target = u * cdf[:, -1]
-    tok = jnp.sum(cdf <= target[:, None], axis=-1)
-    V = scaled.shape[-1]
-    last_valid = V - 1 - jnp.argmax((probs > 0)[:, ::-1], axis=-1)  # float rounding at the top end
-    return jnp.minimum(tok, last_valid).astype(jnp.int32)
+    blocks = jnp.pad(probs, ((0, 0), (0, nb * blk - V))).reshape(B, nb, blk)
+    mass = jnp.sum(blocks, axis=-1)                                        # [B, nb]
+    upto = jax.lax.associative_scan(jnp.add, mass, axis=-1)                # inclusive block CDF
+    target = u * upto[:, -1]
+    j = _first_live_above(upto, mass, target)                              # the block holding u
+    before = jnp.take_along_axis(jnp.pad(upto, ((0, 0), (1, 0))), j[:, None], -1)[:, 0]
+    inside = jnp.take_along_axis(blocks, j[:, None, None], axis=1)[:, 0]   # [B, blk]
+    cdf = before[:, None] + jax.lax.associative_scan(jnp.add, inside, axis=-1)
+    return (j * blk + _first_live_above(cdf, inside, target)).astype(jnp.int32)
+
+
+def _first_live_above(cdf: jax.Array, mass: jax.Array, target: jax.Array) -> jax.Array:
+    """Per row, the first index whose ``cdf`` exceeds ``target`` among those of positive ``mass``;
+    the last of positive mass when float rounding leaves none above (``u`` near 1)."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, cdf.shape, 1)
+    live = mass > 0
+    first = jnp.min(jnp.where(live & (cdf > target[:, None]), iota, cdf.shape[1]), axis=-1)
+    return jnp.where(first < cdf.shape[1], first, jnp.max(jnp.where(live, iota, 0), axis=-1))
 
 
 def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncate: bool,
@@ -247,7 +280,7 @@ def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncat
     """
     greedy = row.temperature <= 0.0
     tau = jnp.where(greedy, 1.0, row.temperature).astype(_F32)
-    tokens = jnp.argmax(logits, axis=-1).astype(jnp.int32)
+    tokens = argmax_first(logits)
     if stochastic:
         scaled = logits.astype(_F32) / tau[:, None]
         if truncate:

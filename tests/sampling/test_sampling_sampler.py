@@ -239,6 +239,46 @@ def test_inverse_cdf_draws_follow_softmax_and_never_pick_excluded_tokens():
     np.testing.assert_allclose(freq, p, atol=0.015)  # > 4 standard errors at n = 20000
 
 
+@pytest.mark.parametrize("vocab", [7, 100, 512])
+def test_inverse_cdf_matches_a_float64_search_over_the_whole_vocabulary(vocab):
+    """The two-level search (block masses, then one block) picks the token a float64 search of the
+    full CDF picks, except where ``u`` lies within float32 rounding of a CDF step; excluded tokens,
+    whole excluded blocks and an excluded vocabulary end are never picked."""
+    from r1jax.sampling.sampler import categorical_inverse_cdf
+
+    rng = np.random.default_rng(vocab)
+    rows = 400
+    logits = (rng.normal(size=(rows, vocab)) * 3).astype(np.float32)
+    logits[rng.random((rows, vocab)) < 0.3] = -np.inf
+    logits[: rows // 2, : vocab // 2] = -np.inf  # whole blocks of zero mass
+    logits[rows // 4:, -3:] = -np.inf            # the vocabulary's end excluded
+    logits[:, 1] = 0.0                           # every row keeps a token
+    u = rng.random(rows).astype(np.float32)
+    u[:8] = [0.0, np.nextafter(np.float32(1), np.float32(0))] * 4
+    toks = np.asarray(jax.jit(categorical_inverse_cdf)(jnp.asarray(logits), jnp.asarray(u)))
+    p = np.exp(logits.astype(np.float64) - logits.max(-1, keepdims=True))
+    cdf = np.cumsum(p, -1)
+    target = u.astype(np.float64) * cdf[:, -1]
+    want = np.array([np.searchsorted(c, t, side="right") for c, t in zip(cdf, target)])
+    want = np.minimum(want, vocab - 1 - np.argmax(p[:, ::-1] > 0, -1))
+    assert (p[np.arange(rows), toks] > 0).all()
+    near_step = np.abs(cdf[np.arange(rows), np.minimum(want, toks)] - target) < 1e-5 * cdf[:, -1]
+    assert ((toks == want) | near_step).all()
+    assert (toks == want).mean() > 0.99
+
+
+def test_argmax_first_is_jnp_argmax_with_ties_and_nan():
+    from r1jax.sampling.sampler import argmax_first
+
+    rng = np.random.default_rng(0)
+    x = rng.integers(0, 4, size=(64, 37)).astype(np.float32)  # many ties
+    x[3, 5] = np.nan
+    x[4, :] = -np.inf
+    got = np.asarray(jax.jit(argmax_first)(jnp.asarray(x)))
+    np.testing.assert_array_equal(got, np.asarray(jnp.argmax(jnp.asarray(x), axis=-1)))
+    assert got[3] == 5 and got[4] == 0
+
+
 def test_decode_loop_writes_the_cache_in_place(tiny, sampler):
     """The compiled decode loop neither copies nor transposes a layer's KV cache: each step writes
     its new slot into the carried per-layer buffers (dynamic_update_slice), and the attention
