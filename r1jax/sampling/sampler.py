@@ -214,9 +214,13 @@ def argmax_first(x: jax.Array) -> jax.Array:
     greedy decode step.
     """
     m = jnp.max(x, axis=-1, keepdims=True)
-    hit = (x == m) | jnp.isnan(x)
-    iota = jax.lax.broadcasted_iota(jnp.int32, x.shape, x.ndim - 1)
-    return jnp.min(jnp.where(hit, iota, x.shape[-1]), axis=-1)
+    return _first_true((x == m) | jnp.isnan(x))
+
+
+def _first_true(mask: jax.Array) -> jax.Array:
+    """Per row (last axis), the index of the first True in ``mask``; its length when there is none."""
+    iota = jax.lax.broadcasted_iota(jnp.int32, mask.shape, mask.ndim - 1)
+    return jnp.min(jnp.where(mask, iota, mask.shape[-1]), axis=-1)
 
 
 def categorical_inverse_cdf(scaled: jax.Array, u: jax.Array) -> jax.Array:
@@ -256,10 +260,10 @@ def categorical_inverse_cdf(scaled: jax.Array, u: jax.Array) -> jax.Array:
 def _first_live_above(cdf: jax.Array, mass: jax.Array, target: jax.Array) -> jax.Array:
     """Per row, the first index whose ``cdf`` exceeds ``target`` among those of positive ``mass``;
     the last of positive mass when float rounding leaves none above (``u`` near 1)."""
-    iota = jax.lax.broadcasted_iota(jnp.int32, cdf.shape, 1)
     live = mass > 0
-    first = jnp.min(jnp.where(live & (cdf > target[:, None]), iota, cdf.shape[1]), axis=-1)
-    return jnp.where(first < cdf.shape[1], first, jnp.max(jnp.where(live, iota, 0), axis=-1))
+    first = _first_true(live & (cdf > target[:, None]))
+    last = jnp.max(jnp.where(live, jax.lax.broadcasted_iota(jnp.int32, cdf.shape, 1), 0), axis=-1)
+    return jnp.where(first < cdf.shape[1], first, last)
 
 
 def sample_tokens(logits: jax.Array, row: RowParams, step: jax.Array, *, truncate: bool,
