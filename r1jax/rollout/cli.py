@@ -71,8 +71,8 @@ def add_serve_parser(subparsers) -> argparse.ArgumentParser:
                    help="every N decode steps go on with only the unfinished rows when they fit half the batch "
                         "(rollout.drop_finished_every; default off)")
     g.add_argument("--decode-window", type=int, default=None, metavar="W",
-                   help="start the KV cache at prompt + W slots and grow it by W when full (long generations; "
-                        "rollout.decode_window; default off)")
+                   help="start the KV cache at prompt + W slots and double the room after the prompt when full "
+                        "(long generations; rollout.decode_window; default off)")
     g = p.add_argument_group("vllm engine (r1jax/rollout/VLLM.md)")
     g.add_argument("--tensor-parallel-size", type=int, default=1)
     g.add_argument("--gpu-memory-utilization", type=float, default=0.9,

@@ -81,7 +81,7 @@ class BatchShape:
             power of two): each prompt is run once and its cache copied to its rows; None = one
             prefill row per row.
         cache_len: KV-cache slots (``Sampler(decode_window=W)`` starts at ``prompt_len + W`` and
-            grows by W as they fill); None = ``prompt_len + max_new_tokens`` from the start.
+            doubles the room after the prompt as it fills); None = ``prompt_len + max_new_tokens`` from the start.
     """
 
     batch: int
@@ -478,12 +478,13 @@ class Sampler:
             half the batch, and if so go on with only them (a power-of-two batch: one compile per
             size); rows stopping early then stop costing compute. None = decode the whole batch
             to the end (with ``decode_chunk``, the check runs at its chunks).
-        decode_window: start the KV cache at the prompt plus this many slots and grow it by as
-            many each time it fills. A decode step reads the whole cache, so this reads only the
-            slots filled so far (rounded up to the window) instead of all ``prompt + max_new``
-            from the first token: with long generations the attention's memory traffic, which
-            grows with the square of the length, drops by up to half. One decode compile per
-            cache size; None = the whole buffer from the start.
+        decode_window: start the KV cache at the prompt plus W = this many slots and, each time
+            it fills, double the room after the prompt (W, 2W, 4W, ... up to ``max_new``). A
+            decode step reads the whole cache, so this reads at most twice the slots filled so
+            far instead of all ``prompt + max_new`` from the first token: with long generations
+            the attention's memory traffic, which grows with the square of the length, drops by
+            about a third. One decode compile per cache size, log2(max_new / W) + 1 of them;
+            None = the whole buffer from the start.
         parallel_batches: :meth:`generate` splits its rows into up to this many batches of whole
             groups and decodes them at once, one thread each. On a CPU with that many cores:
             XLA does not split a decode step's small matmuls (64 rows) across cores, while two
@@ -665,9 +666,10 @@ class Sampler:
                 state, shape = self._grow(state, shape)
 
     def _grow(self, state: DecodeState, shape: BatchShape) -> tuple[DecodeState, BatchShape]:
-        """``state`` with a cache longer by ``decode_window`` slots (up to the whole buffer)."""
+        """``state`` with room for twice the generated tokens (at least ``decode_window`` more
+        slots; at most the whole buffer): W, 2W, 4W, ... slots after the prompt."""
         full = shape.prompt_len + shape.max_new_tokens
-        new_len = min(shape.cache_len + self.decode_window, full)
+        new_len = min(shape.cache_len + max(self.decode_window, shape.cache_len - shape.prompt_len), full)
         shape = dataclasses.replace(shape, cache_len=new_len if new_len < full else None)
         with self._lock:
             self._shapes.add(shape)

@@ -35,7 +35,15 @@ Session 6, f32, the reference forward on every row at once: 8 × 8 × 64 tokens 
 tokens, 1.64 at 2304, 1.55-1.57 at 1152 and 576; 16 × 8 × 128: 9.7 at 17408 tokens, 6.05-6.19 from 4352 down
 to 544. Session 11, the forwards without gradient micro-batched too: 8 × 8 × 64, f32 1.33 at 1152 tokens, 1.28
 at 576, 1.38 at 288; bf16 0.97 at 2304, 0.90 at 1152, 0.86 at 576; 16 × 8 × 128 bf16: 3.51 at 2176, 3.48 at
-1088, 3.43 at 544. Rows of more than this many tokens train one per micro-batch."""
+1088, 3.43 at 544. Session 15, bf16 + bf16 KV cache, 8 × 8 × 64, one process, interleaved: 769 ms at 576, 806 at
+1152, 935 at 2304, 847 at 288. Rows of more than this many tokens train one per micro-batch."""
+
+DECODE_WINDOW = 32
+"""Default ``rollout.decode_window``, measured (session 15, one pinned core, bfloat16 compute + cache, the random
+Qwen2 of ``benchmarks/grpo_step.py``): in one process at 8 prompts x 16 x 128 tokens, the rollout 1.12 / 1.13 s
+with the whole buffer vs 1.00 / 1.05 s with W = 32 doubling (1.10x); in ``--scaling`` (growth by W then) the same
+step at T = 64 (0.98 vs 0.97 s) and the rollout 1.09x faster at 16 x 128, 1.17x at 32 x 128. Doubling keeps the
+compiles to log2(max_new_tokens / W) + 1 (11 at 32768 tokens)."""
 
 
 @dataclasses.dataclass(frozen=True)
@@ -189,9 +197,10 @@ class RolloutConfig:
                          "they fit half the batch (early stoppers stop costing compute; a compile per batch size); "
                          "None = decode each batch to its end")
     decode_window: int | None = field(
-        None, ge=1, help="embedded engine: start the KV cache at the prompt + this many slots and grow it by as many "
-                         "when full, so decode steps read only the filled slots (long generations; a compile per "
-                         "cache size); None = the whole prompt + max_new_tokens buffer from the start")
+        DECODE_WINDOW, ge=1, help="embedded engine: start the KV cache at the prompt + W = this many slots and double "
+                                  "the room after the prompt each time it fills (W, 2W, 4W, ...), so decode steps "
+                                  "read at most twice the filled slots (a compile per cache size: log2(max_new_tokens "
+                                  "/ W) + 1); None = the whole prompt + max_new_tokens buffer from the start")
     cache_dtype: str | None = field(
         None, choices=(None, "float32", "bfloat16"),
         help="embedded engine: KV-cache dtype (None = the parameter dtype); bfloat16 halves the decode attention's "

@@ -348,9 +348,9 @@ def test_drop_finished_every_is_checked(tiny):
 
 @pytest.mark.parametrize("drop_finished_every", [None, 3])
 def test_a_growing_cache_gives_the_same_samples(tiny, drop_finished_every):
-    """`decode_window`: the cache starts at prompt + W slots and grows by W when full (also after
-    rows left the batch): the same samples as the whole buffer from the start, through cache
-    sizes P + 4, P + 8 and the full P + 12 (the last one is the plain shape)."""
+    """`decode_window`: the cache starts at prompt + W slots and grows when full (also after rows
+    left the batch): the same samples as the whole buffer from the start, through cache sizes
+    P + 4, P + 8 and the full P + 12 (the last one is the plain shape)."""
     params, config = tiny
     prompts = [np.array([3, 1, 4]), np.array([9, 2, 6, 5]), np.array([7, 7]), np.array([8])]
     sampling = SamplingParams(temperature=1.0, max_new_tokens=12, n=4, seed=5, stop_token_ids=tuple(range(0, 10)))
@@ -366,6 +366,24 @@ def test_a_growing_cache_gives_the_same_samples(tiny, drop_finished_every):
     P = 8  # the prompt bucket
     assert {s.cache_len for s in growing.compiled_shapes} == {P + 4, P + 8, None}
     assert {s.cache_len for s in whole.compiled_shapes} == {None}
+
+
+def test_a_growing_cache_doubles_its_room(tiny):
+    """After the first window, each growth doubles the slots after the prompt (W, 2W, 4W, ...): a
+    generation of T tokens compiles log2(T / W) + 1 cache sizes, not T / W. Same samples as the whole buffer."""
+    params, config = tiny
+    prompts = [np.array([3, 1, 4]), np.array([9, 2])]
+    sampling = SamplingParams(temperature=1.0, max_new_tokens=16, n=2, seed=11)
+    growing = Sampler(config, decode_window=2, max_batch_rows=8, new_tokens_bucket=16)
+    whole = Sampler(config, max_batch_rows=8, new_tokens_bucket=16)
+    a, b = growing.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
+    assert all(len(s) == 16 for g in a for s in g)
+    for ga, gb in zip(a, b):
+        for sa, sb in zip(ga, gb):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    P = 8  # the prompt bucket
+    assert {s.cache_len for s in growing.compiled_shapes} == {P + 2, P + 4, P + 8, None}  # None: P + 16
 
 
 def test_decode_window_is_checked(tiny):
