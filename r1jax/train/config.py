@@ -42,8 +42,9 @@ DECODE_WINDOW = 32
 """Default ``rollout.decode_window``, measured (session 15, one pinned core, bfloat16 compute + cache, the random
 Qwen2 of ``benchmarks/grpo_step.py``): in one process at 8 prompts x 16 x 128 tokens, the rollout 1.12 / 1.13 s
 with the whole buffer vs 1.00 / 1.05 s with W = 32 doubling (1.10x); in ``--scaling`` (growth by W then) the same
-step at T = 64 (0.98 vs 0.97 s) and the rollout 1.09x faster at 16 x 128, 1.17x at 32 x 128. Doubling keeps the
-compiles to log2(max_new_tokens / W) + 1 (11 at 32768 tokens)."""
+step at T = 64 (0.98 vs 0.97 s) and the rollout 1.09x faster at 16 x 128, 1.17x at 32 x 128; ``--scaling`` with
+doubling (``results/grpo_step_scaling_default_window.json``): the rollout 1.08x at 16 x 128, 1.14x at 32 x 128, the
+same step at T = 64. Doubling keeps the compiles to log2(max_new_tokens / W) + 1 (11 at 32768 tokens)."""
 
 
 @dataclasses.dataclass(frozen=True)
