@@ -55,6 +55,7 @@ from r1jax.pipeline.kinds import StageContext, StageKind, StageResult, register_
 from r1jax.pipeline.sft import ColdStartFormat, r1_zero_to_cold_start
 from r1jax.rewards.registry import get_reward
 from r1jax.sampling import Sampler, SamplingParams
+from r1jax.train.config import DECODE_WINDOW
 
 __all__ = [
     "Judge", "RolloutJudge", "parse_verdict", "DEFAULT_JUDGE_TEMPLATE", "JudgeConfig", "SampleConfig",
@@ -211,6 +212,9 @@ class SampleConfig:
     seed: int | None = field(None, ge=0, help="sampling seed; None: the pipeline's seed")
     chunk_prompts: int = field(64, ge=1, help="prompts per resumable chunk")
     max_batch_rows: int = field(64, ge=1, help="sampler rows per device batch")
+    decode_window: int | None = field(DECODE_WINDOW, ge=1, help="the KV cache starts at prompt + W slots and doubles the "
+                                                               "room after the prompt when full (rollout.decode_window); "
+                                                               "None = the whole buffer from the first token")
     drop_truncated: bool = field(True, help="filter not_truncated: drop samples that hit max_new_tokens")
     max_completion_tokens: int | None = field(None, ge=1, help="filter length_cap (tokens, EOS not counted)")
     format_reward: str | None = field("format_strict", help="filter well_formatted: this reward must be 1")
@@ -397,7 +401,8 @@ def _sample_chunks(params, model_cfg, tokenizer: Tokenizer, rows: list[dict], cf
         questions = [r[cfg.prompt_field] for r in chunk]
         texts = [render_prompt(q, cfg.template, tokenizer=tokenizer) for q in questions]
         ids = [encode_prompt(q, tokenizer, cfg.template) for q in questions]
-        sampler = sampler or Sampler(model_cfg, max_batch_rows=cfg.max_batch_rows, pad_id=tokenizer.pad_id)
+        sampler = sampler or Sampler(model_cfg, max_batch_rows=cfg.max_batch_rows, pad_id=tokenizer.pad_id,
+                                     decode_window=cfg.decode_window)
         groups = sampler.generate(params, ids, sampling, first_prompt_index=start)
         cands = []
         for i, group in enumerate(groups):

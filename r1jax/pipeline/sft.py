@@ -52,7 +52,7 @@ from r1jax.rewards.parsing import extract_tag, extract_think
 from r1jax.rewards.registry import get_reward
 from r1jax.sampling import Sampler, SamplingParams
 from r1jax.train.checkpoint import Checkpointer
-from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
+from r1jax.train.config import DECODE_WINDOW, AlgoConfig, KernelConfig, OptimConfig
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import SFTBatch, make_sft_update, policy_logprobs
 
@@ -338,7 +338,8 @@ def format_rate(params, model_cfg: ModelConfig, tokenizer: Tokenizer, questions:
         return float("nan")
     reward = get_reward(fe.reward).fn
     prompts = [encode_prompt(q, tokenizer, cfg.template) for q in questions]
-    sampler = Sampler(model_cfg, max_batch_rows=max(len(prompts), 1), pad_id=tokenizer.pad_id)
+    sampler = Sampler(model_cfg, max_batch_rows=max(len(prompts), 1), pad_id=tokenizer.pad_id,
+                      decode_window=DECODE_WINDOW)
     sampling = SamplingParams(temperature=0.0, max_new_tokens=fe.max_new_tokens,
                               stop_token_ids=tokenizer.eos_ids, n=1, seed=seed)
     groups = sampler.generate(params, prompts, sampling)

@@ -274,6 +274,10 @@ def test_sample_run_from_the_tiny_checkpoint(prompts_file, tmp_path):
     with pytest.raises(ConfigError, match="holds samples of another model, prompt file or sampling config"):
         run_sample("r0_cold", {**SAMPLE_CFG, "temperature": 0.5}, model=TINY, prompts=prompts_file, out_dir=out,
                    mix=mix)
+    # the growing KV cache (on by default) samples what the whole buffer does
+    whole = run_sample("r0_cold", {**SAMPLE_CFG, "decode_window": None}, model=TINY, prompts=prompts_file,
+                       out_dir=tmp_path / "whole", mix=mix)
+    assert read_jsonl(whole.outputs["data"], allow_empty=True) == rows
 
 
 def test_bad_inputs_fail_before_any_work(prompts_file, tmp_path):
@@ -288,6 +292,8 @@ def test_bad_inputs_fail_before_any_work(prompts_file, tmp_path):
     mix = _write(tmp_path / "m.jsonl", [{"prompt": "a", "answer": "b"}])
     with pytest.raises(ConfigError, match=r"stage rs: mix: .*m.jsonl:1: missing field 'completion'"):
         kind.check("rs", {"mix_ratio": 0.5}, {"model": None, "prompts": prompts_file, "mix": mix})
+    with pytest.raises(ConfigError, match="decode_window"):
+        kind.check("rs", {"decode_window": 0}, {"model": None, "prompts": prompts_file})
     with pytest.raises(ConfigError, match="stage rs: verifier: unknown reward 'nope'"):
         kind.check("rs", {"verifier": "nope"}, {"model": None, "prompts": prompts_file})
     with pytest.raises(ConfigError, match=r"stage rs: cold_start.newline: '\\n' is not encodable"):
