@@ -302,6 +302,15 @@ def test_decode_loop_writes_the_cache_in_place(tiny, sampler):
     assert writes >= 2 * config.num_layers  # k and v of every layer written where they live
 
 
+def _assert_same_samples(a, b, *, atol: float):
+    """Two ``generate`` results: the same groups, tokens and finish reasons, log-probs within ``atol``."""
+    for ga, gb in zip(a, b, strict=True):
+        for sa, sb in zip(ga, gb, strict=True):
+            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
+            assert sa.finish_reason == sb.finish_reason
+            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=atol, rtol=0)
+
+
 def test_a_shared_prefill_gives_the_same_samples(tiny):
     """The 4 samples of each of 2 prompts prefill 2 rows, not 8, and come out as without sharing."""
     params, config = tiny
@@ -315,10 +324,7 @@ def test_a_shared_prefill_gives_the_same_samples(tiny):
     np.testing.assert_array_equal(np.asarray(source), [0, 0, 0, 0, 1, 1, 1, 1])
     assert plain.batch_shape(rows).prefill_batch is None
     a, b = shared.generate(params, prompts, sampling), plain.generate(params, prompts, sampling)
-    for ga, gb in zip(a, b):
-        for sa, sb in zip(ga, gb):
-            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
-            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)  # matmuls of 2 vs 8 rows round apart
+    _assert_same_samples(a, b, atol=1e-5)  # matmuls of 2 vs 8 rows round apart
 
 
 def test_dropping_finished_rows_gives_the_same_samples(tiny):
@@ -332,11 +338,7 @@ def test_dropping_finished_rows_gives_the_same_samples(tiny):
     a, b = dropping.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
     lengths = [len(s) for g in b for s in g]
     assert min(lengths) <= 4 and max(lengths) > 6  # rows do stop at different times
-    for ga, gb in zip(a, b):
-        for sa, sb in zip(ga, gb):
-            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
-            assert sa.finish_reason == sb.finish_reason
-            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    _assert_same_samples(a, b, atol=1e-5)
     assert {s.batch for s in whole.compiled_shapes} == {16}
     assert min(s.batch for s in dropping.compiled_shapes) < 16
 
@@ -358,11 +360,7 @@ def test_a_growing_cache_gives_the_same_samples(tiny, drop_finished_every):
     growing, whole = Sampler(config, decode_window=4, **kwargs), Sampler(config, **kwargs)
     a, b = growing.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
     assert max(len(s) for g in b for s in g) > 8  # some rows reach the last window
-    for ga, gb in zip(a, b):
-        for sa, sb in zip(ga, gb):
-            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
-            assert sa.finish_reason == sb.finish_reason
-            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    _assert_same_samples(a, b, atol=1e-5)
     P = 8  # the prompt bucket
     assert {s.cache_len for s in growing.compiled_shapes} == {P + 4, P + 8, None}
     assert {s.cache_len for s in whole.compiled_shapes} == {None}
@@ -378,10 +376,7 @@ def test_a_growing_cache_doubles_its_room(tiny):
     whole = Sampler(config, max_batch_rows=8, new_tokens_bucket=16)
     a, b = growing.generate(params, prompts, sampling), whole.generate(params, prompts, sampling)
     assert all(len(s) == 16 for g in a for s in g)
-    for ga, gb in zip(a, b):
-        for sa, sb in zip(ga, gb):
-            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
-            np.testing.assert_allclose(sa.logprobs, sb.logprobs, atol=1e-5, rtol=0)
+    _assert_same_samples(a, b, atol=1e-5)
     P = 8  # the prompt bucket
     assert {s.cache_len for s in growing.compiled_shapes} == {P + 2, P + 4, P + 8, None}  # None: P + 16
 
@@ -415,10 +410,7 @@ def test_parallel_batches_decode_at_once_and_give_the_same_samples(tiny):
 
     parallel.run_rows = meeting
     a, b = parallel.generate(params, prompts, sampling), serial.generate(params, prompts, sampling)
-    for ga, gb in zip(a, b, strict=True):
-        for sa, sb in zip(ga, gb, strict=True):
-            np.testing.assert_array_equal(sa.token_ids, sb.token_ids)
-            np.testing.assert_array_equal(sa.logprobs, sb.logprobs)
+    _assert_same_samples(a, b, atol=0.0)
 
 
 def test_parallel_batches_is_checked(tiny):
