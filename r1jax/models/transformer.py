@@ -374,6 +374,35 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
     return rearrange(out, "b k (g t) d -> b t (k g) d", t=T).astype(q.dtype)
 
 
+# A full-sequence forward splits its queries into blocks of at least this many, up to
+# _MAX_QUERY_BLOCKS of them; see _causal_attend.
+_MIN_QUERY_BLOCK = 32
+_MAX_QUERY_BLOCKS = 4
+
+
+def _causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """:func:`_attend` for a full causal sequence (key ``s`` = query ``s``), skipping keys past each block.
+
+    The queries are split into ``n = min(T // _MIN_QUERY_BLOCK, _MAX_QUERY_BLOCKS)`` blocks and a
+    block ending at query ``b`` reads keys ``[0, b)`` only: no query attends to a later key, so the
+    result is the same, and the score and value matmuls, the softmax and their backward passes
+    shrink to ``(n + 1) / 2n`` of the square (3/4 with 2 blocks, 5/8 with 4).
+
+    Measured on XLA:CPU, bfloat16 GRPO update of benchmarks/grpo_step.py's model, one pinned core,
+    interleaved in one process: 8 x 8 x 64 tokens (rows of 72) 795 -> 762 ms with 2 blocks
+    (3 blocks 773, 4 blocks 778); 8 x 16 x 128 (rows of 136) 3108 -> 3008 ms with 4 blocks
+    (2 blocks 3020).
+    """
+    T = q.shape[1]
+    n = max(1, min(T // _MIN_QUERY_BLOCK, _MAX_QUERY_BLOCKS))
+    if n == 1:
+        return _attend(q, k, v, mask, config)
+    ends = [T * (i + 1) // n for i in range(n)]
+    starts = [0] + ends[:-1]
+    return jnp.concatenate([_attend(q[:, a:b], k[..., :b], v[:, :, :b], mask[:, a:b, :b], config)
+                            for a, b in zip(starts, ends)], axis=1)
+
+
 def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
     """Attention inputs of one layer: q [B, T, H, Dh], k [B, K, Dh, T], v [B, K, T, Dh] (cache layout)."""
     h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
@@ -604,7 +633,7 @@ def forward(
 
     def layer_fn(x, layer):
         q, k, v = _qkv(layer, x, rope, config)
-        return _residual_update(layer, x, _attend(q, k, v, mask, config), config), None
+        return _residual_update(layer, x, _causal_attend(q, k, v, mask, config), config), None
 
     x = _embed(params, tokens)
     layer_fn = _remat(layer_fn, config)
