@@ -12,7 +12,9 @@ Face ``generate`` (``use_vllm=False``); r1jax with its embedded JAX sampler.
 
 Shapes (``--shapes``): ``base`` = 8 prompts × G 8 × T 64 (the Speed issue's profile), ``x4`` =
 16 prompts × 8 × 128 (4× the tokens per step). ``--scaling`` instead runs r1jax alone over
-(G, T) = (8, 64), (16, 64), (16, 128), (32, 128): G·T doubling each time.
+(G, T) = (8, 64), (16, 64), (16, 128), (32, 128): G·T doubling each time, every side at every
+shape in one lock-step, and reports each doubling's step-time ratio as the median over rounds
+of the paired ratio (the two shapes' steps of the same round) with a 95% bootstrap interval.
 
 Set-up, once (TRL lives in its own virtual environment, never in r1jax's dependencies)::
 
@@ -390,15 +392,16 @@ class _Worker:
             self.proc.kill()
 
 
-def _run_once(args, work: pathlib.Path, log, cores: int, shape: dict, sides: list[tuple[str, str, dict]],
-              prompt_tokens: float) -> dict:
-    """One lock-step comparison: every side (name, kind, r1jax overrides) at one core count and shape."""
+def _lock_step(args, work: pathlib.Path, log, pinned: list[int], entries: list[tuple[str, str, dict, dict]]):
+    """Starts one worker per entry (name, kind, r1jax overrides, shape) and steps them in turn.
+
+    Returns (each worker's start-up record, each worker's step records, the 1-minute load after
+    each round).
+    """
     total = args.warmup + args.steps
-    pinned = sorted(os.sched_getaffinity(0))[:cores]
-    load_before = os.getloadavg()
     workers = []
     try:
-        for name, kind, overrides in sides:
+        for name, kind, overrides, shape in entries:
             python = sys.executable if kind == "r1jax" else args.trl_python
             spec = {**shape, "total_steps": total, "overrides": overrides}
             workers.append(_Worker(name, kind, python, work, spec, pinned, log))
@@ -416,38 +419,96 @@ def _run_once(args, work: pathlib.Path, log, cores: int, shape: dict, sides: lis
                 rec["step"] = i
                 steps[w.name].append(rec)
             loads.append(os.getloadavg()[0])
-            print(f"cores {cores} {shape} step {i}: " + "  ".join(f"{n} {steps[n][-1]['seconds']:.2f}s" for n in steps)
+            print(f"cores {len(pinned)} step {i}: " + "  ".join(f"{n} {steps[n][-1]['seconds']:.2f}s" for n in steps)
                   + f"  load {loads[-1]:.2f}", file=sys.stderr, flush=True)
     finally:
         for w in workers:
             w.close()
-    flops = step_flops(shape["prompts"], shape["group"], prompt_tokens, shape["new_tokens"])
-    out = {"cores": cores, "pinned_to": pinned, "shape": shape, "load_average_before": load_before,
-           "load_average_1min_per_step": loads, "load_average_after": os.getloadavg(), "workers": ready,
-           "useful_flops_per_step": flops}
-    for name, recs in steps.items():
-        measured = recs[args.warmup:]
-        secs = [r["seconds"] for r in measured]
-        peak = ready[name]["matmul_peak_gflops"]
-        med = statistics.median(secs)
-        out[name] = {
-            "warmup_seconds": [r["seconds"] for r in recs[:args.warmup]],
-            "seconds": secs, "median_s": med, "min_s": min(secs),
-            "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in measured),
-            "mean_new_tokens_per_sample": statistics.fmean(r["mean_new_tokens"] for r in measured),
-            "reward_mean": statistics.fmean(r["reward"] for r in measured if r["reward"] is not None),
-            "timing_split_median_s": {k: statistics.median(r["timing"][k] for r in measured)
-                                      for k in measured[-1]["timing"]},
-            "matmul_peak_gflops": peak,
-            "achieved_gflops": flops["total"] / med / 1e9,
-            "fraction_of_float32_peak": flops["total"] / med / 1e9 / peak["float32"],
-            "float32_floor_s": flops["total"] / 1e9 / peak["float32"],
-            "times_float32_floor": med / (flops["total"] / 1e9 / peak["float32"]),
-        }
-    if "trl" in steps:
-        for name in steps:
-            if name != "trl":
-                out[name]["speedup_over_trl"] = out["trl"]["median_s"] / out[name]["median_s"]
+    return ready, steps, loads
+
+
+def _summary(args, recs: list[dict], peak: dict, flops: dict) -> dict:
+    """One side's measured steps: median, timing split, GFLOP/s and the float32 floor."""
+    measured = recs[args.warmup:]
+    secs = [r["seconds"] for r in measured]
+    med = statistics.median(secs)
+    return {
+        "warmup_seconds": [r["seconds"] for r in recs[:args.warmup]],
+        "seconds": secs, "median_s": med, "min_s": min(secs),
+        "cpu_seconds_median": statistics.median(r["cpu_seconds"] for r in measured),
+        "mean_new_tokens_per_sample": statistics.fmean(r["mean_new_tokens"] for r in measured),
+        "reward_mean": statistics.fmean(r["reward"] for r in measured if r["reward"] is not None),
+        "timing_split_median_s": {k: statistics.median(r["timing"][k] for r in measured)
+                                  for k in measured[-1]["timing"]},
+        "matmul_peak_gflops": peak,
+        "achieved_gflops": flops["total"] / med / 1e9,
+        "fraction_of_float32_peak": flops["total"] / med / 1e9 / peak["float32"],
+        "float32_floor_s": flops["total"] / 1e9 / peak["float32"],
+        "times_float32_floor": med / (flops["total"] / 1e9 / peak["float32"]),
+    }
+
+
+def _shape_key(shape: dict) -> str:
+    return f"{shape['prompts']}x{shape['group']}x{shape['new_tokens']}"
+
+
+def _run(args, work: pathlib.Path, log, cores: int, shapes: list[dict], sides: list[tuple[str, str, dict]],
+         prompt_tokens: float) -> list[dict]:
+    """One lock-step over every side at every shape in ``shapes`` (one core count): one result per shape.
+
+    With one shape this is one side-by-side comparison; ``--scaling`` passes all its shapes, so
+    that the ratios between shapes come from steps taken in the same minutes too.
+    """
+    pinned = sorted(os.sched_getaffinity(0))[:cores]
+    load_before = os.getloadavg()
+    entries = [(f"{name}@{_shape_key(shape)}" if len(shapes) > 1 else name, kind, overrides, shape)
+               for shape in shapes for name, kind, overrides in sides]
+    ready, steps, loads = _lock_step(args, work, log, pinned, entries)
+    load_after = os.getloadavg()
+    out = []
+    for shape in shapes:
+        key = (lambda n: f"{n}@{_shape_key(shape)}") if len(shapes) > 1 else (lambda n: n)
+        flops = step_flops(shape["prompts"], shape["group"], prompt_tokens, shape["new_tokens"])
+        run = {"cores": cores, "pinned_to": pinned, "shape": shape, "load_average_before": load_before,
+               "load_average_1min_per_step": loads, "load_average_after": load_after,
+               "workers": {name: ready[key(name)] for name, _, _ in sides}, "useful_flops_per_step": flops}
+        for name, _, _ in sides:
+            run[name] = _summary(args, steps[key(name)], ready[key(name)]["matmul_peak_gflops"], flops)
+            run[name]["step_seconds_by_round"] = [r["seconds"] for r in steps[key(name)]]
+        if "trl" in run:
+            for name, _, _ in sides:
+                if name != "trl":
+                    run[name]["speedup_over_trl"] = run["trl"]["median_s"] / run[name]["median_s"]
+        out.append(run)
+    return out
+
+
+def paired_ratio(before: list[float], after: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict:
+    """The median of ``after[r] / before[r]`` over lock-step rounds r, with a 95% bootstrap interval.
+
+    Both lists hold one step time per round of the same lock-step, so a slow minute slows both
+    and cancels in the ratio. The interval resamples rounds with replacement (percentile method).
+    """
+    import numpy as np
+
+    if len(before) != len(after) or not before:
+        raise ValueError(f"paired_ratio: needs equal, non-empty lists, got {len(before)} and {len(after)}")
+    ratios = np.asarray(after, float) / np.asarray(before, float)
+    rng = np.random.default_rng(seed)
+    meds = np.median(ratios[rng.integers(0, len(ratios), (resamples, len(ratios)))], axis=1)
+    lo, hi = np.percentile(meds, [2.5, 97.5])
+    return {"median": float(np.median(ratios)), "ci95": [float(lo), float(hi)], "rounds": len(ratios)}
+
+
+def doublings(args, runs: list[dict], names: list[str]) -> list[dict]:
+    """Per-side step-time ratios between consecutive shapes of one lock-step (``--scaling``)."""
+    out = []
+    for prev, nxt in zip(runs, runs[1:]):
+        row = {"from": _shape_key(prev["shape"]), "to": _shape_key(nxt["shape"])}
+        for name in names:
+            row[name] = paired_ratio(prev[name]["step_seconds_by_round"][args.warmup:],
+                                     nxt[name]["step_seconds_by_round"][args.warmup:])
+        out.append(row)
     return out
 
 
@@ -512,9 +573,9 @@ def main(argv=None):
         with open(work / "workers.log", "w") as log:
             try:
                 for cores in core_counts:
-                    for shape in shapes:
-                        print(f"cores {cores}, shape {shape}", file=sys.stderr, flush=True)
-                        runs.append(_run_once(args, work, log, cores, shape, sides, inputs["prompt_tokens_mean"]))
+                    for group in ([shapes] if args.scaling else [[shape] for shape in shapes]):
+                        print(f"cores {cores}, shapes {group}", file=sys.stderr, flush=True)
+                        runs.extend(_run(args, work, log, cores, group, sides, inputs["prompt_tokens_mean"]))
             except RuntimeError:
                 log.flush()
                 print("--- worker log (tail) ---\n" + (work / "workers.log").read_text()[-6000:], file=sys.stderr)
@@ -550,9 +611,11 @@ def main(argv=None):
             "loss": "seq-mean-token-mean (TRL loss_type=grpo)", "optimizer_steps_per_rl_step": 1,
             "device": "cpu", "core_counts": core_counts, "warmup_steps_excluded": args.warmup,
             "measured_steps_per_run": args.steps,
-            "interleaving": "lock-step, one RL step per side in turn, first side rotating",
+            "interleaving": "lock-step, one RL step per side in turn, first side rotating"
+                            + ("; every side at every shape in the one lock-step" if args.scaling else ""),
         },
         "table": table,
+        **({"doublings": doublings(args, runs, names)} if args.scaling else {}),
         "runs": [{k: v for k, v in run.items() if k != "workers"} | {"matmul_peaks": {
             n: run["workers"][n]["matmul_peak_gflops"] for n in names}} for run in runs],
         "notes": [

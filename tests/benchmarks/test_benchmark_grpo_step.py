@@ -51,3 +51,20 @@ def test_base_shape_is_about_a_hundred_gflop():
     """The Speed issue's profile put the minimum of the base shape at ~116 GFLOP."""
     total = step_flops(8, 8, 6.0, 64)["total"]
     assert 100e9 < total < 130e9
+
+
+def test_scaling_ratios_pair_steps_of_the_same_round():
+    """``--scaling`` reports each doubling as the median of per-round ratios: a slow round slows both
+    shapes and cancels, where the ratio of the two medians would not."""
+    from benchmarks.grpo_step import paired_ratio
+
+    before, after = [1.0, 2.0, 10.0], [10.0, 4.0, 20.0]  # per-round ratios 10, 2, 2
+    r = paired_ratio(before, after)
+    assert r["median"] == 2.0 and r["rounds"] == 3
+    assert np.median(after) / np.median(before) == 5.0  # what an unpaired ratio would say
+    lo, hi = r["ci95"]
+    assert lo == 2.0 and hi == 10.0  # resampled rounds: the median of 3 is 2 unless 10 is drawn twice
+    steady = paired_ratio([1.0, 1.3, 0.9, 1.1], [2.0, 2.6, 1.8, 2.2])
+    assert steady["median"] == pytest.approx(2.0) and steady["ci95"] == pytest.approx([2.0, 2.0])
+    with pytest.raises(ValueError, match="equal, non-empty"):
+        paired_ratio([1.0, 2.0], [2.0])
