@@ -83,6 +83,10 @@ class ModelConfig:
     scan_layers: bool = field(False, help="run the full-sequence forward's layers as one lax.scan (one layer "
                                           "compiled, whatever L: for deep models) instead of unrolled (faster "
                                           "on XLA:CPU: no stacked per-layer activations)")
+    attention_blocks: int = field(1, ge=1, help="the full-sequence forward attends in up to this many query blocks "
+                                                "(of >= 32 queries), each reading keys only up to its own end: the "
+                                                "same result in (n+1)/2n of the T x T work, at a longer compile; "
+                                                "1 = one block over all keys")
     bos_token_id: int | None = field(None, ge=0, help="kept for HF round trips")
     eos_token_ids: tuple[int, ...] = field((), ge=0, help="kept for HF round trips (stop tokens)")
 

@@ -374,27 +374,26 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
     return rearrange(out, "b k (g t) d -> b t (k g) d", t=T).astype(q.dtype)
 
 
-# A full-sequence forward splits its queries into blocks of at least this many, up to
-# _MAX_QUERY_BLOCKS of them; see _causal_attend.
+# A full-sequence forward's query blocks (``config.attention_blocks``) hold at least this many queries.
 _MIN_QUERY_BLOCK = 32
-_MAX_QUERY_BLOCKS = 4
 
 
 def _causal_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
     """:func:`_attend` for a full causal sequence (key ``s`` = query ``s``), skipping keys past each block.
 
-    The queries are split into ``n = min(T // _MIN_QUERY_BLOCK, _MAX_QUERY_BLOCKS)`` blocks and a
-    block ending at query ``b`` reads keys ``[0, b)`` only: no query attends to a later key, so the
-    result is the same, and the score and value matmuls, the softmax and their backward passes
-    shrink to ``(n + 1) / 2n`` of the square (3/4 with 2 blocks, 5/8 with 4).
+    The queries are split into ``n = min(T // _MIN_QUERY_BLOCK, config.attention_blocks)`` blocks
+    and a block ending at query ``b`` reads keys ``[0, b)`` only: no query attends to a later key,
+    so the result is the same up to rounding, and the score and value matmuls, the softmax and their
+    backward passes shrink to ``(n + 1) / 2n`` of the square (3/4 with 2 blocks, 5/8 with 4).
 
     Measured on XLA:CPU, bfloat16 GRPO update of benchmarks/grpo_step.py's model, one pinned core,
-    interleaved in one process: 8 x 8 x 64 tokens (rows of 72) 795 -> 762 ms with 2 blocks
-    (3 blocks 773, 4 blocks 778); 8 x 16 x 128 (rows of 136) 3108 -> 3008 ms with 4 blocks
-    (2 blocks 3020).
+    interleaved in one process, ``attention_blocks=4``: 8 x 8 x 64 tokens (rows of 72, 2 blocks)
+    750 -> 733 ms; 8 x 16 x 128 (rows of 136, 4 blocks) 3051 -> 2937 ms. The compile takes longer
+    (a 2-layer forward + backward: 1.6 -> 2.0 s at T = 72, 1.6 -> 2.6 s at 136, and tests/train +
+    tests/pipeline 4.4 -> 6.7 minutes), hence off by default: for long runs.
     """
     T = q.shape[1]
-    n = max(1, min(T // _MIN_QUERY_BLOCK, _MAX_QUERY_BLOCKS))
+    n = max(1, min(T // _MIN_QUERY_BLOCK, config.attention_blocks))
     if n == 1:
         return _attend(q, k, v, mask, config)
     ends = [T * (i + 1) // n for i in range(n)]

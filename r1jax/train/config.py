@@ -276,6 +276,10 @@ class ModelSection:
     scan_layers: bool | None = field(None, help="run the update's layers as one lax.scan (one compiled layer, "
                                                 "for deep models) instead of unrolled (faster on XLA:CPU); "
                                                 "None = the model's own setting")
+    attention_blocks: int | None = field(None, ge=1, help="the update's attention in up to this many query blocks "
+                                                        "(the same result, less work, a longer compile: for long "
+                                                        "runs; 4 took 2-4% off benchmarks/grpo_step.py's bfloat16 "
+                                                        "update); None = the model's own setting")
 
 
 @dataclasses.dataclass(frozen=True)

@@ -12,6 +12,7 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from r1jax.config import ConfigError
 from r1jax.models import (
     default_positions,
     forward,
@@ -23,7 +24,6 @@ from r1jax.models import (
     logits,
     value,
 )
-from r1jax.models import transformer
 from r1jax_kernels import token_logprobs
 
 # Compiled once per (config, shapes); eager scans are slow to dispatch on CPU.
@@ -140,34 +140,34 @@ def test_packed_segments_equal_separate_sequences(qwen3_model):
 
 
 @pytest.mark.parametrize("T", [100, 130])
-def test_query_blocks_give_the_full_attention(make_config, monkeypatch, T):
-    """The full-sequence forward attends in query blocks (block i reads keys up to its end only,
-    issue 15): with padding and packed segments the hidden states and gradients equal one block
-    over all keys, and the compiled forward does fewer FLOPs."""
-    config = make_config(architecture="qwen2")
-    params = init_params(config, jax.random.key(3))
+def test_query_blocks_give_the_full_attention(make_config, T):
+    """``attention_blocks``: the full-sequence forward attends in query blocks (block i reads keys up
+    to its end only, issue 15): with padding and packed segments the hidden states and gradients
+    equal one block over all keys, and the compiled forward does fewer FLOPs."""
+    whole_config = make_config(architecture="qwen2")
+    params = init_params(whole_config, jax.random.key(3))
     rng = np.random.RandomState(3)
     tokens = jnp.asarray(rng.randint(1, 96, (3, T)), jnp.int32)
     mask = jnp.asarray(np.arange(T)[None] >= np.array([[0], [7], [45]]))  # left padding
     seg = jnp.asarray(np.minimum(np.arange(T) // 31, 3)[None].repeat(3, axis=0))  # packed rows
 
-    def loss(params, kw):  # over real tokens: a padding query's output is garbage either way
-        out = jnp.tanh(forward(params, config, tokens, **kw)) * (jnp.arange(config.hidden_size) % 3 - 1.0)
-        return jnp.sum(jnp.where(mask[..., None], out, 0.0))
+    def run(config):
+        def loss(params, kw):  # over real tokens: a padding query's output is garbage either way
+            out = jnp.tanh(forward(params, config, tokens, **kw)) * (jnp.arange(config.hidden_size) % 3 - 1.0)
+            return jnp.sum(jnp.where(mask[..., None], out, 0.0))
 
-    def run():  # a fresh jit: the block count is read at trace time
         f = jax.jit(jax.value_and_grad(loss))
-        return [f(params, kw) for kw in (dict(attention_mask=mask), dict(segment_ids=seg, attention_mask=mask))], f
+        flops = f.lower(params, dict(attention_mask=mask)).compile().cost_analysis()["flops"]
+        return [f(params, kw) for kw in (dict(attention_mask=mask), dict(segment_ids=seg, attention_mask=mask))], flops
 
-    blocked, f = run()
-    blocked_flops = f.lower(params, dict(attention_mask=mask)).compile().cost_analysis()["flops"]
-    monkeypatch.setattr(transformer, "_MAX_QUERY_BLOCKS", 1)
-    whole, f = run()
-    whole_flops = f.lower(params, dict(attention_mask=mask)).compile().cost_analysis()["flops"]
+    blocked, blocked_flops = run(dataclasses.replace(whole_config, attention_blocks=4))
+    whole, whole_flops = run(whole_config)
     for (lb, gb), (lw, gw) in zip(blocked, whole, strict=True):
         np.testing.assert_allclose(lb, lw, rtol=1e-5)
         chex.assert_trees_all_close(gb, gw, atol=1e-4, rtol=1e-4)  # summation order; gradients up to ~40
     assert blocked_flops < 0.98 * whole_flops, (blocked_flops, whole_flops)
+    with pytest.raises(ConfigError, match="attention_blocks"):
+        make_config(attention_blocks=0)
 
 
 def test_default_positions_take_rope_from_a_table(make_config):

@@ -269,8 +269,8 @@ VARIANTS = {  # every variant's maths is checked against its formula in test_tra
              "algo.overlong_buffer=4", "algo.kl_coef=0.0"],
     "reinforce_pp": ["algo.advantage=reinforce_pp", "algo.policy_loss=pg", "algo.kl_coef=0.01"],
     "rloo+tis": ["algo.advantage=rloo", "algo.tis=token", "algo.num_epochs=2"],
-    "bf16_compute+scanned_layers+microbatches+drop_finished+decode_window+bf16_cache+parallel_batches": [
-        "model.compute_dtype=bfloat16", "model.scan_layers=true", "algo.num_microbatches=2",
+    "bf16_compute+scanned_layers+attention_blocks+microbatches+drop_finished+decode_window+bf16_cache+parallel_batches": [
+        "model.compute_dtype=bfloat16", "model.scan_layers=true", "model.attention_blocks=2", "algo.num_microbatches=2",
         "rollout.drop_finished_every=2", "rollout.decode_window=4", "rollout.cache_dtype=bfloat16",
         "rollout.parallel_batches=2"],
 }
@@ -296,6 +296,7 @@ def test_algorithm_variants_train(tmp_path, variant):
     trainer = Trainer(cfg)
     assert trainer.model_cfg.compute_dtype == cfg.model.compute_dtype  # None unless the variant sets it
     assert trainer.model_cfg.scan_layers == bool(cfg.model.scan_layers)  # the model's default: unrolled
+    assert trainer.model_cfg.attention_blocks == (cfg.model.attention_blocks or 1)  # the model's default: 1
     assert trainer.sampler.sampler.drop_finished_every == cfg.rollout.drop_finished_every
     assert trainer.sampler.sampler.decode_window == cfg.rollout.decode_window
     assert trainer.sampler.sampler.cache_dtype == cfg.rollout.cache_dtype
