@@ -461,20 +461,22 @@ def _run(args, work: pathlib.Path, log, cores: int, shapes: list[dict], sides: l
     """
     pinned = sorted(os.sched_getaffinity(0))[:cores]
     load_before = os.getloadavg()
-    entries = [(f"{name}@{_shape_key(shape)}" if len(shapes) > 1 else name, kind, overrides, shape)
-               for shape in shapes for name, kind, overrides in sides]
+    def key(name: str, shape: dict) -> str:  # a worker's name: the side's, with its shape when several
+        return f"{name}@{_shape_key(shape)}" if len(shapes) > 1 else name
+
+    entries = [(key(name, shape), kind, overrides, shape) for shape in shapes for name, kind, overrides in sides]
     ready, steps, loads = _lock_step(args, work, log, pinned, entries)
     load_after = os.getloadavg()
     out = []
     for shape in shapes:
-        key = (lambda n: f"{n}@{_shape_key(shape)}") if len(shapes) > 1 else (lambda n: n)
         flops = step_flops(shape["prompts"], shape["group"], prompt_tokens, shape["new_tokens"])
         run = {"cores": cores, "pinned_to": pinned, "shape": shape, "load_average_before": load_before,
                "load_average_1min_per_step": loads, "load_average_after": load_after,
-               "workers": {name: ready[key(name)] for name, _, _ in sides}, "useful_flops_per_step": flops}
+               "workers": {name: ready[key(name, shape)] for name, _, _ in sides}, "useful_flops_per_step": flops}
         for name, _, _ in sides:
-            run[name] = _summary(args, steps[key(name)], ready[key(name)]["matmul_peak_gflops"], flops)
-            run[name]["step_seconds_by_round"] = [r["seconds"] for r in steps[key(name)]]
+            recs = steps[key(name, shape)]
+            run[name] = _summary(args, recs, ready[key(name, shape)]["matmul_peak_gflops"], flops)
+            run[name]["step_seconds_by_round"] = [r["seconds"] for r in recs]
         if "trl" in run:
             for name, _, _ in sides:
                 if name != "trl":
