@@ -33,6 +33,12 @@ One command, from the repository root::
    The analytical count is the MFU (model FLOPs); ``xla_hlo_dots`` gives the hardware-FLOPs
    utilisation next to it.
 
+0. **The measured bf16 matmul rate**: ``--peak-n``³ products of random bfloat16 matrices (scaled so
+   a chain of them stays finite), :data:`PEAK_CHAIN` of them chained in one compiled call so
+   dispatch is amortised, the median of several calls over two rotating input sets. Part 1's MFU
+   is also given against this (``mfu_vs_measured_matmul``): the data-sheet peak is a lead, the
+   measured one the ceiling this card reached in the same run.
+
 2. **Chunked vs Pallas log-prob kernels** at seq 8192 × vocab 151,936 × hidden 896 (the hidden
    size of part 1's model) in bfloat16, forward and forward + backward: median time, XLA's
    temporary bytes and the device's ``peak_bytes_in_use``, each (backend, pass) in a fresh
@@ -73,6 +79,7 @@ from benchmarks._machine import describe_machine
 
 BUDGET_S = 480.0
 PART1_SHARE = 0.6          # part 1 stops timing steps at this fraction of the budget
+PEAK_N, PEAK_CHAIN, PEAK_CALLS = 8192, 20, 10
 KERNEL_CASE_S = 40.0       # least time left to start one kernel case (GPU); the smoke needs far less
 QWEN25_05B = dict(architecture="qwen2", vocab_size=151_936, hidden_size=896, intermediate_size=4864,
                   num_layers=24, num_heads=14, num_kv_heads=2, head_dim=64, rope_theta=1e6, rms_norm_eps=1e-6,
@@ -233,6 +240,37 @@ def hlo_dot_flops(hlo_text: str) -> dict:
 
 
 # ------------------------------------------------------------------------------------------------
+# Part 0: the measured matmul ceiling.
+
+
+def matmul_peak(n: int, chain: int, calls: int) -> dict:
+    """bf16 FLOP/s of ``chain`` chained n × n × n products per compiled call; median of ``calls`` calls.
+
+    The inputs are random (zeros run faster on some GPUs) and the right factor is scaled by
+    1/sqrt(n), so the chain's values keep unit scale; two input sets alternate between calls.
+    """
+    import jax.numpy as jnp
+
+    keys = jax.random.split(jax.random.key(0), 4)
+    xs = [jax.random.normal(k, (n, n), jnp.bfloat16) for k in keys[:2]]
+    ws = [(jax.random.normal(k, (n, n), jnp.float32) / math.sqrt(n)).astype(jnp.bfloat16) for k in keys[2:]]
+    run = jax.jit(lambda x, w: jax.lax.fori_loop(0, chain, lambda _, y: y @ w, x))
+    for i in range(3):
+        jax.block_until_ready(run(xs[i % 2], ws[i % 2]))
+    times = []
+    for i in range(calls):
+        t0 = time.perf_counter()
+        y = jax.block_until_ready(run(xs[i % 2], ws[i % 2]))
+        times.append(time.perf_counter() - t0)
+    finite = bool(jnp.isfinite(y.astype(jnp.float32)).all())
+    median = statistics.median(times)
+    flops = 2.0 * n ** 3 * chain
+    return {"n": n, "dtype": "bfloat16", "chain": chain, "call_times_s": [round(t, 6) for t in times],
+            "median_call_s": median, "flops_per_call": flops, "flops_per_s": flops / median,
+            "output_finite": finite}
+
+
+# ------------------------------------------------------------------------------------------------
 # Part 1: the GRPO update.
 
 
@@ -383,8 +421,12 @@ def logprob_kernels(shape: dict, *, interpret: bool, repeats: int, deadline: flo
 # Driver.
 
 
-def _part1_in_subprocess(spec: dict, smoke: bool, timeout: float) -> dict:
-    cmd = [sys.executable, os.path.abspath(__file__), "--_part1", json.dumps(spec)] + (["--cpu-smoke"] if smoke else [])
+_CHILDREN = {"peak": matmul_peak, "update": grpo_update_mfu}
+
+
+def _in_subprocess(part: str, spec: dict, smoke: bool, timeout: float) -> dict:
+    cmd = [sys.executable, os.path.abspath(__file__), "--_child", json.dumps({"part": part, "spec": spec})] + (
+        ["--cpu-smoke"] if smoke else [])
     try:
         proc = subprocess.run(cmd, capture_output=True, text=True, timeout=max(timeout, 1.0))
     except subprocess.TimeoutExpired:
@@ -407,15 +449,16 @@ def main(argv=None) -> int:
                    help="the model's remat policy (falls back to full if XLA says the step does not fit)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="toy sizes on CPU, Pallas in interpret mode (checks this script)")
-    p.add_argument("--_part1", default=None, help=argparse.SUPPRESS)
+    p.add_argument("--peak-n", type=int, default=PEAK_N, help="matrix size of part 0's bf16 matmul rate")
+    p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
     smoke = bool(args.cpu_smoke)
     # Read when JAX creates its GPU client (the first jax.devices()); the children inherit it.
     os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")
 
-    if args._part1:  # child process of _part1_in_subprocess
-        spec = json.loads(args._part1)
-        print(json.dumps(grpo_update_mfu(**spec)))
+    if args._child:  # child process of _in_subprocess
+        child = json.loads(args._child)
+        print(json.dumps(_CHILDREN[child["part"]](**child["spec"])))
         return 0
 
     start = time.monotonic()
@@ -434,12 +477,23 @@ def main(argv=None) -> int:
                                    *(sys.argv[1:] if argv is None else argv)]),
               "env": {"XLA_PYTHON_CLIENT_PREALLOCATE": os.environ.get("XLA_PYTHON_CLIENT_PREALLOCATE")}}
 
+    print("0. measured bf16 matmul rate:", flush=True)
+    n = 256 if smoke else args.peak_n
+    peak = _in_subprocess("peak", dict(n=n, chain=2 if smoke else PEAK_CHAIN, calls=3 if smoke else PEAK_CALLS),
+                          smoke, timeout=min(120.0, deadline - time.monotonic() - 10))
+    result["matmul_peak"] = peak
+    print("  ERROR " + (peak["error"].strip().splitlines() or ["?"])[-1] if "error" in peak else
+          f"  {n}^3 x {peak['chain']}: {peak['flops_per_s'] / 1e12:.1f} TFLOP/s (median of "
+          f"{len(peak['call_times_s'])} calls)", flush=True)
+
     print("1. GRPO update (make_rl_update), bf16:", flush=True)
     spec = dict(model_kw=SMOKE_MODEL if smoke else QWEN25_05B, roll=SMOKE_ROLLOUT if smoke else ROLLOUT,
                 logprob_backend=args.logprob_backend, remat=args.remat, interpret=smoke,
                 warmup=1 if smoke else 2, steps=2 if smoke else args.steps,
                 deadline=start + PART1_SHARE * args.budget_s)  # time.monotonic is system-wide on Linux
-    part1 = _part1_in_subprocess(spec, smoke, timeout=deadline - time.monotonic() - 10)
+    part1 = _in_subprocess("update", spec, smoke, timeout=deadline - time.monotonic() - 10)
+    if "error" not in part1 and "error" not in peak:
+        part1["mfu_vs_measured_matmul"] = part1["achieved_flops_per_s"]["analytical"] / peak["flops_per_s"]
     result["grpo_update"] = part1
     part1_s = round(time.monotonic() - start, 1)
     if "error" in part1:
@@ -451,7 +505,9 @@ def main(argv=None) -> int:
               f"{f['analytical']['update']:.3e}, XLA HLO dots {f['xla_hlo_dots']['flops']:.3e} "
               f"({f['xla_hlo_dots_over_analytical']:.2f}x), XLA cost_analysis {f['xla_cost_analysis']}; "
               f"MFU {part1['mfu'] if part1['mfu'] is None else round(part1['mfu'], 4)}"
-              + (f" ({part1['mfu_null_reason']})" if part1["mfu"] is None else ""), flush=True)
+              + (f" ({part1['mfu_null_reason']})" if part1["mfu"] is None else "")
+              + (f"; {part1['mfu_vs_measured_matmul']:.3f} of the measured matmul rate"
+                 if "mfu_vs_measured_matmul" in part1 else ""), flush=True)
 
     print("2. log-prob kernels, chunked vs Pallas, bf16:", flush=True)
     result["logprob_kernels"] = logprob_kernels(

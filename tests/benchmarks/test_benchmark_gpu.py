@@ -27,6 +27,11 @@ def test_cpu_smoke_writes_a_complete_result(tmp_path):
     assert r["device_kind"] and r["jax"] and r["jaxlib"] and r["machine"]["cpu_count"] >= 1
     assert r["budget"]["skipped"] == [] and r["budget"]["elapsed_s"] > 0  # every part ran; time is recorded, not judged
 
+    m = r["matmul_peak"]
+    assert "error" not in m, m.get("error")
+    assert m["dtype"] == "bfloat16" and m["output_finite"] and m["flops_per_s"] > 0
+    assert m["flops_per_call"] == 2 * m["n"] ** 3 * m["chain"]
+
     g = r["grpo_update"]
     assert "error" not in g, g.get("error")
     assert g["algo"]["name"] == "grpo" and g["algo"]["uses_reference"] and g["algo"]["kl_coef"] > 0
@@ -40,6 +45,7 @@ def test_cpu_smoke_writes_a_complete_result(tmp_path):
     assert 0.5 <= dots / analytical <= 2.0
     assert f["xla_cost_analysis"] is None or f["xla_cost_analysis"] > 0
     assert g["achieved_flops_per_s"]["analytical"] > 0
+    assert g["mfu_vs_measured_matmul"] == pytest.approx(g["achieved_flops_per_s"]["analytical"] / m["flops_per_s"])
     assert g["mfu"] is None and g["hfu_xla_hlo_dots"] is None and g["peak_flops_per_s"] is None
     assert "not a GPU" in g["mfu_null_reason"]
 
