@@ -299,10 +299,12 @@ def _memory_limit() -> int | None:
 
 
 def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: str, interpret: bool,
-                    warmup: int, steps: int, deadline: float) -> dict:
+                    warmup: int, steps: int, deadline: float, trace: bool = False) -> dict:
     """Compiles and times ``make_rl_update``'s GRPO update; FLOPs three ways, MFU against the peak.
 
     Timing stops early (recorded) once another step would end after ``deadline`` (``time.monotonic``).
+    With ``trace``, one more step runs under the JAX profiler and its device time by kernel is
+    recorded under ``trace`` (:func:`trace_summary`).
     """
     from r1jax.models import ModelConfig, init_params
     from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
@@ -363,6 +365,8 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
     out.update(step_times_s=[round(t, 5) for t in times], median_step_s=median,
                tokens_per_s=rows * roll["seq"] / median,
                last_metrics={k: float(metrics[k]) for k in ("loss", "kl_ref", "grad_norm", "skipped")})
+    if trace:
+        out["trace"] = _traced_step(compiled, state, rollout, hp)
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
     cost = compiled.cost_analysis()
@@ -383,6 +387,56 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
     out["mfu"] = None if peak is None else per_step["analytical"] / median / peak
     out["hfu_xla_hlo_dots"] = None if peak is None else per_step["xla_hlo_dots"] / median / peak
     return out
+
+
+_MATMUL_KERNEL = re.compile(r"gemm|cublas|cutlass|xmma|wgmma|matmul|dot", re.IGNORECASE)
+
+
+def trace_summary(trace_json_gz: str, top: int = 25) -> dict:
+    """Device time by kernel from a ``jax.profiler`` Chrome-format trace (``*.trace.json.gz``).
+
+    Sums the complete events ("X") of every process named ``/device:...`` (one per GPU), by
+    kernel name; a kernel counts as a matmul when its name matches :data:`_MATMUL_KERNEL`.
+
+    Returns:
+      ``device_busy_s`` (the sum of kernel durations: overlapping streams count twice),
+      ``matmul_s``, ``kernels`` (distinct names), ``launches`` and ``top`` (name, seconds,
+      launches), or ``{"error": ...}`` when the trace has no device events (on a CPU backend).
+    """
+    import gzip
+
+    with gzip.open(trace_json_gz, "rt") as fh:
+        trace = json.load(fh)
+    events = trace["traceEvents"] if isinstance(trace, dict) else trace
+    devices = {e["pid"] for e in events if e.get("ph") == "M" and e.get("name") == "process_name"
+               and str(e.get("args", {}).get("name", "")).startswith("/device:")}
+    by_name: dict[str, list[float]] = {}
+    for e in events:
+        if e.get("ph") == "X" and e.get("pid") in devices:
+            by_name.setdefault(e["name"], []).append(float(e.get("dur", 0.0)) * 1e-6)
+    if not by_name:
+        return {"error": "no device events in the trace (a CPU backend traces host threads only)"}
+    totals = sorted(((n, sum(d), len(d)) for n, d in by_name.items()), key=lambda t: -t[1])
+    return {"device_busy_s": sum(t for _, t, _ in totals),
+            "matmul_s": sum(t for n, t, _ in totals if _MATMUL_KERNEL.search(n)),
+            "kernels": len(totals), "launches": sum(c for _, _, c in totals),
+            "top": [{"name": n[:160], "s": round(t, 6), "launches": c} for n, t, c in totals[:top]]}
+
+
+def _traced_step(compiled, state, rollout, hp) -> dict:
+    """One more update step under ``jax.profiler.trace``, summarised by :func:`trace_summary`."""
+    import glob
+    import tempfile
+
+    with tempfile.TemporaryDirectory() as tmp:
+        t0 = time.perf_counter()
+        with jax.profiler.trace(tmp):
+            jax.block_until_ready(compiled(state, rollout, hp))
+        wall = time.perf_counter() - t0
+        found = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)
+        out = trace_summary(found[0]) if found else {"error": f"no *.trace.json.gz under the trace dir: "
+                                                              f"{glob.glob(os.path.join(tmp, '**'), recursive=True)}"}
+    return {"traced_step_wall_s": wall, **out}
 
 
 # ------------------------------------------------------------------------------------------------
@@ -449,6 +503,8 @@ def main(argv=None) -> int:
                    help="the model's remat policy (falls back to full if XLA says the step does not fit)")
     p.add_argument("--cpu-smoke", action="store_true",
                    help="toy sizes on CPU, Pallas in interpret mode (checks this script)")
+    p.add_argument("--trace", action="store_true",
+                   help="profile one extra update step: device time by kernel in the JSON (grpo_update.trace)")
     p.add_argument("--peak-n", type=int, default=PEAK_N, help="matrix size of part 0's bf16 matmul rate")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -489,7 +545,7 @@ def main(argv=None) -> int:
     print("1. GRPO update (make_rl_update), bf16:", flush=True)
     spec = dict(model_kw=SMOKE_MODEL if smoke else QWEN25_05B, roll=SMOKE_ROLLOUT if smoke else ROLLOUT,
                 logprob_backend=args.logprob_backend, remat=args.remat, interpret=smoke,
-                warmup=1 if smoke else 2, steps=2 if smoke else args.steps,
+                warmup=1 if smoke else 2, steps=2 if smoke else args.steps, trace=args.trace,
                 deadline=start + PART1_SHARE * args.budget_s)  # time.monotonic is system-wide on Linux
     part1 = _in_subprocess("update", spec, smoke, timeout=deadline - time.monotonic() - 10)
     if "error" not in part1 and "error" not in peak:
@@ -508,6 +564,15 @@ def main(argv=None) -> int:
               + (f" ({part1['mfu_null_reason']})" if part1["mfu"] is None else "")
               + (f"; {part1['mfu_vs_measured_matmul']:.3f} of the measured matmul rate"
                  if "mfu_vs_measured_matmul" in part1 else ""), flush=True)
+        tr = part1.get("trace")
+        if tr and "error" not in tr:
+            print(f"  traced step: {tr['traced_step_wall_s']:.3f} s wall, device busy {tr['device_busy_s']:.3f} s, "
+                  f"matmul kernels {tr['matmul_s']:.3f} s, {tr['launches']} launches of {tr['kernels']} kernels",
+                  flush=True)
+            for k in tr["top"][:15]:
+                print(f"    {k['s'] * 1e3:9.2f} ms {k['launches']:6d}x  {k['name'][:100]}", flush=True)
+        elif tr:
+            print(f"  trace: {tr['error']}", flush=True)
 
     print("2. log-prob kernels, chunked vs Pallas, bf16:", flush=True)
     result["logprob_kernels"] = logprob_kernels(

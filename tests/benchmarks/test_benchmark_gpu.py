@@ -88,3 +88,30 @@ def test_hlo_dot_flops_counts_every_trip_of_a_scan():
     assert peak_flops("NVIDIA H100 PCIe") == (756e12, "H100 PCIe")
     assert peak_flops("NVIDIA H200") == (989.4e12, "H200")
     assert peak_flops("NVIDIA A100-SXM4-80GB")[0] is None
+
+
+def test_trace_summary_sums_device_kernels_only(tmp_path):
+    import gzip
+
+    if str(ROOT) not in sys.path:
+        sys.path.insert(0, str(ROOT))
+    from benchmarks.gpu import trace_summary
+
+    meta = [{"ph": "M", "name": "process_name", "pid": 1, "args": {"name": "/host:CPU"}},
+            {"ph": "M", "name": "process_name", "pid": 2, "args": {"name": "/device:GPU:0"}}]
+    kernels = [("sm90_xmma_gemm_bf16", 300.0), ("loop_fusion_3", 50.0), ("sm90_xmma_gemm_bf16", 100.0),
+               ("input_reduce_fusion", 25.0)]
+    events = meta + [{"ph": "X", "pid": 2, "tid": 7, "ts": 0, "dur": d, "name": n} for n, d in kernels]
+    events.append({"ph": "X", "pid": 1, "tid": 1, "ts": 0, "dur": 9e6, "name": "PjitFunction(update)"})
+    path = tmp_path / "t.trace.json.gz"
+    with gzip.open(path, "wt") as fh:
+        json.dump({"traceEvents": events}, fh)
+    s = trace_summary(str(path))
+    assert s["device_busy_s"] == pytest.approx(475e-6) and s["matmul_s"] == pytest.approx(400e-6)
+    assert (s["kernels"], s["launches"]) == (3, 4)
+    assert [(k["name"], k["launches"]) for k in s["top"]] == [
+        ("sm90_xmma_gemm_bf16", 2), ("loop_fusion_3", 1), ("input_reduce_fusion", 1)]
+
+    with gzip.open(path, "wt") as fh:
+        json.dump({"traceEvents": meta[:1] + events[-1:]}, fh)
+    assert "no device events" in trace_summary(str(path))["error"]
