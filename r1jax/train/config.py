@@ -27,6 +27,7 @@ from r1jax.train.buffer import BUFFER_POLICIES
 __all__ = [
     "AlgoConfig", "OptimConfig", "AsyncConfig", "RolloutConfig", "CheckpointConfig", "EvalConfig", "RunConfig",
     "ModelSection", "KernelConfig", "ExperimentConfig", "load_experiment", "import_user_modules",
+    "microbatch_token_budget",
 ]
 
 MICROBATCH_TOKENS = 1024
@@ -36,7 +37,20 @@ tokens, 1.64 at 2304, 1.55-1.57 at 1152 and 576; 16 × 8 × 128: 9.7 at 17408 to
 to 544. Session 11, the forwards without gradient micro-batched too: 8 × 8 × 64, f32 1.33 at 1152 tokens, 1.28
 at 576, 1.38 at 288; bf16 0.97 at 2304, 0.90 at 1152, 0.86 at 576; 16 × 8 × 128 bf16: 3.51 at 2176, 3.48 at
 1088, 3.43 at 544. Session 15, bf16 + bf16 KV cache, 8 × 8 × 64, one process, interleaved: 769 ms at 576, 806 at
-1152, 935 at 2304, 847 at 288. Rows of more than this many tokens train one per micro-batch."""
+1152, 935 at 2304, 847 at 288. Rows of more than this many tokens train one per micro-batch.
+
+It is the default on the CPU backend only (``algo.microbatch_tokens: 0``): on an H200 (session 17,
+``benchmarks/gpu.py``, 128 rows of 1024 tokens, 8 micro-batches asked for) it split the update into 128
+one-row micro-batches of small matmuls, 534k kernel launches a step; see :func:`microbatch_token_budget`."""
+
+
+def microbatch_token_budget(microbatch_tokens: int | None, platform: str) -> int | None:
+    """The token bound of a micro-batch on ``platform`` (``jax.default_backend()``): an explicit
+    ``algo.microbatch_tokens`` as set; ``0`` resolves to :data:`MICROBATCH_TOKENS` on ``"cpu"``, where the
+    budget keeps activations in cache, and to ``None`` (exactly ``num_microbatches``) on an accelerator."""
+    if microbatch_tokens == 0:
+        return MICROBATCH_TOKENS if platform == "cpu" else None
+    return microbatch_tokens
 
 DECODE_WINDOW = 32
 """Default ``rollout.decode_window``, measured (session 15, one pinned core, bfloat16 compute + cache, the random
@@ -89,9 +103,10 @@ class AlgoConfig:
     num_minibatches: int = field(1, ge=1, help="optimizer steps per pass (the batch is split)")
     num_microbatches: int = field(1, ge=1, help="gradient-accumulation splits of each mini-batch (exact)")
     microbatch_tokens: int | None = field(
-        MICROBATCH_TOKENS, gt=0, help="more splits, as few as keep each micro-batch within this many tokens "
-                                      "(rows × row length; a multiple of num_microbatches dividing the rows): "
-                                      "activations that stay in cache; None = exactly num_microbatches")
+        0, ge=0, help="more splits, as few as keep each micro-batch within this many tokens "
+                      "(rows × row length; a multiple of num_microbatches dividing the rows): activations that "
+                      f"stay in cache; None = exactly num_microbatches; 0 = the backend's default ({MICROBATCH_TOKENS} "
+                      "on CPU, None on GPU / TPU)")
     packing: bool = field(False, help="train on sequences packed several to a row (segment ids): no padding "
                                       "waste, fewer distinct shapes; the loss is unchanged")
     pack_length: int = field(0, ge=0, help="packed row length in tokens; 0 = longest prompt + rollout.max_new_tokens")

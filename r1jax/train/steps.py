@@ -8,7 +8,7 @@ the step counter and the reference refresh. :func:`make_sft_update` runs supervi
 through the same optimizer step with the registered ``nll`` loss.
 
 Every optimizer step splits its mini-batch into ``num_microbatches`` micro-batches (or more, to keep
-each within ``algo.microbatch_tokens`` tokens: :func:`microbatch_count`) whose gradients are summed
+each within ``algo.microbatch_tokens`` tokens on CPU: :func:`microbatch_count`) whose gradients are summed
 in a scan; losses use the mini-batch's global denominator, so the sum equals the unsplit
 gradient (split invariance, :mod:`r1jax.algos.aggregation`). The forwards without gradient (old
 policy, reference, critic values) run over chunks of the same number of rows. An optimizer step
@@ -26,7 +26,7 @@ import optax
 
 from r1jax import algos
 from r1jax.models import ModelConfig, forward, lm_head_weight, value
-from r1jax.train.config import AlgoConfig, KernelConfig
+from r1jax.train.config import AlgoConfig, KernelConfig, microbatch_token_budget
 from r1jax.train.state import Hyper, TrainState
 from r1jax_kernels import grpo_token_terms, sharded_token_logprobs, token_logprobs
 
@@ -378,7 +378,8 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
     need_old = algo.passes > 1 or algo.kl_in_reward or kernels.fused
     data_parallel = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
     # the token budget splits further only on one data shard: micro-batches must split evenly over the mesh
-    max_tokens = algo.microbatch_tokens if data_parallel == 1 else None
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    max_tokens = microbatch_token_budget(algo.microbatch_tokens, platform) if data_parallel == 1 else None
 
     def update(state: TrainState, rollout: Rollout, hp: Hyper):
         num_prompts, group = rollout.rewards.shape

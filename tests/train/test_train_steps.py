@@ -11,9 +11,9 @@ import numpy as np
 import optax
 import pytest
 
-from r1jax.config import from_dict
+from r1jax.config import ConfigError, from_dict
 from r1jax.models import ModelConfig, init_params, init_value_head
-from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
+from r1jax.train.config import MICROBATCH_TOKENS, AlgoConfig, KernelConfig, OptimConfig, microbatch_token_budget
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import (Rollout, SFTBatch, make_rl_update, make_sft_update, microbatch_count,
                                policy_logprobs)
@@ -114,6 +114,17 @@ def test_the_token_budget_splits_the_update_into_micro_batches():
         if want is not None:
             assert want in found, (want, found)
     assert not ({4, 8} & lengths[0][1])  # no budget: no micro-batch scan of those lengths
+
+
+def test_the_default_token_budget_is_the_cpu_cache_budget_on_cpu_only():
+    """``microbatch_tokens: 0`` (the default) bounds micro-batches on CPU and leaves accelerators at
+    exactly ``num_microbatches`` (a 1024-token bound split an H200 update into one-row micro-batches)."""
+    assert AlgoConfig().microbatch_tokens == 0
+    assert microbatch_token_budget(0, "cpu") == MICROBATCH_TOKENS
+    assert microbatch_token_budget(0, "gpu") is None and microbatch_token_budget(0, "tpu") is None
+    assert microbatch_token_budget(512, "gpu") == 512 and microbatch_token_budget(None, "cpu") is None
+    with pytest.raises(ConfigError, match="microbatch_tokens"):
+        from_dict(AlgoConfig, {"microbatch_tokens": -1})
 
 
 def _matmul_rows(update, state, rollout, hp) -> set[int]:
