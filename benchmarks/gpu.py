@@ -307,7 +307,7 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
     recorded under ``trace`` (:func:`trace_summary`).
     """
     from r1jax.models import ModelConfig, init_params
-    from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig
+    from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig, microbatch_token_budget
     from r1jax.train.state import Hyper, init_state, make_optimizer
     from r1jax.train.steps import make_rl_update
 
@@ -328,7 +328,9 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
                  "algo": {"name": algo.name, "advantage": algo.advantage, "policy_loss": algo.policy_loss,
                           "kl_coef": algo.kl_coef, "uses_reference": algo.uses_reference,
                           "num_minibatches": algo.num_minibatches, "num_microbatches": algo.num_microbatches,
-                          "loss_agg": algo.loss_agg},
+                          "loss_agg": algo.loss_agg,
+                          "microbatch_token_budget": microbatch_token_budget(algo.microbatch_tokens,
+                                                                             jax.default_backend())},
                  "optimizer": "adamw (OptimConfig defaults: lr 1e-5, grad clip 1.0)",
                  "logprob_backend": logprob_backend, "scan_layers": True, "remat_requested": remat, "device_bytes_limit": limit}
     for attempt in (remat, "full"):
