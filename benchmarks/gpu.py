@@ -299,12 +299,14 @@ def _memory_limit() -> int | None:
 
 
 def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: str, interpret: bool,
-                    warmup: int, steps: int, deadline: float, trace: bool = False) -> dict:
+                    warmup: int, steps: int, deadline: float, trace: bool = False, attention_impl: str = "xla",
+                    dump_dir: str | None = None) -> dict:
     """Compiles and times ``make_rl_update``'s GRPO update; FLOPs three ways, MFU against the peak.
 
     Timing stops early (recorded) once another step would end after ``deadline`` (``time.monotonic``).
     With ``trace``, one more step runs under the JAX profiler and its device time by kernel is
-    recorded under ``trace`` (:func:`trace_summary`).
+    recorded under ``trace`` (:func:`trace_summary`). ``attention_impl`` is the model's
+    (``xla`` or ``cudnn``); with ``dump_dir`` the optimised HLO (and the raw trace) are written there.
     """
     from r1jax.models import ModelConfig, init_params
     from r1jax.train.config import AlgoConfig, KernelConfig, OptimConfig, microbatch_token_budget
@@ -318,7 +320,8 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
                                 model_kw["vocab_size"])
     rows = roll["prompts"] * roll["samples"]
     # Layers scanned: one compiled layer for 24 (XLA:CPU's unrolled default is for small models).
-    model = ModelConfig(param_dtype="bfloat16", remat=remat, scan_layers=True, **model_kw)
+    model = ModelConfig(param_dtype="bfloat16", remat=remat, scan_layers=True, attention_impl=attention_impl,
+                        **model_kw)
     state = init_state(init_params(model, jax.random.key(0)), tx, jax.random.key(1), reference=True)
     hp = Hyper.from_config(algo)
     limit = _memory_limit()
@@ -332,9 +335,10 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
                           "microbatch_token_budget": microbatch_token_budget(algo.microbatch_tokens,
                                                                              jax.default_backend())},
                  "optimizer": "adamw (OptimConfig defaults: lr 1e-5, grad clip 1.0)",
-                 "logprob_backend": logprob_backend, "scan_layers": True, "remat_requested": remat, "device_bytes_limit": limit}
+                 "logprob_backend": logprob_backend, "attention_impl": attention_impl, "scan_layers": True, "remat_requested": remat, "device_bytes_limit": limit}
     for attempt in (remat, "full"):
-        model = ModelConfig(param_dtype="bfloat16", remat=attempt, scan_layers=True, **model_kw)
+        model = ModelConfig(param_dtype="bfloat16", remat=attempt, scan_layers=True, attention_impl=attention_impl,
+                            **model_kw)
         update = make_rl_update(model, algo, kernels, tx, max_new_tokens=roll["seq"] - roll["prompt_len"])
         t0 = time.perf_counter()
         compiled = update.lower(state, rollout, hp).compile()
@@ -367,8 +371,13 @@ def grpo_update_mfu(model_kw: dict, roll: dict, *, logprob_backend: str, remat: 
     out.update(step_times_s=[round(t, 5) for t in times], median_step_s=median,
                tokens_per_s=rows * roll["seq"] / median,
                last_metrics={k: float(metrics[k]) for k in ("loss", "kl_ref", "grad_norm", "skipped")})
+    if dump_dir:
+        os.makedirs(dump_dir, exist_ok=True)
+        with open(os.path.join(dump_dir, f"update_{attention_impl}.hlo.txt"), "w") as fh:
+            fh.write(compiled.as_text())
     if trace:
-        out["trace"] = _traced_step(compiled, state, rollout, hp)
+        out["trace"] = _traced_step(compiled, state, rollout, hp,
+                                    keep=None if not dump_dir else os.path.join(dump_dir, f"trace_{attention_impl}.json.gz"))
     stats = jax.devices()[0].memory_stats() or {}
     out["peak_bytes_in_use"] = stats.get("peak_bytes_in_use")
     cost = compiled.cost_analysis()
@@ -425,9 +434,11 @@ def trace_summary(trace_json_gz: str, top: int = 25) -> dict:
             "top": [{"name": n[:160], "s": round(t, 6), "launches": c} for n, t, c in totals[:top]]}
 
 
-def _traced_step(compiled, state, rollout, hp) -> dict:
-    """One more update step under ``jax.profiler.trace``, summarised by :func:`trace_summary`."""
+def _traced_step(compiled, state, rollout, hp, keep: str | None = None) -> dict:
+    """One more update step under ``jax.profiler.trace``, summarised by :func:`trace_summary`
+    (the raw trace copied to ``keep`` if given)."""
     import glob
+    import shutil
     import tempfile
 
     with tempfile.TemporaryDirectory() as tmp:
@@ -436,6 +447,8 @@ def _traced_step(compiled, state, rollout, hp) -> dict:
             jax.block_until_ready(compiled(state, rollout, hp))
         wall = time.perf_counter() - t0
         found = glob.glob(os.path.join(tmp, "**", "*.trace.json.gz"), recursive=True)
+        if found and keep:
+            shutil.copyfile(found[0], keep)
         out = trace_summary(found[0]) if found else {"error": f"no *.trace.json.gz under the trace dir: "
                                                               f"{glob.glob(os.path.join(tmp, '**'), recursive=True)}"}
     return {"traced_step_wall_s": wall, **out}
@@ -461,7 +474,7 @@ def logprob_kernels(shape: dict, *, interpret: bool, repeats: int, deadline: flo
             print(f"  {mode:17} {backend:8} " + (
                 f"{r['median_s'] * 1e3:9.2f} ms  temp {r['temp_bytes'] / 2**30:7.3f} GiB  "
                 f"peak {(r['peak_bytes_in_use'] or 0) / 2**30:7.3f} GiB" if "error" not in r
-                else "ERROR " + (r["error"].strip().splitlines() or ["?"])[-1]), flush=True)
+                else "ERROR " + _error_line(r["error"])), flush=True)
         got = {r["backend"]: r for r in out["runs"] if r["mode"] == mode and "error" not in r}
         if {"chunked", "pallas"} <= set(got):
             c, p = got["chunked"], got["pallas"]
@@ -507,6 +520,12 @@ def main(argv=None) -> int:
                    help="toy sizes on CPU, Pallas in interpret mode (checks this script)")
     p.add_argument("--trace", action="store_true",
                    help="profile one extra update step: device time by kernel in the JSON (grpo_update.trace)")
+    p.add_argument("--attention-impls", default="xla",
+                   help="comma-separated model.attention_impl values: part 1 runs once per value, the first "
+                        "as grpo_update, the others under grpo_update_variants (e.g. xla,cudnn)")
+    p.add_argument("--dump-dir", default=None, help="write each part-1 variant's optimised HLO (and, with "
+                                                    "--trace, its raw trace) here")
+    p.add_argument("--skip-kernels", action="store_true", help="skip part 2 (recorded under budget.skipped)")
     p.add_argument("--peak-n", type=int, default=PEAK_N, help="matrix size of part 0's bf16 matmul rate")
     p.add_argument("--_child", default=None, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
@@ -540,22 +559,63 @@ def main(argv=None) -> int:
     peak = _in_subprocess("peak", dict(n=n, chain=2 if smoke else PEAK_CHAIN, calls=3 if smoke else PEAK_CALLS),
                           smoke, timeout=min(120.0, deadline - time.monotonic() - 10))
     result["matmul_peak"] = peak
-    print("  ERROR " + (peak["error"].strip().splitlines() or ["?"])[-1] if "error" in peak else
+    print("  ERROR " + _error_line(peak["error"]) if "error" in peak else
           f"  {n}^3 x {peak['chain']}: {peak['flops_per_s'] / 1e12:.1f} TFLOP/s (median of "
           f"{len(peak['call_times_s'])} calls)", flush=True)
 
-    print("1. GRPO update (make_rl_update), bf16:", flush=True)
-    spec = dict(model_kw=SMOKE_MODEL if smoke else QWEN25_05B, roll=SMOKE_ROLLOUT if smoke else ROLLOUT,
-                logprob_backend=args.logprob_backend, remat=args.remat, interpret=smoke,
-                warmup=1 if smoke else 2, steps=2 if smoke else args.steps, trace=args.trace,
-                deadline=start + PART1_SHARE * args.budget_s)  # time.monotonic is system-wide on Linux
-    part1 = _in_subprocess("update", spec, smoke, timeout=deadline - time.monotonic() - 10)
-    if "error" not in part1 and "error" not in peak:
-        part1["mfu_vs_measured_matmul"] = part1["achieved_flops_per_s"]["analytical"] / peak["flops_per_s"]
-    result["grpo_update"] = part1
+    # time.monotonic is system-wide on Linux; without part 2, part 1 has the whole budget
+    part1_end = start + (1.0 if args.skip_kernels else PART1_SHARE) * args.budget_s
+    impls = args.attention_impls.split(",")
+    for i, impl in enumerate(impls):
+        print(f"1. GRPO update (make_rl_update), bf16, attention {impl}:", flush=True)
+        spec = dict(model_kw=SMOKE_MODEL if smoke else QWEN25_05B, roll=SMOKE_ROLLOUT if smoke else ROLLOUT,
+                    logprob_backend=args.logprob_backend, remat=args.remat, interpret=smoke,
+                    warmup=1 if smoke else 2, steps=2 if smoke else args.steps, trace=args.trace,
+                    attention_impl=impl, dump_dir=args.dump_dir,
+                    deadline=time.monotonic() + (part1_end - time.monotonic()) / (len(impls) - i))
+        part1 = _in_subprocess("update", spec, smoke, timeout=deadline - time.monotonic() - 10)
+        if "error" not in part1 and "error" not in peak:
+            part1["mfu_vs_measured_matmul"] = part1["achieved_flops_per_s"]["analytical"] / peak["flops_per_s"]
+        if i == 0:
+            result["grpo_update"] = part1
+        else:
+            part1 = dict(part1, attention_impl=impl)
+            result.setdefault("grpo_update_variants", []).append(part1)
+        _print_update(part1)
     part1_s = round(time.monotonic() - start, 1)
+
+    if args.skip_kernels:
+        skipped.append("kernels: --skip-kernels")
+        result["logprob_kernels"] = None
+    else:
+        print("2. log-prob kernels, chunked vs Pallas, bf16:", flush=True)
+        result["logprob_kernels"] = logprob_kernels(
+            kernels_gpu.SMOKE_BIG if smoke else KERNEL_SHAPE, interpret=smoke, repeats=2 if smoke else args.repeats,
+            deadline=deadline, case_s=5.0 if smoke else KERNEL_CASE_S, skipped=skipped)
+    result["budget"] = {"budget_s": args.budget_s, "elapsed_s": round(time.monotonic() - start, 1),
+                        "part1_share": PART1_SHARE, "part1_elapsed_s": part1_s, "skipped": skipped}
+    out = args.out
+    if out is None and not smoke:
+        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
+                           f"gpu_{kernels_gpu.gpu_slug()}.json")
+    if out:
+        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
+        with open(out, "w") as fh:
+            json.dump(result, fh, indent=2)
+        print(f"wrote {out}")
+    print(f"done in {result['budget']['elapsed_s']} s" + (f"; skipped: {skipped}" if skipped else ""))
+    return 0
+
+
+def _error_line(text: str) -> str:
+    """The last line of a child's stderr that names an error (JAX appends a note after it)."""
+    lines = [ln for ln in text.strip().splitlines() if ln.strip()] or ["?"]
+    return next((ln for ln in reversed(lines) if "Error" in ln or "error" in ln), lines[-1])
+
+
+def _print_update(part1: dict) -> None:
     if "error" in part1:
-        print("  ERROR " + (part1["error"].strip().splitlines() or ["?"])[-1], flush=True)
+        print("  ERROR " + _error_line(part1["error"]), flush=True)
     else:
         f = part1["flops"]
         print(f"  median {part1['median_step_s']:.3f} s/step over {len(part1['step_times_s'])} steps "
@@ -575,24 +635,6 @@ def main(argv=None) -> int:
                 print(f"    {k['s'] * 1e3:9.2f} ms {k['launches']:6d}x  {k['name'][:100]}", flush=True)
         elif tr:
             print(f"  trace: {tr['error']}", flush=True)
-
-    print("2. log-prob kernels, chunked vs Pallas, bf16:", flush=True)
-    result["logprob_kernels"] = logprob_kernels(
-        kernels_gpu.SMOKE_BIG if smoke else KERNEL_SHAPE, interpret=smoke, repeats=2 if smoke else args.repeats,
-        deadline=deadline, case_s=5.0 if smoke else KERNEL_CASE_S, skipped=skipped)
-    result["budget"] = {"budget_s": args.budget_s, "elapsed_s": round(time.monotonic() - start, 1),
-                        "part1_share": PART1_SHARE, "part1_elapsed_s": part1_s, "skipped": skipped}
-    out = args.out
-    if out is None and not smoke:
-        out = os.path.join(os.path.dirname(os.path.abspath(__file__)), "results",
-                           f"gpu_{kernels_gpu.gpu_slug()}.json")
-    if out:
-        os.makedirs(os.path.dirname(os.path.abspath(out)), exist_ok=True)
-        with open(out, "w") as fh:
-            json.dump(result, fh, indent=2)
-        print(f"wrote {out}")
-    print(f"done in {result['budget']['elapsed_s']} s" + (f"; skipped: {skipped}" if skipped else ""))
-    return 0
 
 
 if __name__ == "__main__":

@@ -18,6 +18,7 @@ __all__ = ["ModelConfig", "RopeScaling", "ARCHITECTURES", "PARAM_DTYPES"]
 
 ARCHITECTURES = ("llama", "qwen2", "qwen3")
 PARAM_DTYPES = ("float32", "bfloat16")
+ATTENTION_IMPLS = ("xla", "cudnn")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -87,6 +88,10 @@ class ModelConfig:
                                                 "(of >= 32 queries), each reading keys only up to its own end: the "
                                                 "same result in (n+1)/2n of the T x T work, at a longer compile; "
                                                 "1 = one block over all keys")
+    attention_impl: str = field("xla", choices=ATTENTION_IMPLS,
+                                help="the full-sequence forward's attention: 'xla' (scores materialised; any "
+                                     "backend) or 'cudnn' (jax.nn.dot_product_attention's cuDNN flash attention: "
+                                     "NVIDIA GPUs, bfloat16 compute); the sampler's decode is unchanged")
     bos_token_id: int | None = field(None, ge=0, help="kept for HF round trips")
     eos_token_ids: tuple[int, ...] = field((), ge=0, help="kept for HF round trips (stop tokens)")
 
@@ -154,6 +159,9 @@ class ModelConfig:
     # ------------------------------------------------------------------ validation
     def check(self) -> None:
         """Cross-field validation; raises ConfigError naming the field at fault."""
+        if self.attention_impl == "cudnn" and (self.compute_dtype or self.param_dtype) != "bfloat16":
+            raise ConfigError(f"attention_impl: 'cudnn' needs bfloat16 compute, not "
+                              f"{self.compute_dtype or self.param_dtype} (set compute_dtype or param_dtype)")
         if self.num_heads % self.num_kv_heads:
             raise ConfigError(
                 f"num_heads: {self.num_heads} is not divisible by num_kv_heads={self.num_kv_heads} "

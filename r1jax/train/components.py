@@ -87,6 +87,8 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
         model_cfg = dataclasses.replace(model_cfg, scan_layers=cfg.model.scan_layers)
     if cfg.model.attention_blocks is not None:
         model_cfg = dataclasses.replace(model_cfg, attention_blocks=cfg.model.attention_blocks)
+    if cfg.model.attention_impl is not None:
+        model_cfg = dataclasses.replace(model_cfg, attention_impl=cfg.model.attention_impl)
     if tokenizer.vocab_size > model_cfg.vocab_size:
         raise ConfigError(f"model.tokenizer: {tokenizer.vocab_size} tokens do not fit the model's "
                           f"vocab_size {model_cfg.vocab_size}")

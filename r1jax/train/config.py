@@ -295,6 +295,9 @@ class ModelSection:
                                                         "(the same result, less work, a longer compile: for long "
                                                         "runs; 4 took 2-4% off benchmarks/grpo_step.py's bfloat16 "
                                                         "update); None = the model's own setting")
+    attention_impl: str | None = field(None, choices=(None, "xla", "cudnn"),
+                                       help="the full-sequence forward's attention: 'cudnn' = cuDNN flash "
+                                            "attention (NVIDIA GPUs, bfloat16 compute); None = the model's own")
 
 
 @dataclasses.dataclass(frozen=True)

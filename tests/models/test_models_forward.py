@@ -170,6 +170,49 @@ def test_query_blocks_give_the_full_attention(make_config, T):
         make_config(attention_blocks=0)
 
 
+def test_flash_attention_maps_the_mask_and_layouts(make_config, monkeypatch):
+    """``attention_impl: cudnn`` goes through ``jax.nn.dot_product_attention``; on CPU its ``xla``
+    implementation checks the mapping (cache layouts, GQA, the mask as a bias, the scale): with left
+    padding and packed segments the bfloat16 forward and its gradients match ``_attend``'s on real
+    tokens. cuDNN itself runs only on an NVIDIA GPU (``benchmarks/gpu.py``)."""
+    import r1jax.models.transformer as tf
+
+    base = make_config(architecture="qwen2", param_dtype="bfloat16")
+    params = init_params(base, jax.random.key(5))
+    rng = np.random.RandomState(5)
+    T = 40
+    tokens = jnp.asarray(rng.randint(1, 96, (3, T)), jnp.int32)
+    mask = jnp.asarray(np.arange(T)[None] >= np.array([[0], [5], [23]]))  # left padding
+    seg = jnp.asarray(np.minimum(np.arange(T) // 13, 2)[None].repeat(3, axis=0))
+    seen = []
+    flash = tf._flash_attend
+
+    def on_cpu(q, k, v, m, config, implementation="cudnn"):
+        seen.append(implementation)
+        return flash(q, k, v, m, config, implementation="xla")
+
+    monkeypatch.setattr(tf, "_flash_attend", on_cpu)
+
+    def run(config, kw):
+        def loss(params):
+            out = jnp.tanh(forward(params, config, tokens, **kw).astype(jnp.float32))
+            return jnp.sum(jnp.where(mask[..., None], out * (jnp.arange(config.hidden_size) % 3 - 1.0), 0.0))
+        return jax.value_and_grad(loss)(params)
+
+    for kw in (dict(attention_mask=mask), dict(segment_ids=seg, attention_mask=mask)):
+        lf, gf = run(dataclasses.replace(base, attention_impl="cudnn"), kw)
+        lx, gx = run(base, kw)
+        np.testing.assert_allclose(lf, lx, rtol=2e-2)
+        for a, b in zip(jax.tree.leaves(gf), jax.tree.leaves(gx), strict=True):
+            a, b = np.asarray(a, np.float32), np.asarray(b, np.float32)
+            assert np.linalg.norm(a - b) <= 5e-2 * np.linalg.norm(b) + 1e-6
+    assert seen and set(seen) == {"cudnn"}  # the config reached the flash path, which asks for cuDNN
+    with pytest.raises(ConfigError, match="attention_impl"):
+        make_config(attention_impl="cudnn")  # float32 compute
+    with pytest.raises(ConfigError, match="attention_impl"):
+        make_config(attention_impl="flash")
+
+
 def test_default_positions_take_rope_from_a_table(make_config):
     """Without ``positions`` the forward looks cos and sin up in a table of the first T positions
     (XLA fused computed ones into every layer's q/k rotation, per head: about 14% of an update, issue
