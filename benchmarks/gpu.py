@@ -51,8 +51,10 @@ driver process holds no memory pool meanwhile. Time budget (``--budget-s``, defa
 1 stops timing steps at 60 % of it; a kernel case starts only with at least ``KERNEL_CASE_S``
 left; whatever is skipped is recorded under ``budget.skipped``.
 
-Not run yet: no GPU was lent while this was written. Without a GPU the script says so and exits
-with status 2; ``--cpu-smoke`` runs the same code paths at toy sizes on CPU (Pallas in interpret
+Run on an H200 (session 17; ``results/gpu_h200*.json``, README "GPU"): with the default
+``--attention-impls xla,cudnn`` part 1 runs twice, once per ``model.attention_impl``; ``--trace``
+adds the device time by kernel, ``--dump-dir`` keeps the HLO and raw trace. Without a GPU the
+script says so and exits with status 2; ``--cpu-smoke`` runs the same code paths at toy sizes on CPU (Pallas in interpret
 mode) and writes no results file unless ``--out`` is given.
 """
 
@@ -520,9 +522,10 @@ def main(argv=None) -> int:
                    help="toy sizes on CPU, Pallas in interpret mode (checks this script)")
     p.add_argument("--trace", action="store_true",
                    help="profile one extra update step: device time by kernel in the JSON (grpo_update.trace)")
-    p.add_argument("--attention-impls", default="xla",
+    p.add_argument("--attention-impls", default=None,
                    help="comma-separated model.attention_impl values: part 1 runs once per value, the first "
-                        "as grpo_update, the others under grpo_update_variants (e.g. xla,cudnn)")
+                        "as grpo_update, the others under grpo_update_variants; default xla,cudnn (xla with "
+                        "--cpu-smoke: no cuDNN on CPU)")
     p.add_argument("--dump-dir", default=None, help="write each part-1 variant's optimised HLO (and, with "
                                                     "--trace, its raw trace) here")
     p.add_argument("--skip-kernels", action="store_true", help="skip part 2 (recorded under budget.skipped)")
@@ -565,7 +568,7 @@ def main(argv=None) -> int:
 
     # time.monotonic is system-wide on Linux; without part 2, part 1 has the whole budget
     part1_end = start + (1.0 if args.skip_kernels else PART1_SHARE) * args.budget_s
-    impls = args.attention_impls.split(",")
+    impls = (args.attention_impls or ("xla" if smoke else "xla,cudnn")).split(",")
     for i, impl in enumerate(impls):
         print(f"1. GRPO update (make_rl_update), bf16, attention {impl}:", flush=True)
         spec = dict(model_kw=SMOKE_MODEL if smoke else QWEN25_05B, roll=SMOKE_ROLLOUT if smoke else ROLLOUT,

@@ -10,8 +10,10 @@ Backends:
 * ``"pallas"`` — a Pallas kernel, one pass over vocabulary tiles forward and a tiled backward
   (:mod:`r1jax_kernels.pallas_logprobs`). GPU (Triton lowering, compute capability >= 8.0), or
   any platform with ``interpret=True`` (slow; for tests).
-* ``"auto"`` — ``"pallas"`` where :func:`pallas_available` says the default JAX device can run it,
-  ``"chunked"`` elsewhere.
+* ``"auto"`` — ``"chunked"`` everywhere. Measured on an H200 (``benchmarks/results/kernels_gpu_h200.json``,
+  seq 8192 x vocab 151,936 x hidden 2048, bfloat16) the Pallas kernel is correct but slower: forward
+  32.4 vs 12.8 ms, forward + backward 401.5 vs 40.9 ms (286 ms at its best swept tiles; the backward
+  accumulates with atomic adds). ``"pallas"`` stays a choice, for its memory profile and for work on it.
 
 The choice is made in one place, :func:`resolve_backend`.
 """
@@ -82,8 +84,8 @@ def resolve_backend(backend: str, *, interpret: bool = False) -> str:
         raise ValueError(f"backend: expected one of {BACKENDS}, got {backend!r}")
     if interpret and backend != "pallas":
         raise ValueError(f"interpret=True only applies to backend='pallas', got backend={backend!r}")
-    if backend == "auto":
-        return "pallas" if pallas_available()[0] else "chunked"
+    if backend == "auto":  # chunked wherever it runs: faster than Pallas on an H200 too (module docstring)
+        return "chunked"
     if backend == "pallas" and not interpret:
         ok, why = pallas_available()
         if not ok:
@@ -115,9 +117,9 @@ def token_logprobs(hidden: Any, lm_head: Any, targets: Any, *, temperature: Any 
         backend: ``"auto"`` | ``"reference"`` | ``"chunked"`` | ``"pallas"`` (static; see the
             module docstring and :func:`resolve_backend`).
         chunk_size: vocabulary columns per step of the ``"chunked"`` backend (None: automatic,
-            ~64 MiB of float32 per ``[tokens, chunk]`` buffer). Not used when the Pallas kernel
-            runs (``"auto"`` on a GPU), whose tiles are ``pallas_blocks``; passing it together
-            with an explicit ``backend="pallas"`` is an error.
+            ~64 MiB of float32 per ``[tokens, chunk]`` buffer). Not used by the Pallas kernel,
+            whose tiles are ``pallas_blocks``; passing it together with ``backend="pallas"`` is
+            an error.
         interpret: with ``backend="pallas"``: run the kernel in the Pallas interpreter (CPU).
         pallas_blocks: optional :class:`r1jax_kernels.pallas_logprobs.PallasBlocks` (tile sizes
             of the Pallas kernel).
