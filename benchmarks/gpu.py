@@ -54,8 +54,8 @@ left; whatever is skipped is recorded under ``budget.skipped``.
 Run on an H200 (session 17; ``results/gpu_h200*.json``, README "GPU"): with the default
 ``--attention-impls xla,cudnn`` part 1 runs twice, once per ``model.attention_impl``; ``--trace``
 adds the device time by kernel, ``--dump-dir`` keeps the HLO and raw trace. Without a GPU the
-script says so and exits with status 2; ``--cpu-smoke`` runs the same code paths at toy sizes on CPU (Pallas in interpret
-mode) and writes no results file unless ``--out`` is given.
+script says so and exits with status 2; ``--cpu-smoke`` runs the same code paths at toy sizes on
+CPU (Pallas in interpret mode) and writes no results file unless ``--out`` is given.
 """
 
 from __future__ import annotations
