@@ -31,12 +31,23 @@ ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHAPES = ((8, 8, 64), (16, 8, 128), (8, 16, 128), (8, 16, 256))
 
 
+def _shape(text: str) -> tuple[int, int, int]:
+    parts = text.strip().split("x")
+    if len(parts) != 3 or not all(p.isdigit() and int(p) > 0 for p in parts):
+        raise SystemExit(f"--shapes: {text!r} is not PROMPTSxGROUPxTOKENS of positive integers (e.g. 8x16x128)")
+    return tuple(int(p) for p in parts)
+
+
 def main(argv=None) -> dict:
     ap = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     ap.add_argument("--cores", type=int, default=1)
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--shapes", default=None,
+                    help="comma-separated PROMPTSxGROUPxTOKENS, e.g. 2x2x8,2x2x16 (default: "
+                         + ",".join("x".join(map(str, s)) for s in SHAPES) + ")")
     ap.add_argument("--out", default=str(ROOT / "benchmarks" / "results" / "kv_cache_dtype.json"))
     args = ap.parse_args(argv)
+    shapes = SHAPES if args.shapes is None else tuple(_shape(s) for s in args.shapes.split(","))
     os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:args.cores])  # before JAX starts its pools
     sys.path.insert(0, str(ROOT))
     import dataclasses
@@ -67,7 +78,7 @@ def main(argv=None) -> dict:
         return {"mean": float(err.mean()), "p99": float(np.quantile(err, 0.99)), "max": float(err.max())}
 
     runs = []
-    for n_prompts, group, length in SHAPES:
+    for n_prompts, group, length in shapes:
         prompts = [np.random.default_rng(i).integers(0, MODEL["vocab_size"], 6) for i in range(n_prompts)]
         sampling = SamplingParams(temperature=1.0, max_new_tokens=length, n=group, seed=0)
         samplers = {d: Sampler(config, max_batch_rows=n_prompts * group, cache_dtype=d) for d in ("float32", "bfloat16")}
@@ -84,11 +95,11 @@ def main(argv=None) -> dict:
               "command": "benchmarks/kv_cache_dtype.py " + " ".join(argv if argv is not None else sys.argv[1:]),
               "model": {**MODEL, "param_dtype": "float32", "compute_dtype": "bfloat16"},
               "prompt_tokens": 6, "temperature": 1.0,
-              "time_growth_per_doubling_of_T_at_8x16": growth, "load_average_at_end": os.getloadavg(), "runs": runs}
+              "time_growth_per_doubling_of_T": growth, "load_average_at_end": os.getloadavg(), "runs": runs}
     out = pathlib.Path(args.out)
     out.parent.mkdir(parents=True, exist_ok=True)
     out.write_text(json.dumps(result, indent=2) + "\n")
-    print("time growth per doubling of T (8 x 16 rows):", {k: [round(x, 2) for x in v] for k, v in growth.items()})
+    print("time growth per doubling of T (consecutive shapes of the same rows; 8 x 16 by default):", {k: [round(x, 2) for x in v] for k, v in growth.items()})
     return result
 
 
