@@ -71,10 +71,15 @@ def build(cfg: ExperimentConfig, *, train: bool = True, evaluation: bool = True,
       rewards: start the reward scorer (its worker processes).
 
     Raises:
-      ConfigError: a tokenizer larger than the model's vocabulary; data errors (named file and line);
+      ConfigError: ``model.attention_impl: cudnn`` without a GPU; a tokenizer larger than the model's
+        vocabulary; data errors (named file and line);
         a prompt that with ``rollout.max_new_tokens`` does not fit the model's context.
     """
     maybe_initialize_distributed(cfg.mesh.coordinator, cfg.mesh.num_processes, cfg.mesh.process_id)
+    impl = cfg.model.attention_impl or (cfg.model.config.attention_impl if cfg.model.path is None else "xla")
+    if impl == "cudnn" and jax.default_backend() != "gpu":
+        raise ConfigError(f"model.attention_impl: 'cudnn' needs an NVIDIA GPU; the JAX backend here is "
+                          f"{jax.default_backend()!r} (use 'xla')")
     tokenizer = load_tokenizer(cfg.model.tokenizer or cfg.model.path)
     if cfg.model.path is not None:
         params, model_cfg = load_pretrained(cfg.model.path)

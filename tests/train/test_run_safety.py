@@ -191,6 +191,16 @@ def test_a_failing_start_up_writes_nothing(tmp_path):
     assert sorted(p.name for p in run_dir.iterdir()) == ["config.yaml"]
 
 
+def test_cudnn_attention_without_a_gpu_is_a_config_error_before_any_work(tmp_path):
+    """``model.attention_impl=cudnn`` is valid in a config (it may be launched on a GPU), but on a
+    CPU backend the start-up refuses it naming the field, and no run directory is made."""
+    path = _config(tmp_path)
+    line = _one_line_error(_cli("train", str(path), "model.attention_impl=cudnn", "model.compute_dtype=bfloat16",
+                                *FAST))
+    assert "model.attention_impl: 'cudnn' needs an NVIDIA GPU" in line and "'cpu'" in line
+    assert not (tmp_path / "runs").exists()
+
+
 def test_a_prompt_template_longer_than_the_context_is_one_config_error(tmp_path):
     """The shipped tiny model (256 positions) cannot take the R1-Zero template: the command names the
     longest prompt, max_new_tokens and the context, exits 2 and creates no run directory."""
