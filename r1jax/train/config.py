@@ -20,6 +20,7 @@ from r1jax import algos
 from r1jax.config import ConfigError, field, from_dict, read_config
 from r1jax.data import TASK_REWARDS, DataConfig
 from r1jax.models import ModelConfig
+from r1jax.models.config import ATTENTION_IMPLS
 from r1jax.models.sharding import MeshConfig
 from r1jax.rewards import RewardConfig, get_reward, list_rewards
 from r1jax.train.buffer import BUFFER_POLICIES
@@ -51,6 +52,7 @@ def microbatch_token_budget(microbatch_tokens: int | None, platform: str) -> int
     if microbatch_tokens == 0:
         return MICROBATCH_TOKENS if platform == "cpu" else None
     return microbatch_tokens
+
 
 DECODE_WINDOW = 32
 """Default ``rollout.decode_window``, measured (session 15, one pinned core, bfloat16 compute + cache, the random
@@ -296,7 +298,7 @@ class ModelSection:
                                                         "(the same result, less work, a longer compile: for long "
                                                         "runs; 4 took 2-4% off benchmarks/grpo_step.py's bfloat16 "
                                                         "update); None = the model's own setting")
-    attention_impl: str | None = field(None, choices=(None, "xla", "cudnn"),
+    attention_impl: str | None = field(None, choices=(None, *ATTENTION_IMPLS),
                                        help="the full-sequence forward's attention: 'cudnn' = cuDNN flash "
                                             "attention (NVIDIA GPUs, bfloat16 compute); None = the model's own")
 
