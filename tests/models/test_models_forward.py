@@ -24,6 +24,7 @@ from r1jax.models import (
     logits,
     value,
 )
+from r1jax.models.transformer import restack_layers, unstack_layers
 from r1jax_kernels import token_logprobs
 
 # Compiled once per (config, shapes); eager scans are slow to dispatch on CPU.
@@ -295,6 +296,22 @@ def test_remat_and_scanned_layers_give_same_loss_and_gradient(make_config):
         l, g = grad(params, dataclasses.replace(base, **change))
         np.testing.assert_allclose(l, ref_l, rtol=1e-6, err_msg=str(change))
         chex.assert_trees_all_close(g, ref_g, atol=1e-6, rtol=1e-5)
+
+
+def test_unstacked_layers_give_same_loss_and_gradient_and_restack_exactly(make_config):
+    """The update's micro-batches read one array per layer (``unstack_layers``) and their gradients
+    go back to the stacked layout (``restack_layers``): the same numbers, layer order kept."""
+    config = make_config()
+    params = init_params(config, jax.random.key(4))
+    toks = jnp.asarray(np.random.RandomState(4).randint(0, 96, (2, 6)), jnp.int32)
+    loss = jax.jit(jax.value_and_grad(lambda q: jnp.mean(jax.nn.log_softmax(logits(q, config, toks))[..., 0])))
+    ref_l, ref_g = loss(params)
+    split = unstack_layers(params)
+    assert isinstance(split["layers"], tuple) and len(split["layers"]) == config.num_layers
+    l, g = loss(split)
+    np.testing.assert_allclose(l, ref_l, rtol=1e-6)
+    chex.assert_trees_all_equal(restack_layers(g), ref_g)
+    chex.assert_trees_all_equal(restack_layers(split), params)
 
 
 def test_value_head(make_config):
