@@ -478,11 +478,20 @@ def _run(args, work: pathlib.Path, log, cores: int, shapes: list[dict], sides: l
             run[name] = _summary(args, recs, ready[key(name, shape)]["matmul_peak_gflops"], flops)
             run[name]["step_seconds_by_round"] = [r["seconds"] for r in recs]
         if "trl" in run:
-            for name, _, _ in sides:
-                if name != "trl":
-                    run[name]["speedup_over_trl"] = run["trl"]["median_s"] / run[name]["median_s"]
+            speedups_over_trl(run, [name for name, _, _ in sides], args.warmup)
         out.append(run)
     return out
+
+
+def speedups_over_trl(run: dict, names: list[str], warmup: int) -> None:
+    """Adds each r1jax side's speed-up over TRL to ``run``: the ratio of the two medians, and the
+    median of the per-round ratios (steps of the same lock-step round) with a 95% interval."""
+    trl = run["trl"]
+    for name in names:
+        if name != "trl":
+            run[name]["speedup_over_trl"] = trl["median_s"] / run[name]["median_s"]
+            run[name]["speedup_over_trl_paired"] = paired_ratio(run[name]["step_seconds_by_round"][warmup:],
+                                                                trl["step_seconds_by_round"][warmup:])
 
 
 def paired_ratio(before: list[float], after: list[float], *, resamples: int = 10_000, seed: int = 0) -> dict:
@@ -590,6 +599,7 @@ def main(argv=None):
     table = [{"cores": r["cores"], **r["shape"],
               **{f"{n}_median_s": r[n]["median_s"] for n in names},
               **{f"{n}_speedup_over_trl": r[n].get("speedup_over_trl") for n in names if n != "trl"},
+              **{f"{n}_speedup_over_trl_paired": r[n].get("speedup_over_trl_paired") for n in names if n != "trl"},
               **{f"{n}_achieved_gflops": r[n]["achieved_gflops"] for n in names},
               **{f"{n}_times_float32_floor": r[n]["times_float32_floor"] for n in names},
               **{f"{n}_matmul_peak_float32_gflops": r[n]["matmul_peak_gflops"]["float32"] for n in names}}

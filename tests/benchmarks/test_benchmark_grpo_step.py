@@ -68,3 +68,19 @@ def test_scaling_ratios_pair_steps_of_the_same_round():
     assert steady["median"] == pytest.approx(2.0) and steady["ci95"] == pytest.approx([2.0, 2.0])
     with pytest.raises(ValueError, match="equal, non-empty"):
         paired_ratio([1.0, 2.0], [2.0])
+
+
+def test_speedups_over_trl_pair_the_rounds_of_the_lock_step():
+    """Each side's speed-up over TRL: the ratio of the medians, and the median of the per-round ratios
+    with its interval (warm-up rounds left out), which a slow round cannot tip."""
+    from benchmarks.grpo_step import speedups_over_trl
+
+    run = {"trl": {"median_s": 4.0, "step_seconds_by_round": [9.0, 2.0, 4.0, 8.0]},
+           "r1jax_bf16": {"median_s": 2.0, "step_seconds_by_round": [1.0, 1.0, 2.0, 2.0]}}
+    speedups_over_trl(run, ["r1jax_bf16", "trl"], warmup=1)
+    side = run["r1jax_bf16"]
+    assert side["speedup_over_trl"] == 2.0
+    paired = side["speedup_over_trl_paired"]
+    assert paired["median"] == 2.0 and paired["rounds"] == 3  # rounds 2/1, 4/2, 8/2; round 0 (9/1) is warm-up
+    assert paired["ci95"][0] == 2.0 and paired["ci95"][1] == 4.0
+    assert "speedup_over_trl" not in run["trl"]
