@@ -345,9 +345,6 @@ def apply_rope(x: jax.Array, positions: jax.Array, inv_freq: np.ndarray) -> jax.
     return _rotate(x, *_rope_tables(positions, inv_freq))
 
 
-_BFATTN = False
-
-
 def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
     """Grouped-query attention over keys and values in the cache layout.
 
@@ -368,8 +365,6 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
     # The matmuls read the keys and values as stored, the queries and probabilities cast to their
     # dtype, and accumulate in float32: a bfloat16 KV cache is read in place (converting it to
     # float32 would copy the whole cache every decode step). Training passes float32 keys.
-    if _BFATTN and k.dtype == _F32 and config.matmul_dtype != _F32:
-        k, v = k.astype(config.matmul_dtype), v.astype(config.matmul_dtype)
     qg = rearrange(q, "b t (k g) d -> b k (g t) d", k=K).astype(k.dtype)
     scores = jnp.einsum("bkqd,bkds->bkqs", qg, k, preferred_element_type=_F32)
     scores = rearrange(scores, "b k (g t) s -> b k g t s", t=T) * (1.0 / math.sqrt(config.resolved_head_dim))

@@ -167,7 +167,6 @@ def _accumulated_grad(loss_fn, params, rows, m: int, model: ModelConfig | None =
         return jax.tree.map(jnp.add, acc, grad_fn(read, mb)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, read, jax.tree.map(lambda x: x[0], micro)))
-
     (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
     return (restack_layers(grads) if per_layer else grads), metrics
 
