@@ -153,7 +153,7 @@ def _accumulated_grad(loss_fn, params, rows, m: int, model: ModelConfig | None =
 
     With ``model`` (layers unrolled, not scanned) the micro-batches read one array per layer, sliced
     once, and each layer's gradient is summed into its own buffer. Summed into the stacked
-    ``[L, ...]`` arrays, every micro-batch rebuilds them (a pad and an add per layer): 2-5% of
+    ``[L, ...]`` arrays, every micro-batch rebuilds them (a pad and an add per layer): 2-7% of
     benchmarks/grpo_step.py's bfloat16 update on one core. The sums are the same.
     """
     grad_fn = jax.grad(loss_fn, has_aux=True)
