@@ -374,6 +374,48 @@ def _attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, config: M
     return rearrange(out, "b k (g t) d -> b t (k g) d", t=T).astype(q.dtype)
 
 
+def _attend_grouped(q: jax.Array, prompt_kv: tuple[jax.Array, jax.Array], k: jax.Array, v: jax.Array,
+                    prompt_mask: jax.Array, mask: jax.Array, config: ModelConfig) -> jax.Array:
+    """:func:`_attend` of continuations over their prompt's keys and values, then their own.
+
+    Args:
+      q: [B, T, H, Dh] queries of B = P * R continuations (R of each prompt, consecutive).
+      prompt_kv: the prompts' keys [P, K, Dh, Lp] and values [P, K, Lp, Dh] (cache layout).
+      k, v: the continuations' own keys [B, K, Dh, T] and values [B, K, T, Dh].
+      prompt_mask: [P, Lp] bool, the prompts' real tokens.
+      mask: [B, T, T] bool, True where query t may attend to the continuation's key s.
+
+    Returns:
+      [B, T, H, Dh] outputs. The softmax runs over both parts of the keys without joining them.
+    """
+    B, T, H, Dh = q.shape
+    K = k.shape[1]
+    kp, vp = prompt_kv
+    share = functools.partial(jnp.repeat, repeats=B // kp.shape[0], axis=0)
+    qg = rearrange(q, "b t (k g) d -> b k (g t) d", k=K).astype(k.dtype)
+    scale = 1.0 / math.sqrt(config.resolved_head_dim)
+
+    def scores(keys, allowed):
+        s = jnp.einsum("bkqd,bkds->bkqs", qg, keys, preferred_element_type=_F32)
+        s = rearrange(s, "b k (g t) s -> b k g t s", t=T) * scale
+        return jnp.where(allowed, s, _MASK_VALUE)
+
+    to_p = scores(share(kp).astype(k.dtype), share(prompt_mask)[:, None, None, None, :])
+    own = scores(k, mask[:, None, None, :, :])
+    top = jax.lax.stop_gradient(jnp.maximum(jnp.max(to_p, axis=-1, keepdims=True),
+                                            jnp.max(own, axis=-1, keepdims=True)))
+    to_p, own = jnp.exp(to_p - top), jnp.exp(own - top)
+    total = jnp.sum(to_p, axis=-1, keepdims=True) + jnp.sum(own, axis=-1, keepdims=True)
+
+    def values(probs, vals):
+        probs = rearrange(probs, "b k g t s -> b k (g t) s").astype(vals.dtype)
+        return rearrange(jnp.einsum("bkqs,bksd->bkqd", probs, vals, preferred_element_type=_F32),
+                         "b k (g t) d -> b k g t d", t=T)
+
+    out = (values(to_p, share(vp).astype(v.dtype)) + values(own, v)) / total
+    return rearrange(out, "b k g t d -> b t (k g) d").astype(q.dtype)
+
+
 # A full-sequence forward's query blocks (``config.attention_blocks``) hold at least this many queries.
 _MIN_QUERY_BLOCK = 32
 
@@ -425,6 +467,15 @@ def _flash_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, con
 
 def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
     """Attention inputs of one layer: q [B, T, H, Dh], k [B, K, Dh, T], v [B, K, T, Dh] (cache layout)."""
+    q, k, v = _qkv_heads(layer, x, rope, config)
+    q = constrain(q, ACT_BTHD)
+    k = constrain(rearrange(k, "b t k d -> b k d t"), CACHE_K_AXES)
+    v = constrain(rearrange(v, "b t k d -> b k t d"), CACHE_V_AXES)
+    return q, k, v
+
+
+def _qkv_heads(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
+    """q [B, T, H, Dh], k and v [B, T, K, Dh] of one layer, rotated (not yet in the cache layout)."""
     h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
     q = _project_heads(h, layer["q_proj"], config)
     k = _project_heads(h, layer["k_proj"], config)
@@ -436,10 +487,7 @@ def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config:
     if config.use_qk_norm:
         q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
-    q = constrain(_rotate(q, *rope), ACT_BTHD)
-    k = constrain(rearrange(_rotate(k, *rope), "b t k d -> b k d t"), CACHE_K_AXES)
-    v = constrain(rearrange(v, "b t k d -> b k t d"), CACHE_V_AXES)
-    return q, k, v
+    return _rotate(q, *rope), _rotate(k, *rope), v
 
 
 def _attn_out(layer: Params, attn: jax.Array, config: ModelConfig) -> jax.Array:
@@ -672,6 +720,72 @@ def forward(
         for i in range(config.num_layers):
             x, _ = layer_fn(x, _layer(params, i))
     return rms_norm(x, params["final_norm"], config.rms_norm_eps)
+
+
+def forward_grouped(
+    params: Params,
+    config: ModelConfig,
+    prompt_tokens: jax.Array,
+    tokens: jax.Array,
+    *,
+    prompt_mask: jax.Array | None = None,
+    attention_mask: jax.Array | None = None,
+) -> tuple[jax.Array, jax.Array]:
+    """:func:`forward` of ``G`` continuations of each prompt, the prompt's tokens run once.
+
+    Row ``p * G + g`` of ``tokens`` continues prompt ``p``: the hidden states are those of
+    :func:`forward` on the rows ``prompt + continuation`` (valid tokens only, up to rounding), but
+    each prompt's layers run once for its group, and the continuations attend to its keys and
+    values. GRPO samples G completions of every prompt, so a prompt of ``Lp`` tokens saves
+    ``(G - 1) * Lp`` tokens of every policy and reference forward (and backward); the gradients
+    the G rows send to the shared prompt add up.
+
+    Args:
+      params, config: as :func:`forward`.
+      prompt_tokens: [P, Lp] prompts, padded on either side (``prompt_mask``).
+      tokens: [P * G, Tc] continuations, right-padded (``attention_mask``).
+      prompt_mask, attention_mask: bool masks of the real tokens; None = all real.
+
+    Returns:
+      ``(prompt_hidden [P, Lp, D], hidden [P * G, Tc, D])`` after the final RMSNorm.
+    """
+    _check_tokens(prompt_tokens, "prompt_tokens")
+    _check_tokens(tokens)
+    (P, Lp), (B, Tc) = prompt_tokens.shape, tokens.shape
+    if B % P:
+        raise ValueError(f"tokens: {B} rows are not a whole number of continuations of {P} prompts")
+    G = B // P
+    _check_shape(prompt_mask, (P, Lp), "prompt_mask")
+    _check_shape(attention_mask, (B, Tc), "attention_mask")
+    prompt_mask = jnp.ones((P, Lp), bool) if prompt_mask is None else prompt_mask.astype(bool)
+    attention_mask = jnp.ones((B, Tc), bool) if attention_mask is None else attention_mask.astype(bool)
+    prompt_pos = default_positions((P, Lp), attention_mask=prompt_mask)
+    lengths = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), G)[:, None]
+    positions = lengths + default_positions((B, Tc), attention_mask=attention_mask)
+    # A continuation attends to its prompt's keys, then to its own (causal).
+    ip, ic = jnp.arange(Lp), jnp.arange(Tc)
+    prompt_attn = (ip[:, None] >= ip[None, :])[None] & prompt_mask[:, None, :]
+    own = (ic[:, None] >= ic[None, :])[None] & attention_mask[:, None, :]
+    inv_freq = rope_inv_freq(config)
+    prompt_rope = _rope_tables(prompt_pos, inv_freq, Lp)
+    rope = _rope_tables(positions, inv_freq, Lp + Tc)
+
+    def layer_fn(xs, layer):
+        xp, x = xs
+        qp, kp, vp = _qkv(layer, xp, prompt_rope, config)
+        q, k, v = _qkv(layer, x, rope, config)
+        out = _attend_grouped(q, (kp, vp), k, v, prompt_mask, own, config)
+        xp = _residual_update(layer, xp, _attend(qp, kp, vp, prompt_attn, config), config)
+        return (xp, _residual_update(layer, x, out, config)), None
+
+    xs = (_embed(params, prompt_tokens), _embed(params, tokens))
+    layer_fn = _remat(layer_fn, config)
+    if config.scan_layers:
+        xs, _ = jax.lax.scan(layer_fn, xs, params["layers"])
+    else:
+        for i in range(config.num_layers):
+            xs, _ = layer_fn(xs, _layer(params, i))
+    return tuple(rms_norm(x, params["final_norm"], config.rms_norm_eps) for x in xs)
 
 
 def logits(params: Params, config: ModelConfig, tokens: jax.Array, **kwargs) -> jax.Array:

@@ -112,6 +112,9 @@ class AlgoConfig:
     packing: bool = field(False, help="train on sequences packed several to a row (segment ids): no padding "
                                       "waste, fewer distinct shapes; the loss is unchanged")
     pack_length: int = field(0, ge=0, help="packed row length in tokens; 0 = longest prompt + rollout.max_new_tokens")
+    share_prompts: bool = field(True, help="without packing: the forwards (policy, reference, critic) run each "
+                                           "prompt once for its group's completions, which attend to its keys and "
+                                           "values; the same loss, (G - 1) x prompt tokens fewer per group")
     # PPO
     gamma: float = field(1.0, ge=0.0, le=1.0, help="discount γ (PPO, REINFORCE++)")
     gae_lambda: float = field(0.95, ge=0.0, le=1.0, help="PPO GAE λ")

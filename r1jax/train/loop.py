@@ -33,12 +33,12 @@ from r1jax.train.async_rollout import InProgress, Produced, Producer
 from r1jax.train.buffer import select_groups
 from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
-from r1jax.train.config import ExperimentConfig, load_experiment
+from r1jax.train.config import ExperimentConfig, load_experiment, microbatch_token_budget
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
-from r1jax.train.rollout import (Episodes, Partial, Segments, assemble_rollout, make_sampler, put_rows,
-                                 sample_then_score, step_seed)
+from r1jax.train.rollout import (Episodes, Partial, Segments, assemble_rollout, group_split, make_sampler,
+                                 put_rows, sample_then_score, step_seed)
 from r1jax.train.state import Hyper, init_state, make_optimizer
 from r1jax.train.steps import make_rl_update
 
@@ -97,6 +97,7 @@ class Trainer:
         self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
         data_parallel = int(np.prod([self.mesh.shape.get(k, 1) for k in ("data", "fsdp")])) if self.mesh else 1
         self._rows_multiple = math.lcm(algo.num_minibatches * algo.num_microbatches, data_parallel)
+        self._group_shape = self._grouped_layout(data_parallel)
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
         self.start_step, weight_version = 0, 0
@@ -229,6 +230,21 @@ class Trainer:
         timing["rollout+reward"] = batch.seconds
         return batch.episodes, batch.version
 
+    def _grouped_layout(self, data_parallel: int) -> tuple[int, int, int] | None:
+        """``assemble_rollout``'s ``group_shape`` (``algo.share_prompts``), or None: padded rows
+        (packing, or units that do not split evenly over mini-batches, micro-batches and devices)."""
+        cfg, algo = self.config, self.config.algo
+        if not algo.share_prompts or algo.packing:
+            return None
+        new = cfg.rollout.max_new_tokens
+        prompt_len = self.components.max_length - new  # the longest prompt, rounded up
+        platform = jax.default_backend() if self.mesh is None else self.mesh.devices.flat[0].platform
+        budget = microbatch_token_budget(algo.microbatch_tokens, platform) if data_parallel == 1 else None
+        split = group_split(cfg.rollout.group_size, prompt_len, new, budget)
+        if split is None or (cfg.rollout.prompts_per_step * split) % self._rows_multiple:
+            return None
+        return prompt_len, new, split
+
     def rl_step(self) -> dict[str, Any]:
         """One RL step; returns its metrics (deterministic numbers) and timing."""
         cfg, c = self.config, self.components
@@ -245,7 +261,7 @@ class Trainer:
         rollout = put_rows(self.mesh, assemble_rollout(  # static shapes: the update compiles once per run
             ep.prompts, ep.samples, ep.rewards, self.tokenizer.pad_id, length=c.max_length,
             pack_length=(cfg.algo.pack_length or c.max_length) if cfg.algo.packing else None,
-            rows_multiple_of=self._rows_multiple))
+            rows_multiple_of=self._rows_multiple, group_shape=self._group_shape))
         with jax.set_mesh(self.mesh) if self.mesh is not None else contextlib.nullcontext():
             self.state, update_metrics = self.update(self.state, rollout, self.hparams)
         update_metrics = jax.device_get(update_metrics)

@@ -21,7 +21,7 @@ from typing import Any, Callable, Sequence
 import jax
 import numpy as np
 
-from r1jax.data.batching import pack_sequences, pad_sequences
+from r1jax.data.batching import pack_sequences, pad_prompts, pad_sequences
 from r1jax.data.mixture import domain_metrics
 from r1jax.data.templates import encode_prompts, render_prompt
 from r1jax.rewards import RewardScorer, get_reward
@@ -32,11 +32,12 @@ from r1jax.rollout.types import GenerateRequest, Sample, SamplingParams
 from r1jax.sampling.sampler import Sampler
 from r1jax.train.components import LENGTH_MULTIPLE
 from r1jax.train.config import ExperimentConfig, RolloutConfig
-from r1jax.train.steps import Packed, Rollout
+from r1jax.train.steps import Grouped, Packed, Rollout
 
 log = logging.getLogger("r1jax.train")
 
-__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "pack_rollout", "put_rows",
+__all__ = ["EmbeddedSampler", "RemoteSampler", "make_sampler", "assemble_rollout", "group_rollout", "group_split",
+           "pack_rollout", "put_rows",
            "LENGTH_MULTIPLE", "Episodes", "Partial", "Segments", "generate_in_segments", "sample_and_score",
            "sample_then_score", "step_seed"]
 
@@ -191,14 +192,17 @@ def make_sampler(config: RolloutConfig, model: ModelConfig, run_dir: pathlib.Pat
 
 def assemble_rollout(prompts: Sequence[np.ndarray], samples: Sequence[Sequence[Sample]], rewards: np.ndarray,
                      pad_id: int, *, length: int | None = None, pack_length: int | None = None,
-                     rows_multiple_of: int = 1) -> Rollout:
+                     rows_multiple_of: int = 1, group_shape: tuple[int, int, int] | None = None) -> Rollout:
     """The update's input (NumPy arrays) from prompts, their samples ``[P][G]`` and rewards ``[P, G]``.
 
     Rows are prompt + completion, right-padded to a multiple of :data:`LENGTH_MULTIPLE` (or exactly
     ``length``, for runs whose shapes must not change, e.g. vmapped ablation arms). With
     ``pack_length`` the rollout also carries the sequences packed first-fit-decreasing into rows of
     that many tokens (:class:`~r1jax.train.steps.Packed`), the row count rounded up to a multiple of
-    ``rows_multiple_of`` and of :data:`LENGTH_MULTIPLE` (so shapes, and compiles, repeat).
+    ``rows_multiple_of`` and of :data:`LENGTH_MULTIPLE` (so shapes, and compiles, repeat). With
+    ``group_shape = (Lp, Tc, split)`` it carries the :class:`~r1jax.train.steps.Grouped` layout
+    instead: each prompt ``split`` times (see :func:`group_rollout`), left-padded to ``Lp`` tokens,
+    and the completions right-padded to ``Tc``.
     """
     group = len(samples[0])
     rows_p = [p for p in prompts for _ in range(group)]
@@ -210,9 +214,58 @@ def assemble_rollout(prompts: Sequence[np.ndarray], samples: Sequence[Sequence[S
     if pack_length is not None:
         packed = pack_rollout(rows_p, rows_c, pad_id, tb.tokens.shape[1], pack_length,
                               math.lcm(rows_multiple_of, LENGTH_MULTIPLE))
+    grouped = None
+    if group_shape is not None:
+        grouped = group_rollout(prompts, [[s.token_ids for s in grp] for grp in samples], pad_id,
+                                tb.tokens.shape[1], *group_shape)
     return Rollout(tokens=tb.tokens, attention_mask=tb.attention_mask, loss_mask=tb.loss_mask[:, 1:],
                    sampler_logp=tb.values["sampler_logp"][:, 1:].astype(np.float32),
-                   rewards=np.asarray(rewards, np.float32), lengths=lengths, packed=packed)
+                   rewards=np.asarray(rewards, np.float32), lengths=lengths, packed=packed, grouped=grouped)
+
+
+def group_split(group: int, prompt_length: int, completion_length: int, max_tokens: int | None) -> int | None:
+    """How many times :func:`group_rollout` holds each prompt: the fewest copies (dividing ``group``)
+    whose units, a prompt and its ``group / split`` completions, fit a micro-batch of ``max_tokens``
+    (None: no bound, 1). None when only single rows fit: nothing to share."""
+    split = next((k for k in range(1, group + 1) if group % k == 0
+                  and (max_tokens is None or prompt_length + group // k * completion_length <= max_tokens)), group)
+    return None if split == group else split
+
+
+def group_rollout(prompts: Sequence[np.ndarray], completions: Sequence[Sequence[Sequence[int]]], pad_id: int,
+                  padded_length: int, prompt_length: int, completion_length: int, split: int = 1) -> Grouped:
+    """The grouped layout of ``P`` prompts and their completions ``[P][G]`` whose padded rows
+    (prompt + completion) are ``padded_length`` long.
+
+    Completion token ``t`` of sequence ``n`` is grouped target ``(n, t)`` and padded target
+    ``(n, len(prompt) - 1 + t)``; prompt targets have no grouped counterpart (the extra zero slot).
+    ``split > 1`` holds each prompt ``split`` times, each copy with ``G / split`` consecutive
+    completions: smaller units, for micro-batches smaller than a group.
+    """
+    group = len(completions[0])
+    if any(len(grp) != group for grp in completions):
+        raise ValueError(f"group_rollout: groups of different sizes {sorted({len(g) for g in completions})}")
+    if group % split:
+        raise ValueError(f"group_rollout: split={split} does not divide the group size {group}")
+    pb = pad_prompts([p for p in prompts for _ in range(split)], pad_id, length=prompt_length)
+    rows = [np.asarray(c, np.int32).reshape(-1) for grp in completions for c in grp]
+    n = len(rows)
+    tokens = np.full((n, completion_length), pad_id, np.int32)
+    mask = np.zeros((n, completion_length), bool)
+    gather = np.full((n, completion_length), n * (padded_length - 1), np.int32)
+    scatter = np.full((n, padded_length - 1), n * completion_length, np.int32)
+    for i, c in enumerate(rows):
+        if c.size > completion_length:
+            raise ValueError(f"completion {i} has {c.size} tokens, more than length={completion_length}")
+        start = len(prompts[i // group]) - 1  # the padded target that predicts completion token 0
+        if start + c.size > padded_length - 1:
+            raise ValueError(f"sequence {i} has {start + 1 + c.size} tokens, more than length={padded_length}")
+        t = np.arange(c.size)
+        tokens[i, t], mask[i, t] = c, True
+        gather[i, t] = i * (padded_length - 1) + start + t
+        scatter[i, start + t] = i * completion_length + t
+    return Grouped(prompt_tokens=pb.tokens, prompt_mask=pb.mask, tokens=tokens, attention_mask=mask,
+                   gather=gather, scatter=scatter)
 
 
 def packed_rows_bucket(rows: int, num_sequences: int, multiple: int) -> int:

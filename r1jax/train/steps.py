@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import optax
 
 from r1jax import algos
-from r1jax.models import ModelConfig, forward, lm_head_weight, value
+from r1jax.models import ModelConfig, forward, forward_grouped, lm_head_weight, value
 from r1jax.models.transformer import restack_layers, unstack_layers
 from r1jax.train.config import AlgoConfig, KernelConfig, microbatch_token_budget
 from r1jax.train.state import Hyper, TrainState
@@ -53,6 +53,7 @@ class Rollout(NamedTuple):
     rewards: jax.Array         # [P, G] float32: total reward of each sample
     lengths: jax.Array         # [P, G] float32: completion lengths in tokens
     packed: "Packed | None" = None  # the same sequences packed into rows: what the forwards read
+    grouped: "Grouped | None" = None  # or the completions with each prompt held once per group
 
 
 class Packed(NamedTuple):
@@ -70,6 +71,23 @@ class Packed(NamedTuple):
     gather: jax.Array          # [R, L-1] int32: index of each packed target in the flat padded targets
     scatter: jax.Array         # [B, T-1] int32: index of each padded target in the flat packed targets
     row_of_seq: jax.Array      # [B] int32: the packed row of each sequence
+
+
+class Grouped(NamedTuple):
+    """A rollout's completions with each group's prompt held once (``algo.share_prompts``): the
+    layout the model runs on (:func:`r1jax.models.forward_grouped`).
+
+    Target ``t`` of row ``b`` is completion token ``t`` (predicted from the prompt's last token when
+    ``t = 0``): there are no prompt targets. ``gather`` / ``scatter`` move per-target arrays from
+    and to the padded rows as :class:`Packed`'s do.
+    """
+
+    prompt_tokens: jax.Array   # [P, Lp] int32: the prompts, left-padded
+    prompt_mask: jax.Array     # [P, Lp] bool
+    tokens: jax.Array          # [B, Tc] int32: row p * G + g is completion g of prompt p, right-padded
+    attention_mask: jax.Array  # [B, Tc] bool
+    gather: jax.Array          # [B, Tc] int32: index of each target in the flat padded targets
+    scatter: jax.Array         # [B, T-1] int32: index of each padded target in the flat grouped targets
 
 
 class SFTBatch(NamedTuple):
@@ -95,28 +113,50 @@ class _Rows(NamedTuple):
     ref_logp: jax.Array | None     # None: no KL term in the loss
     old_values: jax.Array | None   # None: no critic
     returns: jax.Array | None
+    prompt_tokens: jax.Array | None = None  # [P, Lp] with grouped rows (Grouped), else None
+    prompt_mask: jax.Array | None = None
 
 
 # ------------------------------------------------------------------------------------------------
 # Log-probs and values.
 
 
+def target_hidden(params: Params, model: ModelConfig, tokens: jax.Array, attention_mask: jax.Array, *,
+                  segment_ids: jax.Array | None = None, prompt: tuple[jax.Array, jax.Array] | None = None):
+    """``(hidden, targets)``: the final hidden state that predicts each target, and the targets.
+
+    Rows of whole sequences (padded, or packed with ``segment_ids``): the targets are
+    ``tokens[:, 1:]``. Grouped rows (``prompt = (prompt_tokens [P, Lp], prompt_mask)``, left-padded;
+    ``tokens`` the ``[P * G, Tc]`` completions, see :class:`Grouped`): the targets are every
+    completion token, the first predicted from the prompt's last position.
+    """
+    if prompt is None:
+        hidden = forward(params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
+        return hidden[:, :-1], tokens[:, 1:]
+    prompt_hidden, hidden = forward_grouped(params, model, prompt[0], tokens, prompt_mask=prompt[1],
+                                            attention_mask=attention_mask)
+    first = jnp.repeat(prompt_hidden[:, -1:], tokens.shape[0] // prompt[0].shape[0], axis=0)
+    return jnp.concatenate([first, hidden[:, :-1]], axis=1), tokens
+
+
 def policy_logprobs(params: Params, model: ModelConfig, kernels: KernelConfig, tokens: jax.Array,
                     attention_mask: jax.Array, temperature: jax.Array, *, entropy: bool = False,
-                    mesh: jax.sharding.Mesh | None = None, segment_ids: jax.Array | None = None):
-    """Per-target log-probs ``[N, T-1]`` (and entropies) of ``tokens[:, 1:]`` under ``params``.
+                    mesh: jax.sharding.Mesh | None = None, segment_ids: jax.Array | None = None,
+                    prompt: tuple[jax.Array, jax.Array] | None = None):
+    """Per-target log-probs (and entropies) under ``params``: ``[N, T-1]`` of ``tokens[:, 1:]``, or
+    ``[P * G, Tc]`` of grouped rows' completions (``prompt``, see :func:`target_hidden`).
 
     The same "processed" log-probs as the sampler: ``log_softmax(logits / temperature)``. On a mesh
     with a tensor axis > 1 the vocabulary is sharded over it (vocabulary-parallel log-softmax).
     With ``segment_ids`` (packed rows) each sequence attends only to itself and its positions restart
     at 0; a target that starts the next sequence of a row is garbage, and masked by the caller.
     """
-    hidden = forward(params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
-    head, targets = lm_head_weight(params, model), tokens[:, 1:]
+    hidden, targets = target_hidden(params, model, tokens, attention_mask, segment_ids=segment_ids, prompt=prompt)
+    head = lm_head_weight(params, model)
     if mesh is not None and mesh.shape.get("tensor", 1) > 1 and _vocab_shardable(mesh, model, targets):
-        return sharded_token_logprobs(hidden[:, :-1], head, targets, mesh=mesh, temperature=temperature,
+        return sharded_token_logprobs(hidden, head, targets, mesh=mesh, temperature=temperature,
                                       return_entropy=entropy, chunk_size=kernels.chunk_size)
-    return token_logprobs(hidden[:, :-1], head, targets, temperature=temperature, return_entropy=entropy,
+    return token_logprobs(hidden, head, targets, temperature=temperature, return_entropy=entropy,
                           **_kernel_kwargs(kernels))
 
 
@@ -133,10 +173,11 @@ def _kernel_kwargs(kernels: KernelConfig) -> dict:
 
 
 def critic_values(critic_params: Params, model: ModelConfig, tokens: jax.Array,
-                  attention_mask: jax.Array, segment_ids: jax.Array | None = None) -> jax.Array:
-    """``V(s_t)`` aligned with the targets: the value of the prefix ending at token t, ``[N, T-1]``."""
-    hidden = forward(critic_params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
-    return value(critic_params, model, hidden[:, :-1])
+                  attention_mask: jax.Array, segment_ids: jax.Array | None = None,
+                  prompt: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+    """``V(s_t)`` aligned with the targets (:func:`target_hidden`): the value of the prefix before each."""
+    hidden, _ = target_hidden(critic_params, model, tokens, attention_mask, segment_ids=segment_ids, prompt=prompt)
+    return value(critic_params, model, hidden)
 
 
 # ------------------------------------------------------------------------------------------------
@@ -251,17 +292,26 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
     mini-batch); a mini-batch without a trained token takes no optimizer step (``lax.cond``).
     Metrics are averaged over the steps taken; ``skipped`` is their sum.
     """
-    n = rows.tokens.shape[0]
+    grouped = getattr(rows, "prompt_tokens", None) is not None  # mini-batches of whole groups (Grouped rows)
+    n = (rows.prompt_tokens if grouped else rows.tokens).shape[0]
     key, *pass_keys = jax.random.split(state.key, num_epochs + 1)
     if num_minibatches == 1:
         order = jnp.tile(jnp.arange(n), (num_epochs, 1))
     else:
         order = jax.vmap(lambda k: jax.random.permutation(k, n))(jnp.stack(pass_keys))
     index = order.reshape(num_epochs * num_minibatches, n // num_minibatches)
-    like = jax.eval_shape(step_fn, state.replace(ref_params={}), jax.tree.map(lambda x: x[index[0]], rows))[1]
+    def take(idx):
+        if not grouped:
+            return jax.tree.map(lambda x: x[idx], rows)
+        group = rows.tokens.shape[0] // n
+        row_idx = (idx[:, None] * group + jnp.arange(group)).reshape(-1)
+        mb = jax.tree.map(lambda x: x[row_idx], rows._replace(prompt_tokens=None, prompt_mask=None))
+        return mb._replace(prompt_tokens=rows.prompt_tokens[idx], prompt_mask=rows.prompt_mask[idx])
+
+    like = jax.eval_shape(step_fn, state.replace(ref_params={}), take(index[0]))[1]
 
     def body(state, idx):
-        mb = jax.tree.map(lambda x: x[idx], rows)
+        mb = take(idx)
         ran = jnp.any(mb.loss_mask)
         skip = lambda s, _: (s, jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), like))  # noqa: E731
         state, metrics = jax.lax.cond(ran, step_fn, skip, state, mb)
@@ -281,6 +331,10 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
 # RL.
 
 
+def _prompt(rows: _Rows) -> tuple[jax.Array, jax.Array] | None:
+    return None if rows.prompt_tokens is None else (rows.prompt_tokens, rows.prompt_mask)
+
+
 def _hparams(hp: Hyper, algo: AlgoConfig) -> dict:
     """The keyword namespace of the registered functions: traced numbers plus static options."""
     return {**hp.as_dict(), **{k: getattr(algo, k) for k in STATIC_HPARAMS}}
@@ -289,13 +343,14 @@ def _hparams(hp: Hyper, algo: AlgoConfig) -> dict:
 def _policy_terms(params, rows: _Rows, hp: Hyper, *, model, algo: AlgoConfig, kernels, mesh):
     """Per-token log-probs, entropy, policy loss output and KL of a micro-batch."""
     hpd = _hparams(hp, algo)
+    prompt = _prompt(rows)
     if kernels.fused:
-        hidden = forward(params, model, rows.tokens, attention_mask=rows.attention_mask,
-                         segment_ids=rows.segment_ids)
+        hidden, targets = target_hidden(params, model, rows.tokens, rows.attention_mask,
+                                        segment_ids=rows.segment_ids, prompt=prompt)
         old = rows.old_logp  # the fused kernel takes the behaviour log-probs as an input (always computed)
         ref = rows.ref_logp if rows.ref_logp is not None else old
         terms = grpo_token_terms(
-            hidden[:, :-1], lm_head_weight(params, model), rows.tokens[:, 1:], old, ref, rows.advantages,
+            hidden, lm_head_weight(params, model), targets, old, ref, rows.advantages,
             temperature=hp.temperature, eps_low=hp.eps_low, eps_high=hp.eps_high, dual_clip=hp.dual_clip,
             log_ratio_clamp=hp.log_ratio_clamp, kl_clamp=hp.kl_clamp, **_kernel_kwargs(kernels))
         logp, ent = terms.logp, terms.entropy
@@ -306,7 +361,7 @@ def _policy_terms(params, rows: _Rows, hp: Hyper, *, model, algo: AlgoConfig, ke
         kl = jnp.where(rows.loss_mask, getattr(terms, algo.kl_estimator), 0.0)
         return logp, ent, old, out, kl
     logp, ent = policy_logprobs(params, model, kernels, rows.tokens, rows.attention_mask, hp.temperature,
-                                entropy=True, mesh=mesh, segment_ids=rows.segment_ids)
+                                entropy=True, mesh=mesh, segment_ids=rows.segment_ids, prompt=prompt)
     old = jax.lax.stop_gradient(logp) if rows.old_logp is None else rows.old_logp
     out = algos.POLICY_LOSSES.call(algo.policy_loss, logp, old, rows.advantages, rows.loss_mask, hparams=hpd)
     kl = jnp.zeros_like(logp)
@@ -338,7 +393,8 @@ def _rl_losses(algo: AlgoConfig, model: ModelConfig, kernels: KernelConfig, mesh
                       "ratio": mean(out.ratio), "trainer_sampler_kl": mean(sampler_kl)}
 
     def critic_loss(critic_params, rows: _Rows, hp: Hyper):
-        values = critic_values(critic_params, model, rows.tokens, rows.attention_mask, rows.segment_ids)
+        values = critic_values(critic_params, model, rows.tokens, rows.attention_mask, rows.segment_ids,
+                               _prompt(rows))
         out = algos.clipped_value_loss(values, rows.old_values, rows.returns, rows.loss_mask, clip=hp.value_clip)
         vloss = _token_mean(out.loss, rows.loss_mask, num_tokens)
         return hp.value_coef * vloss, {"value_loss": vloss}
@@ -362,8 +418,10 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
     """Builds ``update(state, rollout, hp) -> (state, metrics)``: the whole RL algorithm after scoring.
 
     The rollout's rows are one sequence each, padded; when it carries a :class:`Packed` layout
-    (``algo.packing``) every model forward runs on the packed rows instead, and the advantages and
-    aggregation weights, computed on whole sequences, are moved to them (the loss is the same).
+    (``algo.packing``) or a :class:`Grouped` one (``algo.share_prompts``) every model forward runs
+    on those rows instead, and the advantages and aggregation weights, computed on whole sequences,
+    are moved to them (the loss is the same). Grouped rows split into mini- and micro-batches of
+    whole groups.
 
     Decided at trace time from the static config: the old-policy forward runs only when the rows
     are visited more than once, the estimator needs behaviour log-probs or the fused kernel takes
@@ -395,9 +453,11 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
 
     def update(state: TrainState, rollout: Rollout, hp: Hyper):
         num_prompts, group = rollout.rewards.shape
-        packed = rollout.packed
+        packed, grouped = rollout.packed, rollout.grouped
         if packed is not None:
             _check_packable(algo)
+        if packed is not None and grouped is not None:
+            raise ValueError("make_rl_update: a rollout carries one layout, packed or grouped, not both")
         rewards = rollout.rewards.astype(jnp.float32)
         if algo.overlong_buffer:
             rewards = rewards + hp.overlong_penalty * algos.overlong_penalty(
@@ -407,26 +467,32 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
             keep = jnp.broadcast_to(algos.dynamic_sampling_mask(rewards)[:, None], keep.shape)
         mask = rollout.loss_mask & keep.reshape(-1)[:, None]
         # The forwards run on the rows of the layout (packed or padded); estimators read padded rows.
-        rows_of = packed if packed is not None else rollout
+        layout = packed if packed is not None else grouped
+        rows_of = layout if layout is not None else rollout
         seg = packed.segment_ids if packed is not None else None
-        to_rows = (lambda x: _move(x, packed.gather)) if packed is not None else (lambda x: x)  # noqa: E731
-        to_seqs = (lambda x: _move(x, packed.scatter)) if packed is not None else (lambda x: x)  # noqa: E731
+        prompt = (grouped.prompt_tokens, grouped.prompt_mask) if grouped is not None else None
+        to_rows = (lambda x: _move(x, layout.gather)) if layout is not None else (lambda x: x)  # noqa: E731
+        to_seqs = (lambda x: _move(x, layout.scatter)) if layout is not None else (lambda x: x)  # noqa: E731
 
         # m micro-batches per optimizer step. The forwards without gradient run over chunks of as many
         # rows: activations that stay in cache (the reference forward alone, 8 × 8 × 64 tokens, one
         # core: 1.2x faster f32, 1.3x bf16 than over every row at once).
+        # Grouped rows split by whole groups: a unit is a prompt with its rows.
         n_rows, row_len = rows_of.tokens.shape
+        if grouped is not None:
+            units, prompt_len = grouped.prompt_tokens.shape
+            n_rows, row_len = units, prompt_len + n_rows // units * row_len
         m = microbatch_count(n_rows // algo.num_minibatches, row_len, at_least=algo.num_microbatches,
                              max_tokens=max_tokens)
         chunks = algo.num_minibatches * m
-        inputs = (rows_of.tokens, rows_of.attention_mask, seg)
+        inputs = (rows_of.tokens, rows_of.attention_mask, seg, prompt)
 
         def logp_of(params):
             if not model.scan_layers:  # the layers sliced once, not in every micro-batch
                 params = unstack_layers(params)
             return jax.lax.stop_gradient(_in_microbatches(
                 lambda r: policy_logprobs(params, model, kernels, r[0], r[1], hp.temperature, mesh=mesh,
-                                          segment_ids=r[2]), inputs, chunks))
+                                          segment_ids=r[2], prompt=r[3]), inputs, chunks))
 
         old_logp = logp_of(state.params) if need_old else None
         ref_logp = logp_of(state.ref_params) if algo.uses_reference else None
@@ -444,7 +510,7 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
                      to_rows(algos.token_weights(mask, algo.loss_agg)), num_seqs,
                      to_rows(jax.lax.stop_gradient(adv.advantages)), to_rows(rollout.sampler_logp), old_logp,
                      None if algo.kl_in_reward else ref_logp, values,
-                     to_rows(adv.returns) if algo.needs_critic else None)
+                     to_rows(adv.returns) if algo.needs_critic else None, *(prompt or (None, None)))
 
         def step_fn(state, mb: _Rows):
             num_tokens = jnp.maximum(jnp.sum(mb.loss_mask), 1).astype(jnp.float32)

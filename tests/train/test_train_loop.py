@@ -172,6 +172,24 @@ def test_sampling_between_updates_uses_the_live_params(tmp_path):
     trainer.close()
 
 
+def test_the_trainer_shares_prompts_by_default_and_takes_the_padded_rows_step(tmp_path):
+    """``algo.share_prompts`` (default): the trainer's rollouts carry the grouped layout, each prompt held
+    once per group, and the first step's metrics are those of the same run on padded rows."""
+    from r1jax.train.loop import Trainer
+
+    overrides = ["run.steps=1", "checkpoint.every=0", "run.tensorboard=false"]
+    records = {}
+    for share in (True, False):
+        cfg = load_config(ExperimentConfig, _config(tmp_path / str(share)), [*overrides, f"algo.share_prompts={share}"])
+        trainer = Trainer(cfg)
+        shape = trainer._group_shape
+        records[share] = trainer.run()[0]
+        trainer.close()
+        assert (shape == (trainer.components.max_length - 12, 12, 1)) if share else shape is None
+    for k in ("reward/total", "loss", "kl_ref", "entropy", "grad_norm"):
+        np.testing.assert_allclose(records[True][k], records[False][k], rtol=1e-5, atol=1e-6, err_msg=k)
+
+
 def test_bad_config_fails_before_any_work(tmp_path):
     path = _config(tmp_path)
     with pytest.raises(ConfigError, match=r"unknown key 'algo\.kl_cof'"):
