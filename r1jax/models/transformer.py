@@ -709,17 +709,21 @@ def forward(
         q, k, v = _qkv(layer, x, rope, config)
         return _residual_update(layer, x, _causal_attend(q, k, v, mask, config), config), None
 
-    x = _embed(params, tokens)
+    x = _run_layers(layer_fn, _embed(params, tokens), params, config)
+    return rms_norm(x, params["final_norm"], config.rms_norm_eps)
+
+
+def _run_layers(layer_fn, x, params: Params, config: ModelConfig):
+    """``x`` through every layer: ``layer_fn(x, layer) -> (x, None)``, rematerialised as configured."""
     layer_fn = _remat(layer_fn, config)
     if config.scan_layers:
-        x, _ = jax.lax.scan(layer_fn, x, params["layers"])
-    else:
-        # Unrolled, each layer's saved activations are their own buffers; a scan stacks them
-        # into [L, ...] arrays, zero-filled and written slice by slice (17% of a small model's
-        # forward + backward on XLA:CPU), at the price of compiling L layers.
-        for i in range(config.num_layers):
-            x, _ = layer_fn(x, _layer(params, i))
-    return rms_norm(x, params["final_norm"], config.rms_norm_eps)
+        return jax.lax.scan(layer_fn, x, params["layers"])[0]
+    # Unrolled, each layer's saved activations are their own buffers; a scan stacks them
+    # into [L, ...] arrays, zero-filled and written slice by slice (17% of a small model's
+    # forward + backward on XLA:CPU), at the price of compiling L layers.
+    for i in range(config.num_layers):
+        x, _ = layer_fn(x, _layer(params, i))
+    return x
 
 
 def forward_grouped(
@@ -778,13 +782,7 @@ def forward_grouped(
         xp = _residual_update(layer, xp, _attend(qp, kp, vp, prompt_attn, config), config)
         return (xp, _residual_update(layer, x, out, config)), None
 
-    xs = (_embed(params, prompt_tokens), _embed(params, tokens))
-    layer_fn = _remat(layer_fn, config)
-    if config.scan_layers:
-        xs, _ = jax.lax.scan(layer_fn, xs, params["layers"])
-    else:
-        for i in range(config.num_layers):
-            xs, _ = layer_fn(xs, _layer(params, i))
+    xs = _run_layers(layer_fn, (_embed(params, prompt_tokens), _embed(params, tokens)), params, config)
     return tuple(rms_norm(x, params["final_norm"], config.rms_norm_eps) for x in xs)
 
 

@@ -485,6 +485,9 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
         m = microbatch_count(n_rows // algo.num_minibatches, row_len, at_least=algo.num_microbatches,
                              max_tokens=max_tokens)
         chunks = algo.num_minibatches * m
+        if grouped is not None and n_rows % chunks:
+            raise ValueError(f"make_rl_update: {n_rows} grouped prompts do not split into algo.num_minibatches x "
+                             f"micro-batches = {algo.num_minibatches} x {m}; mini- and micro-batches hold whole groups")
         inputs = (rows_of.tokens, rows_of.attention_mask, seg, prompt)
 
         def logp_of(params):

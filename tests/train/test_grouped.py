@@ -11,7 +11,7 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
 from r1jax.config import from_dict
-from r1jax.models import ModelConfig, forward, forward_grouped, init_params, init_value_head
+from r1jax.models import forward, forward_grouped
 from r1jax.rollout.types import SamplingParams
 from r1jax.sampling.params import Sample
 from r1jax.sampling.sampler import Sampler
@@ -19,13 +19,9 @@ from r1jax.train.config import AlgoConfig, KernelConfig
 from r1jax.train.rollout import assemble_rollout, group_rollout, group_split
 from r1jax.train.state import Hyper, init_state
 from r1jax.train.steps import _over_minibatches, _Rows, make_rl_update, policy_logprobs
+from test_packing import KERNELS, MAX_NEW, MODEL, PADDED, PARAMS, STOP, _update  # the same model and update
 
-MODEL = ModelConfig(architecture="qwen2", vocab_size=40, hidden_size=32, intermediate_size=64, num_layers=2,
-                    num_heads=4, num_kv_heads=2, max_position_embeddings=64)
-KERNELS = KernelConfig(logprob_backend="reference")
-PARAMS = init_params(MODEL, jax.random.PRNGKey(3))
-P, G, MAX_NEW, PADDED, LP = 4, 4, 10, 24, 8
-STOP = 5  # a stop token, so completion lengths vary
+P, G, LP = 4, 4, 8
 
 
 def _sampled_rollout(seed: int, split: int = 1):
@@ -72,16 +68,6 @@ def test_grouped_forward_and_logprobs_equal_the_padded_rows_and_the_samplers(see
     np.testing.assert_array_equal(there[np.asarray(gr.attention_mask)], np.asarray(gr.tokens)[np.asarray(gr.attention_mask)])
 
 
-def _update(algo_kw, rollout, *, critic=False):
-    algo = from_dict(AlgoConfig, algo_kw)
-    tx = optax.sgd(0.5)
-    update = make_rl_update(MODEL, algo, KERNELS, tx, tx if critic else None, max_new_tokens=MAX_NEW)
-    critic_params = jax.tree.map(jnp.copy, {**PARAMS, **init_value_head(MODEL, jax.random.PRNGKey(9))}) if critic else None
-    state = init_state(jax.tree.map(jnp.copy, PARAMS), tx, jax.random.PRNGKey(0), reference=algo.uses_reference,
-                       critic_params=critic_params, critic_tx=tx if critic else None)
-    return update(state, rollout, Hyper.from_config(algo))
-
-
 @pytest.mark.parametrize("algo_kw,split,critic", [
     ({"loss_agg": "seq_mean_token_mean", "kl_coef": 0.1, "num_microbatches": 2, "entropy_coef": 0.01}, 1, False),
     ({"loss_agg": "seq_mean_token_sum_norm", "advantage": "drgrpo", "std_scaling": "none", "num_microbatches": 4}, 2, False),
@@ -106,6 +92,23 @@ def test_grouped_update_equals_padded_update(algo_kw, split, critic):
         np.testing.assert_allclose(grouped_m["value_loss"], padded_m["value_loss"], rtol=1e-5)
         for a, b in zip(jax.tree.leaves(grouped_state.critic_params), jax.tree.leaves(padded_state.critic_params)):
             np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
+
+
+def test_fused_kernel_update_on_grouped_rows_equals_padded():
+    """The fused GRPO kernel (``kernels.fused``) reads the grouped rows' hidden states and targets."""
+    algo = from_dict(AlgoConfig, {"kl_coef": 0.1})
+    kernels = KernelConfig(logprob_backend="chunked", fused=True)
+    update = make_rl_update(MODEL, algo, kernels, optax.sgd(0.5), max_new_tokens=MAX_NEW)
+    r = _sampled_rollout(5)
+    out = {}
+    for name, rollout in (("padded", r._replace(grouped=None)), ("grouped", r)):
+        state = init_state(jax.tree.map(jnp.copy, PARAMS), optax.sgd(0.5), jax.random.PRNGKey(0), reference=True)
+        out[name] = update(state, rollout, Hyper.from_config(algo))
+    assert float(out["padded"][1]["grad_norm"]) > 1e-3
+    for k in ("loss", "grad_norm", "kl_ref", "entropy"):
+        np.testing.assert_allclose(out["grouped"][1][k], out["padded"][1][k], rtol=1e-5, atol=1e-6, err_msg=k)
+    for a, b in zip(jax.tree.leaves(out["grouped"][0].params), jax.tree.leaves(out["padded"][0].params)):
+        np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
 
 
 def test_minibatches_of_grouped_rows_hold_whole_groups():
@@ -157,6 +160,11 @@ def test_group_split_takes_the_fewest_prompt_copies_that_fit_a_microbatch():
     assert group_split(16, 8, 128, None) == 1         # no token bound (accelerators)
     assert group_split(4, 8, 600, 1024) is None       # one completion per unit: nothing shared
     assert group_split(1, 8, 64, None) is None
+
+
+def test_grouped_rows_that_do_not_split_into_whole_groups_are_refused():
+    with pytest.raises(ValueError, match="4 grouped prompts do not split into algo.num_minibatches x micro-batches = 1 x 3"):
+        _update({"num_microbatches": 3}, _sampled_rollout(3))
 
 
 def test_a_rollout_with_both_layouts_is_refused():
