@@ -713,17 +713,99 @@ def forward(
     return rms_norm(x, params["final_norm"], config.rms_norm_eps)
 
 
-def _run_layers(layer_fn, x, params: Params, config: ModelConfig):
-    """``x`` through every layer: ``layer_fn(x, layer) -> (x, None)``, rematerialised as configured."""
+def _run_layers(layer_fn, x, params: Params, config: ModelConfig, *, extra: tuple | None = None,
+                collect: bool = False):
+    """``x`` through every layer, rematerialised as configured.
+
+    ``layer_fn(x, layer) -> (x, out)``; with ``extra`` (a tuple of per-layer tuples, each of length
+    L), ``layer_fn(x, (layer, extra_i))``. With ``collect`` returns ``(x, outs)``: ``out`` a tuple,
+    ``outs`` the same tuple of per-layer tuples."""
     layer_fn = _remat(layer_fn, config)
+    L = config.num_layers
     if config.scan_layers:
-        return jax.lax.scan(layer_fn, x, params["layers"])[0]
+        xs = params["layers"] if extra is None else (params["layers"], tuple(jnp.stack(e) for e in extra))
+        x, outs = jax.lax.scan(layer_fn, x, xs)
+        return (x, tuple(tuple(a[i] for i in range(L)) for a in outs)) if collect else x
     # Unrolled, each layer's saved activations are their own buffers; a scan stacks them
     # into [L, ...] arrays, zero-filled and written slice by slice (17% of a small model's
     # forward + backward on XLA:CPU), at the price of compiling L layers.
-    for i in range(config.num_layers):
-        x, _ = layer_fn(x, _layer(params, i))
-    return x
+    outs = []
+    for i in range(L):
+        x, out = layer_fn(x, _layer(params, i) if extra is None else (_layer(params, i), tuple(e[i] for e in extra)))
+        outs.append(out)
+    return (x, tuple(zip(*outs))) if collect else x
+
+
+class PromptCache(NamedTuple):
+    """What continuations of a batch of prompts read from them (:func:`prompt_cache`): every layer's
+    keys and values, and the final hidden states (which predict each continuation's first token).
+
+    Attributes:
+      k: tuple of L arrays [P, K, Dh, Lp]: keys (RoPE applied), transposed.
+      v: tuple of L arrays [P, K, Lp, Dh]: values.
+      hidden: [P, Lp, D] hidden states after the final RMSNorm.
+    """
+
+    k: tuple
+    v: tuple
+    hidden: jax.Array
+
+
+def _grouped_masks(prompt_mask: jax.Array | None, shape: tuple[int, int]) -> jax.Array:
+    if prompt_mask is None:
+        return jnp.ones(shape, bool)
+    _check_shape(prompt_mask, shape, "prompt_mask")
+    return prompt_mask.astype(bool)
+
+
+def prompt_cache(params: Params, config: ModelConfig, prompt_tokens: jax.Array, *,
+                 prompt_mask: jax.Array | None = None) -> PromptCache:
+    """The :class:`PromptCache` of ``P`` prompts ``[P, Lp]``, padded on either side (``prompt_mask``)."""
+    _check_tokens(prompt_tokens, "prompt_tokens")
+    P, Lp = prompt_tokens.shape
+    prompt_mask = _grouped_masks(prompt_mask, (P, Lp))
+    ip = jnp.arange(Lp)
+    attn = (ip[:, None] >= ip[None, :])[None] & prompt_mask[:, None, :]
+    rope = _rope_tables(default_positions((P, Lp), attention_mask=prompt_mask), rope_inv_freq(config), Lp)
+
+    def layer_fn(x, layer):
+        q, k, v = _qkv(layer, x, rope, config)
+        return _residual_update(layer, x, _attend(q, k, v, attn, config), config), (k, v)
+
+    x, (ks, vs) = _run_layers(layer_fn, _embed(params, prompt_tokens), params, config, collect=True)
+    return PromptCache(ks, vs, rms_norm(x, params["final_norm"], config.rms_norm_eps))
+
+
+def forward_continuations(params: Params, config: ModelConfig, cache: PromptCache, tokens: jax.Array, *,
+                          prompt_mask: jax.Array | None = None,
+                          attention_mask: jax.Array | None = None) -> jax.Array:
+    """Final hidden states ``[P * G, Tc, D]`` of ``G`` continuations of each cached prompt.
+
+    Row ``p * G + g`` of ``tokens`` (right-padded, ``attention_mask``) continues prompt ``p`` of
+    ``cache``; it attends to the prompt's real tokens (``prompt_mask``), then causally to its own.
+    """
+    _check_tokens(tokens)
+    P, Lp = cache.hidden.shape[:2]
+    B, Tc = tokens.shape
+    if B % P:
+        raise ValueError(f"tokens: {B} rows are not a whole number of continuations of {P} prompts")
+    G = B // P
+    prompt_mask = _grouped_masks(prompt_mask, (P, Lp))
+    _check_shape(attention_mask, (B, Tc), "attention_mask")
+    attention_mask = jnp.ones((B, Tc), bool) if attention_mask is None else attention_mask.astype(bool)
+    lengths = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), G)[:, None]
+    positions = lengths + default_positions((B, Tc), attention_mask=attention_mask)
+    ic = jnp.arange(Tc)
+    own = (ic[:, None] >= ic[None, :])[None] & attention_mask[:, None, :]
+    rope = _rope_tables(positions, rope_inv_freq(config), Lp + Tc)
+
+    def layer_fn(x, layer_and_kv):
+        layer, kv = layer_and_kv
+        q, k, v = _qkv(layer, x, rope, config)
+        return _residual_update(layer, x, _attend_grouped(q, kv, k, v, prompt_mask, own, config), config), None
+
+    x = _run_layers(layer_fn, _embed(params, tokens), params, config, extra=(cache.k, cache.v))
+    return rms_norm(x, params["final_norm"], config.rms_norm_eps)
 
 
 def forward_grouped(
@@ -739,10 +821,10 @@ def forward_grouped(
 
     Row ``p * G + g`` of ``tokens`` continues prompt ``p``: the hidden states are those of
     :func:`forward` on the rows ``prompt + continuation`` (valid tokens only, up to rounding), but
-    each prompt's layers run once for its group, and the continuations attend to its keys and
-    values. GRPO samples G completions of every prompt, so a prompt of ``Lp`` tokens saves
-    ``(G - 1) * Lp`` tokens of every policy and reference forward (and backward); the gradients
-    the G rows send to the shared prompt add up.
+    each prompt's layers run once for its group (:func:`prompt_cache`), and the continuations
+    attend to its keys and values (:func:`forward_continuations`). GRPO samples G completions of
+    every prompt, so a prompt of ``Lp`` tokens saves ``(G - 1) * Lp`` tokens of every policy and
+    reference forward (and backward); the gradients the G rows send to the shared prompt add up.
 
     Args:
       params, config: as :func:`forward`.
@@ -753,37 +835,9 @@ def forward_grouped(
     Returns:
       ``(prompt_hidden [P, Lp, D], hidden [P * G, Tc, D])`` after the final RMSNorm.
     """
-    _check_tokens(prompt_tokens, "prompt_tokens")
-    _check_tokens(tokens)
-    (P, Lp), (B, Tc) = prompt_tokens.shape, tokens.shape
-    if B % P:
-        raise ValueError(f"tokens: {B} rows are not a whole number of continuations of {P} prompts")
-    G = B // P
-    _check_shape(prompt_mask, (P, Lp), "prompt_mask")
-    _check_shape(attention_mask, (B, Tc), "attention_mask")
-    prompt_mask = jnp.ones((P, Lp), bool) if prompt_mask is None else prompt_mask.astype(bool)
-    attention_mask = jnp.ones((B, Tc), bool) if attention_mask is None else attention_mask.astype(bool)
-    prompt_pos = default_positions((P, Lp), attention_mask=prompt_mask)
-    lengths = jnp.repeat(jnp.sum(prompt_mask, axis=1, dtype=jnp.int32), G)[:, None]
-    positions = lengths + default_positions((B, Tc), attention_mask=attention_mask)
-    # A continuation attends to its prompt's keys, then to its own (causal).
-    ip, ic = jnp.arange(Lp), jnp.arange(Tc)
-    prompt_attn = (ip[:, None] >= ip[None, :])[None] & prompt_mask[:, None, :]
-    own = (ic[:, None] >= ic[None, :])[None] & attention_mask[:, None, :]
-    inv_freq = rope_inv_freq(config)
-    prompt_rope = _rope_tables(prompt_pos, inv_freq, Lp)
-    rope = _rope_tables(positions, inv_freq, Lp + Tc)
-
-    def layer_fn(xs, layer):
-        xp, x = xs
-        qp, kp, vp = _qkv(layer, xp, prompt_rope, config)
-        q, k, v = _qkv(layer, x, rope, config)
-        out = _attend_grouped(q, (kp, vp), k, v, prompt_mask, own, config)
-        xp = _residual_update(layer, xp, _attend(qp, kp, vp, prompt_attn, config), config)
-        return (xp, _residual_update(layer, x, out, config)), None
-
-    xs = _run_layers(layer_fn, (_embed(params, prompt_tokens), _embed(params, tokens)), params, config)
-    return tuple(rms_norm(x, params["final_norm"], config.rms_norm_eps) for x in xs)
+    cache = prompt_cache(params, config, prompt_tokens, prompt_mask=prompt_mask)
+    return cache.hidden, forward_continuations(params, config, cache, tokens, prompt_mask=prompt_mask,
+                                               attention_mask=attention_mask)
 
 
 def logits(params: Params, config: ModelConfig, tokens: jax.Array, **kwargs) -> jax.Array:

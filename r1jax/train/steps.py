@@ -25,8 +25,9 @@ import jax.numpy as jnp
 import optax
 
 from r1jax import algos
-from r1jax.models import ModelConfig, forward, forward_grouped, lm_head_weight, value
-from r1jax.models.transformer import restack_layers, unstack_layers
+from r1jax.models import ModelConfig, forward, lm_head_weight, value
+from r1jax.models.transformer import (PromptCache, forward_continuations, prompt_cache, restack_layers,
+                                     unstack_layers)
 from r1jax.train.config import AlgoConfig, KernelConfig, microbatch_token_budget
 from r1jax.train.state import Hyper, TrainState
 from r1jax_kernels import grpo_token_terms, sharded_token_logprobs, token_logprobs
@@ -115,6 +116,7 @@ class _Rows(NamedTuple):
     returns: jax.Array | None
     prompt_tokens: jax.Array | None = None  # [P, Lp] with grouped rows (Grouped), else None
     prompt_mask: jax.Array | None = None
+    prompt_cache: PromptCache | None = None  # the prompts' keys and values, when computed once per mini-batch
 
 
 # ------------------------------------------------------------------------------------------------
@@ -122,27 +124,31 @@ class _Rows(NamedTuple):
 
 
 def target_hidden(params: Params, model: ModelConfig, tokens: jax.Array, attention_mask: jax.Array, *,
-                  segment_ids: jax.Array | None = None, prompt: tuple[jax.Array, jax.Array] | None = None):
+                  segment_ids: jax.Array | None = None, prompt: tuple | None = None):
     """``(hidden, targets)``: the final hidden state that predicts each target, and the targets.
 
     Rows of whole sequences (padded, or packed with ``segment_ids``): the targets are
-    ``tokens[:, 1:]``. Grouped rows (``prompt = (prompt_tokens [P, Lp], prompt_mask)``, left-padded;
-    ``tokens`` the ``[P * G, Tc]`` completions, see :class:`Grouped`): the targets are every
-    completion token, the first predicted from the prompt's last position.
+    ``tokens[:, 1:]``. Grouped rows (``prompt = (prompt_tokens [P, Lp], prompt_mask)``, left-padded,
+    and optionally their :class:`~r1jax.models.transformer.PromptCache` under ``params`` as a
+    third item; ``tokens`` the ``[P * G, Tc]`` completions, see :class:`Grouped`): the targets are
+    every completion token, the first predicted from the prompt's last position.
     """
     if prompt is None:
         hidden = forward(params, model, tokens, attention_mask=attention_mask, segment_ids=segment_ids)
         return hidden[:, :-1], tokens[:, 1:]
-    prompt_hidden, hidden = forward_grouped(params, model, prompt[0], tokens, prompt_mask=prompt[1],
-                                            attention_mask=attention_mask)
-    first = jnp.repeat(prompt_hidden[:, -1:], tokens.shape[0] // prompt[0].shape[0], axis=0)
+    prompt_tokens, prompt_mask, *cached = prompt
+    cache = cached[0] if cached and cached[0] is not None else prompt_cache(params, model, prompt_tokens,
+                                                                           prompt_mask=prompt_mask)
+    hidden = forward_continuations(params, model, cache, tokens, prompt_mask=prompt_mask,
+                                   attention_mask=attention_mask)
+    first = jnp.repeat(cache.hidden[:, -1:], tokens.shape[0] // prompt_tokens.shape[0], axis=0)
     return jnp.concatenate([first, hidden[:, :-1]], axis=1), tokens
 
 
 def policy_logprobs(params: Params, model: ModelConfig, kernels: KernelConfig, tokens: jax.Array,
                     attention_mask: jax.Array, temperature: jax.Array, *, entropy: bool = False,
                     mesh: jax.sharding.Mesh | None = None, segment_ids: jax.Array | None = None,
-                    prompt: tuple[jax.Array, jax.Array] | None = None):
+                    prompt: tuple | None = None):
     """Per-target log-probs (and entropies) under ``params``: ``[N, T-1]`` of ``tokens[:, 1:]``, or
     ``[P * G, Tc]`` of grouped rows' completions (``prompt``, see :func:`target_hidden`).
 
@@ -174,7 +180,7 @@ def _kernel_kwargs(kernels: KernelConfig) -> dict:
 
 def critic_values(critic_params: Params, model: ModelConfig, tokens: jax.Array,
                   attention_mask: jax.Array, segment_ids: jax.Array | None = None,
-                  prompt: tuple[jax.Array, jax.Array] | None = None) -> jax.Array:
+                  prompt: tuple | None = None) -> jax.Array:
     """``V(s_t)`` aligned with the targets (:func:`target_hidden`): the value of the prefix before each."""
     hidden, _ = target_hidden(critic_params, model, tokens, attention_mask, segment_ids=segment_ids, prompt=prompt)
     return value(critic_params, model, hidden)
@@ -192,24 +198,53 @@ def _token_mean(x, mask, num_tokens):
 def _accumulated_grad(loss_fn, params, rows, m: int, model: ModelConfig | None = None):
     """Sum over ``m`` micro-batches of ``(grad, metrics)`` in a scan: exact given global denominators.
 
-    With ``model`` (layers unrolled, not scanned) the micro-batches read one array per layer, sliced
-    once, and each layer's gradient is summed into its own buffer. Summed into the stacked
-    ``[L, ...]`` arrays, every micro-batch rebuilds them (a pad and an add per layer): 2-7% of
-    benchmarks/grpo_step.py's bfloat16 update on one core. The sums are the same.
+    With ``model`` (``loss_fn`` reads the parameters only through :func:`r1jax.models.forward`):
+    - layers unrolled (not scanned): the micro-batches read one array per layer, sliced once, and
+      each layer's gradient is summed into its own buffer. Summed into the stacked ``[L, ...]``
+      arrays, every micro-batch rebuilds them (a pad and an add per layer): 2-7% of
+      benchmarks/grpo_step.py's bfloat16 update on one core. The sums are the same.
+    - grouped rows (:class:`Grouped`): the prompts run once for the mini-batch
+      (:func:`~r1jax.models.transformer.prompt_cache`, a few tall matmuls instead of small ones in
+      every micro-batch); each micro-batch also returns the gradient of its prompts' keys and
+      values, pulled back through the prompts' layers once at the end.
     """
+    per_layer = model is not None and not model.scan_layers and isinstance(params.get("layers"), dict)
+    read = unstack_layers(params) if per_layer else params
+    restack = restack_layers if per_layer else (lambda g: g)  # noqa: E731
+    if model is not None and getattr(rows, "prompt_tokens", None) is not None:
+        grads, metrics = _grouped_grad(loss_fn, read, rows, m, model)
+        return restack(grads), metrics
     grad_fn = jax.grad(loss_fn, has_aux=True)
     if m == 1:
         return grad_fn(params, rows)
     micro = _split_rows(rows, m)
-    per_layer = model is not None and not model.scan_layers and isinstance(params.get("layers"), dict)
-    read = unstack_layers(params) if per_layer else params
 
     def body(acc, mb):
         return jax.tree.map(jnp.add, acc, grad_fn(read, mb)), None
 
     zeros = jax.tree.map(jnp.zeros_like, jax.eval_shape(grad_fn, read, jax.tree.map(lambda x: x[0], micro)))
     (grads, metrics), _ = jax.lax.scan(body, zeros, micro)
-    return (restack_layers(grads) if per_layer else grads), metrics
+    return restack(grads), metrics
+
+
+def _grouped_grad(loss_fn, params, rows: _Rows, m: int, model: ModelConfig):
+    """:func:`_accumulated_grad` of grouped rows: the prompts' layers run once, outside the scan."""
+    cache, pull_back = jax.vjp(lambda p: prompt_cache(p, model, rows.prompt_tokens, prompt_mask=rows.prompt_mask),
+                               params)
+    grad_fn = jax.grad(lambda p, c, mb: loss_fn(p, mb._replace(prompt_cache=c)), argnums=(0, 1), has_aux=True)
+
+    def body(acc, micro_batch):
+        mb, mb_cache = micro_batch
+        (grad, cache_grad), metrics = grad_fn(params, mb_cache, mb)
+        return jax.tree.map(jnp.add, acc, (grad, metrics)), cache_grad
+
+    micro = _split_rows((rows, cache), m)
+    first_mb, first_cache = jax.tree.map(lambda x: x[0], micro)
+    (grad_shape, _), metric_shape = jax.eval_shape(grad_fn, params, first_cache, first_mb)
+    zeros = jax.tree.map(jnp.zeros_like, (grad_shape, metric_shape))
+    (grads, metrics), cache_grads = jax.lax.scan(body, zeros, micro)
+    (through_prompts,) = pull_back(jax.tree.map(lambda x: x.reshape((-1,) + x.shape[2:]), cache_grads))
+    return jax.tree.map(jnp.add, grads, through_prompts), metrics
 
 
 def _split_rows(rows, m: int):
@@ -331,8 +366,8 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
 # RL.
 
 
-def _prompt(rows: _Rows) -> tuple[jax.Array, jax.Array] | None:
-    return None if rows.prompt_tokens is None else (rows.prompt_tokens, rows.prompt_mask)
+def _prompt(rows: _Rows) -> tuple | None:
+    return None if rows.prompt_tokens is None else (rows.prompt_tokens, rows.prompt_mask, rows.prompt_cache)
 
 
 def _hparams(hp: Hyper, algo: AlgoConfig) -> dict:
@@ -493,9 +528,12 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
         def logp_of(params):
             if not model.scan_layers:  # the layers sliced once, not in every micro-batch
                 params = unstack_layers(params)
+            chunk_inputs = inputs
+            if prompt is not None:  # every prompt run once, its keys and values read by the chunks
+                chunk_inputs = inputs[:3] + ((*prompt, prompt_cache(params, model, prompt[0], prompt_mask=prompt[1])),)
             return jax.lax.stop_gradient(_in_microbatches(
                 lambda r: policy_logprobs(params, model, kernels, r[0], r[1], hp.temperature, mesh=mesh,
-                                          segment_ids=r[2], prompt=r[3]), inputs, chunks))
+                                          segment_ids=r[2], prompt=r[3]), chunk_inputs, chunks))
 
         old_logp = logp_of(state.params) if need_old else None
         ref_logp = logp_of(state.ref_params) if algo.uses_reference else None

@@ -2,6 +2,8 @@
 completions, which attend to its keys and values. The hidden states, the log-probs and the update's
 step are those of the padded rows, one sequence each; mini- and micro-batches hold whole groups."""
 
+import dataclasses
+
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -94,11 +96,14 @@ def test_grouped_update_equals_padded_update(algo_kw, split, critic):
             np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
 
 
-def test_fused_kernel_update_on_grouped_rows_equals_padded():
-    """The fused GRPO kernel (``kernels.fused``) reads the grouped rows' hidden states and targets."""
-    algo = from_dict(AlgoConfig, {"kl_coef": 0.1})
-    kernels = KernelConfig(logprob_backend="chunked", fused=True)
-    update = make_rl_update(MODEL, algo, kernels, optax.sgd(0.5), max_new_tokens=MAX_NEW)
+@pytest.mark.parametrize("fused,scan_layers", [(True, False), (False, True)], ids=["fused-kernel", "scanned-layers"])
+def test_grouped_update_equals_padded_with_the_fused_kernel_or_scanned_layers(fused, scan_layers):
+    """The fused GRPO kernel (``kernels.fused``) reads the grouped rows' hidden states and targets; with
+    the layers in one ``lax.scan`` the prompts' keys and values are collected and read per layer too."""
+    algo = from_dict(AlgoConfig, {"kl_coef": 0.1, "num_microbatches": 2})
+    kernels = KernelConfig(logprob_backend="chunked", fused=True) if fused else KERNELS
+    model = dataclasses.replace(MODEL, scan_layers=scan_layers)
+    update = make_rl_update(model, algo, kernels, optax.sgd(0.5), max_new_tokens=MAX_NEW)
     r = _sampled_rollout(5)
     out = {}
     for name, rollout in (("padded", r._replace(grouped=None)), ("grouped", r)):
