@@ -87,17 +87,23 @@ def test_packed_update_equals_padded_update(algo_kw, critic):
     (GRPO's per-sequence means, Dr.GRPO's constant normaliser, and PPO's GAE over the critic's values, which
     needs whole sequences, all survive packing)."""
     r = _sampled_rollout(11)
-    padded_state, padded_m = _update(algo_kw, r._replace(packed=None), critic=critic)
-    packed_state, packed_m = _update({**algo_kw, "packing": True}, r, critic=critic)
-    assert float(padded_m["grad_norm"]) > 1e-3
-    np.testing.assert_allclose(packed_m["loss"], padded_m["loss"], rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(packed_m["grad_norm"], padded_m["grad_norm"], rtol=1e-5)
-    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), padded_state.params, PARAMS)
+    padded = _update(algo_kw, r._replace(packed=None), critic=critic)
+    assert_same_step(_update({**algo_kw, "packing": True}, r, critic=critic), padded, critic=critic)
+
+
+def assert_same_step(got, expected, *, critic: bool = False, metrics=("loss", "grad_norm")):
+    """``(state, metrics)`` of two updates from the same rollout: the same metrics and parameters, and a step
+    that moved the parameters."""
+    (state, m), (ref_state, ref_m) = got, expected
+    assert float(ref_m["grad_norm"]) > 1e-3
+    for k in metrics + (("value_loss",) if critic else ()):
+        np.testing.assert_allclose(m[k], ref_m[k], rtol=1e-5, atol=1e-6, err_msg=k)
+    moved = jax.tree.map(lambda a, b: float(jnp.max(jnp.abs(a - b))), ref_state.params, PARAMS)
     assert max(jax.tree.leaves(moved)) > 1e-4  # the step did something
-    for a, b in zip(jax.tree.leaves(packed_state.params), jax.tree.leaves(padded_state.params)):
-        np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
-    if critic:
-        np.testing.assert_allclose(packed_m["value_loss"], padded_m["value_loss"], rtol=1e-5)
+    trees = [(state.params, ref_state.params)] + ([(state.critic_params, ref_state.critic_params)] if critic else [])
+    for tree, ref_tree in trees:
+        for a, b in zip(jax.tree.leaves(tree), jax.tree.leaves(ref_tree)):
+            np.testing.assert_allclose(a, b, atol=2e-6, rtol=1e-5)
 
 
 def test_sequence_level_losses_refuse_packing():
