@@ -467,15 +467,6 @@ def _flash_attend(q: jax.Array, k: jax.Array, v: jax.Array, mask: jax.Array, con
 
 def _qkv(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
     """Attention inputs of one layer: q [B, T, H, Dh], k [B, K, Dh, T], v [B, K, T, Dh] (cache layout)."""
-    q, k, v = _qkv_heads(layer, x, rope, config)
-    q = constrain(q, ACT_BTHD)
-    k = constrain(rearrange(k, "b t k d -> b k d t"), CACHE_K_AXES)
-    v = constrain(rearrange(v, "b t k d -> b k t d"), CACHE_V_AXES)
-    return q, k, v
-
-
-def _qkv_heads(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], config: ModelConfig):
-    """q [B, T, H, Dh], k and v [B, T, K, Dh] of one layer, rotated (not yet in the cache layout)."""
     h = rms_norm(x, layer["attn_norm"], config.rms_norm_eps)
     q = _project_heads(h, layer["q_proj"], config)
     k = _project_heads(h, layer["k_proj"], config)
@@ -487,7 +478,10 @@ def _qkv_heads(layer: Params, x: jax.Array, rope: tuple[jax.Array, jax.Array], c
     if config.use_qk_norm:
         q = rms_norm(q, layer["q_norm"], config.rms_norm_eps)
         k = rms_norm(k, layer["k_norm"], config.rms_norm_eps)
-    return _rotate(q, *rope), _rotate(k, *rope), v
+    q = constrain(_rotate(q, *rope), ACT_BTHD)
+    k = constrain(rearrange(_rotate(k, *rope), "b t k d -> b k d t"), CACHE_K_AXES)
+    v = constrain(rearrange(v, "b t k d -> b k t d"), CACHE_V_AXES)
+    return q, k, v
 
 
 def _attn_out(layer: Params, attn: jax.Array, config: ModelConfig) -> jax.Array:

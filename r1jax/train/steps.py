@@ -335,6 +335,7 @@ def _over_minibatches(state: TrainState, rows, step_fn, *, num_epochs: int, num_
     else:
         order = jax.vmap(lambda k: jax.random.permutation(k, n))(jnp.stack(pass_keys))
     index = order.reshape(num_epochs * num_minibatches, n // num_minibatches)
+
     def take(idx):
         if not grouped:
             return jax.tree.map(lambda x: x[idx], rows)
@@ -501,7 +502,7 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
         if algo.dynamic_sampling:
             keep = jnp.broadcast_to(algos.dynamic_sampling_mask(rewards)[:, None], keep.shape)
         mask = rollout.loss_mask & keep.reshape(-1)[:, None]
-        # The forwards run on the rows of the layout (packed or padded); estimators read padded rows.
+        # The forwards run on the rows of the layout (packed, grouped or padded); estimators read padded rows.
         layout = packed if packed is not None else grouped
         rows_of = layout if layout is not None else rollout
         seg = packed.segment_ids if packed is not None else None
