@@ -33,14 +33,14 @@ from r1jax.train.async_rollout import InProgress, Produced, Producer
 from r1jax.train.buffer import select_groups
 from r1jax.train.checkpoint import CheckpointError, Checkpointer
 from r1jax.train.components import Components, build
-from r1jax.train.config import ExperimentConfig, load_experiment, microbatch_token_budget
+from r1jax.train.config import ExperimentConfig, load_experiment
 from r1jax.train.evaluation import evaluate_policy
 from r1jax.train.metrics import MetricsWriter
 from r1jax.train.run_dir import check_resumed_config, refuse_or_move_aside
 from r1jax.train.rollout import (Episodes, Partial, Segments, assemble_rollout, group_split, make_sampler,
                                  put_rows, sample_then_score, step_seed)
 from r1jax.train.state import Hyper, init_state, make_optimizer
-from r1jax.train.steps import make_rl_update
+from r1jax.train.steps import make_rl_update, update_token_budget
 
 __all__ = ["Trainer", "TrainingStopped", "run_from_cli"]
 
@@ -97,7 +97,7 @@ class Trainer:
         self.hparams = Hyper.from_config(algo, cfg.rollout.temperature)
         data_parallel = int(np.prod([self.mesh.shape.get(k, 1) for k in ("data", "fsdp")])) if self.mesh else 1
         self._rows_multiple = math.lcm(algo.num_minibatches * algo.num_microbatches, data_parallel)
-        self._group_shape = self._grouped_layout(data_parallel)
+        self._group_shape = self._grouped_layout()
         self.update = make_rl_update(self.model_cfg, algo, cfg.kernels, tx, critic_tx,
                                      max_new_tokens=cfg.rollout.max_new_tokens, mesh=self.mesh)
         self.start_step, weight_version = 0, 0
@@ -230,7 +230,7 @@ class Trainer:
         timing["rollout+reward"] = batch.seconds
         return batch.episodes, batch.version
 
-    def _grouped_layout(self, data_parallel: int) -> tuple[int, int, int] | None:
+    def _grouped_layout(self) -> tuple[int, int, int] | None:
         """``assemble_rollout``'s ``group_shape`` (``algo.share_prompts``), or None: padded rows
         (packing, or units that do not split evenly over mini-batches, micro-batches and devices)."""
         cfg, algo = self.config, self.config.algo
@@ -238,9 +238,7 @@ class Trainer:
             return None
         new = cfg.rollout.max_new_tokens
         prompt_len = self.components.max_length - new  # the longest prompt, rounded up
-        platform = jax.default_backend() if self.mesh is None else self.mesh.devices.flat[0].platform
-        budget = microbatch_token_budget(algo.microbatch_tokens, platform) if data_parallel == 1 else None
-        split = group_split(cfg.rollout.group_size, prompt_len, new, budget)
+        split = group_split(cfg.rollout.group_size, prompt_len, new, update_token_budget(algo, self.mesh))
         if split is None or (cfg.rollout.prompts_per_step * split) % self._rows_multiple:
             return None
         return prompt_len, new, split

@@ -447,6 +447,14 @@ def _check_packable(algo: AlgoConfig) -> None:
         raise ValueError(f"algo.packing: tis level {algo.tis!r} reduces over each row; use tis: token or no packing")
 
 
+def update_token_budget(algo: AlgoConfig, mesh: jax.sharding.Mesh | None) -> int | None:
+    """The micro-batch token bound the update splits by (:func:`microbatch_count`): ``algo.microbatch_tokens``
+    on the mesh's platform, and only on one data shard (micro-batches must split evenly over the mesh)."""
+    data_parallel = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
+    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
+    return microbatch_token_budget(algo.microbatch_tokens, platform) if data_parallel == 1 else None
+
+
 def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, tx: optax.GradientTransformation,
                    critic_tx: optax.GradientTransformation | None = None, *, max_new_tokens: int,
                    mesh: jax.sharding.Mesh | None = None, jit: bool = True
@@ -482,10 +490,7 @@ def make_rl_update(model: ModelConfig, algo: AlgoConfig, kernels: KernelConfig, 
     algos.POLICY_LOSSES.check_keywords(algo.policy_loss, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     algos.ADVANTAGES.check_keywords(algo.advantage, set(Hyper.__dataclass_fields__) | set(STATIC_HPARAMS))
     need_old = algo.passes > 1 or algo.kl_in_reward or kernels.fused
-    data_parallel = 1 if mesh is None else mesh.shape.get("data", 1) * mesh.shape.get("fsdp", 1)
-    # the token budget splits further only on one data shard: micro-batches must split evenly over the mesh
-    platform = jax.default_backend() if mesh is None else mesh.devices.flat[0].platform
-    max_tokens = microbatch_token_budget(algo.microbatch_tokens, platform) if data_parallel == 1 else None
+    max_tokens = update_token_budget(algo, mesh)
 
     def update(state: TrainState, rollout: Rollout, hp: Hyper):
         num_prompts, group = rollout.rewards.shape
